@@ -1,0 +1,95 @@
+"""Apply a recipe: load the model with every plugin's ``from_pretrained`` kwargs, run the
+after-load stages in apply order, and build the generate callable and its kwargs.
+
+Used both by the isolated trial (measurement) and by :func:`autotune.load` (production), so what
+is measured is exactly what is deployed."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ModelError
+from .optimization import ApplyContext, GenerateFn, Optimization
+
+
+def hf_generate(model, input_ids, attention_mask, max_new_tokens, streamer=None, **kwargs):
+    """The plain transformers path every plugin starts from: greedy ``model.generate``."""
+    kwargs.setdefault("do_sample", False)
+    if kwargs.get("pad_token_id") is None:
+        eos = model.generation_config.eos_token_id
+        kwargs["pad_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                          streamer=streamer, **kwargs)
+
+
+@dataclass
+class Applied:
+    """A model with a recipe applied, ready to generate."""
+
+    model: Any
+    tokenizer: Any
+    optimizations: Mapping[str, Optimization]
+    recipe: Mapping[str, Mapping[str, Any]]
+    ctx: ApplyContext
+    generate_fn: GenerateFn = hf_generate
+    generate_kwargs: dict = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def running(self):
+        """Inference mode plus every plugin's runtime context (e.g. a forced SDPA backend)."""
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            for name, opt in self.optimizations.items():
+                stack.enter_context(opt.runtime_context(self.recipe[name], self.ctx))
+            yield
+
+    def generate_ids(self, input_ids, attention_mask=None, max_new_tokens=None, streamer=None, **extra):
+        import torch
+
+        device = self.ctx.device
+        input_ids = input_ids.to(device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {**self.generate_kwargs, **extra}
+        with self.running():
+            return self.generate_fn(self.model, input_ids, attention_mask.to(device),
+                                    max_new_tokens or self.ctx.max_new_tokens, streamer, **kwargs)
+
+
+def load_model(path: str, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext):
+    """Stage 1: ``from_pretrained`` with every plugin's load kwargs (quantization, dtype, attention)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {}
+    for name, opt in optimizations.items():
+        kwargs.update(opt.load_kwargs(recipe[name], ctx))
+    kwargs.setdefault("device_map", ctx.device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {path!r}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception:  # a config-only or tokenizer-less checkpoint: workloads fall back to ids
+        return None
+
+
+def finish(model, tokenizer, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext) -> Applied:
+    """Stage 2 and 3: after-load transforms (compile last), then generate wrappers and kwargs."""
+    for name, opt in optimizations.items():
+        model = opt.after_load(model, recipe[name], ctx) or model
+    applied = Applied(model, tokenizer, optimizations, recipe, ctx)
+    for name, opt in optimizations.items():
+        applied.generate_kwargs.update(opt.generate_kwargs(recipe[name], ctx))
+        applied.generate_fn = opt.wrap_generate(applied.generate_fn, model, recipe[name], ctx)
+    return applied

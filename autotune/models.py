@@ -1,0 +1,87 @@
+"""Model arguments: a built-in alias, a local checkpoint directory, or a hub id.
+
+``config_only`` builds a model of the right shape with random weights from ``config.json`` alone,
+saves it once in the cache dir, and loads it through the same ``from_pretrained`` path: its speed
+is real, its quality is not."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .paths import cache_dir
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user called it
+    path: str  # what from_pretrained gets
+    config_only: bool = False
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "config_only": self.config_only}
+
+
+def resolve_model(arg: str, config_only: bool = False) -> ModelSource:
+    """Turn a model argument into something ``from_pretrained`` can load, without loading weights."""
+    from .plugins import get_model_aliases
+
+    aliases = get_model_aliases()
+    if arg in aliases:
+        path = aliases[arg].resolve()
+    elif Path(arg).expanduser().exists():
+        path = str(Path(arg).expanduser().resolve())
+        if not Path(path).is_dir():
+            raise ModelError(f"model {arg!r} is a file, not a checkpoint directory")
+        if not (Path(path) / "config.json").exists():
+            raise ModelError(f"model directory {arg!r} has no config.json")
+        _check_config(Path(path) / "config.json")
+    elif HUB_ID.match(arg):
+        path = arg
+    else:
+        known = ", ".join(aliases) or "none"
+        raise ModelError(f"model {arg!r} is not a directory, a hub id (org/name) or a built-in name ({known})")
+    if config_only:
+        path = _config_only_checkpoint(path)
+    return ModelSource(arg, path, config_only)
+
+
+def _check_config(config_file: Path) -> None:
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{config_file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelError(f"{config_file} has no model_type: not a transformers config")
+
+
+def _config_only_checkpoint(path: str) -> str:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError variants
+        raise ModelError(f"cannot read a config for {path!r}: {exc}") from None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
+    out = cache_dir() / "config-only" / digest
+    if not (out / "config.json").exists():
+        model = AutoModelForCausalLM.from_config(config)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (Path(path) / name).exists():
+                shutil.copy(Path(path) / name, tmp / name)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return str(out)

@@ -1,0 +1,76 @@
+"""The workload a recipe is measured on: prompts, prompt length, new tokens, batch size."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+from .errors import UsageError
+
+
+def shipped_text(name: str) -> str:
+    return resources.files("autotune").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def default_prompts() -> tuple[str, ...]:
+    return tuple(line for line in shipped_text("prompts.txt").splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Every measured generate call has exactly ``batch_size`` x ``prompt_tokens`` input tokens and
+    produces exactly ``new_tokens`` (``min_new_tokens == max_new_tokens``)."""
+
+    prompt_tokens: int = 32
+    new_tokens: int = 64
+    batch_size: int = 1
+    prompts: tuple[str, ...] = field(default_factory=default_prompts)
+
+    def __post_init__(self):
+        for name in ("prompt_tokens", "new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"workload {name} must be a positive integer, got {value!r}")
+        if not self.prompts:
+            raise UsageError("workload needs at least one prompt")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["prompts"] = list(self.prompts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Workload":
+        allowed = {"prompt_tokens", "new_tokens", "batch_size", "prompts"}
+        unknown = set(d) - allowed
+        if unknown:
+            raise UsageError(f"unknown workload field(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "prompts" in d:
+            d["prompts"] = tuple(d["prompts"])
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"batch {self.batch_size}, {self.prompt_tokens} prompt tokens, {self.new_tokens} new tokens"
+
+    def input_ids(self, tokenizer, vocab_size: int):
+        """A ``[batch_size, prompt_tokens]`` tensor: each row a shipped prompt, its tokens repeated
+        to the exact length (so no padding and one shape). Without a tokenizer (config-only models),
+        deterministic pseudo-random ids."""
+        import torch
+
+        rows = []
+        for i in range(self.batch_size):
+            if tokenizer is None:
+                g = torch.Generator().manual_seed(i)
+                rows.append(torch.randint(0, vocab_size, (self.prompt_tokens,), generator=g))
+                continue
+            ids = tokenizer(self.prompts[i % len(self.prompts)], add_special_tokens=False)["input_ids"] or [0]
+            ids = (ids * (self.prompt_tokens // len(ids) + 1))[: self.prompt_tokens]
+            rows.append(torch.tensor(ids))
+        return torch.stack(rows)
