@@ -111,5 +111,181 @@ def bench(model, sets, timeout, as_json, prompt_tokens, new_tokens, batch_size, 
         sys.exit(1)
 
 
+def db_option(fn):
+    return click.option("--db", "db_url", default=None, envvar="AUTOTUNE_DB", show_envvar=True,
+                        help="SQLAlchemy URL of the tuning database (default: a SQLite file in the user data dir)")(fn)
+
+
+def open_store(db_url):
+    from .store import Store
+
+    return Store(db_url)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--budget", default="", help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\"")
+@click.option("--objective", default="tpot", show_default=True,
+              help="tpot, ttft, e2e, throughput or memory (comma list with --pareto)")
+@click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="measured trials (default 12)")
+@click.option("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+@click.option("--trial-timeout", type=float, default=None, help="seconds one trial may take (default 900)")
+@click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None)
+@click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)")
+@click.option("--study-file", type=click.Path(dir_okay=False), default=None,
+              help="a study definition (see studies/); command-line options override it")
+@click.option("--json", "as_json", is_flag=True)
+@workload_options
+@db_option
+@handle_errors
+def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
+           as_json, prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
+    """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
+    from . import report_text
+    from .search import Search
+    from .studyfile import build_spec
+
+    spec = build_spec(study_file, model=model, budget=budget, objective=objective, pareto=pareto, trials=trials,
+                      timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
+                      prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
+                      config_only=config_only)
+    store = open_store(db_url)
+    from .plugins import get_optimizations
+
+    optimizations = get_optimizations()
+    run = Search(spec, store, optimizations)
+    say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    say(f"study {run.study_name}: {spec.source.name} on {spec.target.describe()}; {spec.workload.describe()}")
+    say(f"budget: {spec.budget.text}; space: {report_text.space_summary(run.space)}; db: {store.display_url}")
+    with report_text.Progress(spec.trials, enabled=not as_json) as progress:
+        result = run.run(progress)
+    if as_json:
+        click.echo(json.dumps(report_text.search_payload(result, run), indent=2))
+    else:
+        click.echo(report_text.search_text(result, run))
+
+
+@cli.command()
+@click.option("--model", default=None)
+@click.option("--best", "best_model", default=None, metavar="MODEL", help="only the best known recipe for MODEL")
+@click.option("--all-targets", is_flag=True, help="recipes measured on any hardware")
+@click.option("--failed", is_flag=True, help="include failed and pruned measurements")
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+@handle_errors
+def recipes(model, best_model, all_targets, failed, as_json, db_url):
+    """Recipes known for this machine, best first."""
+    from . import report_text
+    from .store import queries
+    from .target import current_target
+
+    store, target = open_store(db_url), current_target()
+    if best_model:
+        rows = [queries.best_for_model(store, best_model, target)]
+    else:
+        rows = queries.list_measurements(store, target, model, all_targets, include_failed=failed)
+    if as_json:
+        click.echo(json.dumps([report_text.measurement_row(r) for r in rows], indent=2))
+    else:
+        click.echo(report_text.recipes_text(rows, target))
+
+
+@cli.command()
+@click.argument("recipe_id", type=int)
+@db_option
+@handle_errors
+def show(recipe_id, db_url):
+    """One recipe: its choices, figures vs the baseline, and the target it was measured on."""
+    from . import report_text
+    from .store import queries
+
+    row = queries.get_measurement(open_store(db_url), recipe_id)
+    click.echo(report_text.show_text(row))
+
+
+@cli.command()
+@click.argument("recipe_id", type=int, required=False)
+@click.option("--best", "best_model", default=None, metavar="MODEL", help="export the best known recipe for MODEL")
+@click.option("-o", "--output", required=True, type=click.Path(), help="file (json) or directory (transformers)")
+@click.option("--format", "fmt", type=click.Choice(["json", "transformers"]), default="json", show_default=True)
+@db_option
+@handle_errors
+def export(recipe_id, best_model, output, fmt, db_url):
+    """Write a stored recipe as a loadable JSON file or a plain-transformers directory."""
+    from .export import write_json, write_transformers_dir
+    from .models import resolve_model
+    from .plugins import get_optimizations
+    from .store import queries
+    from .target import current_target
+
+    if (recipe_id is None) == (best_model is None):
+        raise UsageError("give a recipe id or --best MODEL (one of them)")
+    store, target = open_store(db_url), current_target()
+    ref = str(recipe_id) if recipe_id is not None else best_model
+    doc = queries.document_for(store, ref, target, get_optimizations())
+    if fmt == "json":
+        write_json(doc, output)
+    else:
+        source = resolve_model(doc["model"], config_only=doc.get("config_only", False))
+        write_transformers_dir(doc, source.path, output, get_optimizations(), target)
+    click.echo(f"wrote recipe {doc['measurement_id']} ({doc['model']}) to {output}")
+
+
+@cli.command()
+@click.argument("recipe_id", type=int)
+@click.option("--timeout", type=float, default=900.0, show_default=True)
+@db_option
+@handle_errors
+def verify(recipe_id, timeout, db_url):
+    """Re-measure a stored recipe and report the ratio to its stored figures."""
+    from .evaluate import evaluate
+    from .models import resolve_model
+    from .plugins import get_optimizations
+    from .store import queries
+    from .target import current_target
+    from .workload import Workload
+
+    row = queries.get_measurement(open_store(db_url), recipe_id)
+    doc = queries.document(row)
+    optimizations = get_optimizations()
+    source = resolve_model(doc["model"], config_only=doc["config_only"])
+    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.spec), current_target(), optimizations,
+                  timeout=timeout)
+    if not ev.ok:
+        raise AutotuneError(f"re-measuring recipe {recipe_id} failed ({ev.status}): {ev.error}")
+    old, new = row.figures.get("tokens_per_s"), ev.get("tokens_per_s")
+    click.echo(f"recipe {recipe_id}: stored {old:.1f} tok/s, now {new:.1f} tok/s: ratio {new / old:.2f}x "
+               f"(TPOT {row.figures.get('tpot_ms_p50'):.2f} -> {ev.get('tpot_ms_p50'):.2f} ms)")
+
+
+@cli.group()
+def db():
+    """The tuning database's schema."""
+
+
+@db.command()
+@db_option
+@handle_errors
+def upgrade(db_url):
+    """Upgrade the tuning database to this autotune's schema."""
+    from .store import Store
+
+    store = Store(db_url, upgrade=True)
+    click.echo(f"{store.display_url} is at schema {store.revision()}")
+
+
+def quiet_libraries() -> None:
+    """Library chatter (optional native kernels missing, experimental-feature notes) is not for users."""
+    import logging
+    import warnings
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main():
+    quiet_libraries()
     cli(prog_name="autotune")

@@ -21,6 +21,7 @@ def _child(conn, spec: dict, log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it finishes this trial, then stops
     try:
         from .trial import run_trial
 
@@ -68,6 +69,7 @@ def _wait(proc, conn, timeout: float, log: Path) -> dict:
                 status, payload = conn.recv()
             except EOFError:  # closed without a message: the child died
                 break
+            proc.join(30)  # let it exit on its own: a killed child leaks its semaphores
             if status == "ok":
                 return payload
             return {"status": status, "error": payload}

@@ -75,10 +75,8 @@ class Quantization(Optimization):
         return {"quantization_config": self._config(opts)}
 
     def transformers_export(self, opts):
-        if opts["method"] == "none":
-            return {}
-        # transformers serialises its own quantization configs into config.json
-        return {"quantization_config": self._config(opts)}
+        # the quantized weights and their quantization_config are written by save_pretrained itself
+        return {}
 
 
 @autotune.hookimpl

@@ -1,0 +1,126 @@
+"""The budget grammar and the objectives.
+
+    budget   := limit ("," limit)*
+    limit    := metric op number [unit]
+    metric   := ttft_p50 | ttft_p95 | tpot_p50 | tpot_p95 | e2e_p50 | e2e_p95   (units ms | s; default ms)
+              | memory                                                          (units B | KiB | MiB | GiB | KB | MB | GB)
+              | quality                                                         (0..1 top-1 agreement; ">=" only)
+              | throughput                                                      (tokens/s; ">=" only)
+    op       := "<=" | ">="
+
+Example: ``tpot_p50<=25ms,memory<=4GiB,quality>=0.97``. Without a quality limit, quality>=0.95
+applies (teacher-forced top-1 token agreement with the HF-default baseline).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import BudgetError
+
+DEFAULT_QUALITY_FLOOR = 0.95
+GRAMMAR = ("budget grammar: METRIC<=VALUE[UNIT] or METRIC>=VALUE, comma-separated; metrics: ttft_p50, ttft_p95, "
+           "tpot_p50, tpot_p95, e2e_p50, e2e_p95 (ms|s), memory (B|KiB|MiB|GiB|KB|MB|GB), quality (0..1), "
+           "throughput (tok/s); e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\"")
+
+LATENCY = {"ttft_p50": "ttft_ms_p50", "ttft_p95": "ttft_ms_p95", "tpot_p50": "tpot_ms_p50",
+           "tpot_p95": "tpot_ms_p95", "e2e_p50": "e2e_ms_p50", "e2e_p95": "e2e_ms_p95"}
+MEMORY_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+TIME_UNITS = {"ms": 1.0, "s": 1000.0}
+LIMIT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z/]*)\s*$")
+
+#: objective name -> (result key, direction)
+OBJECTIVES = {"tpot": ("tpot_ms_p50", "minimize"), "ttft": ("ttft_ms_p50", "minimize"),
+              "e2e": ("e2e_ms_p50", "minimize"), "throughput": ("tokens_per_s", "maximize"),
+              "memory": ("peak_memory_bytes", "minimize")}
+
+
+@dataclass(frozen=True)
+class Limit:
+    metric: str  # as written: tpot_p50, memory, ...
+    key: str  # result key it reads
+    op: str
+    value: float  # in the result key's unit (ms, bytes, ratio, tokens/s)
+
+    def violation(self, result: dict) -> float | None:
+        """Optuna constraint value: <= 0 when met, positive by how much it is missed (relative)."""
+        got = result.get(self.key)
+        if got is None:
+            return None
+        scale = abs(self.value) or 1.0
+        return (got - self.value) / scale if self.op == "<=" else (self.value - got) / scale
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{format_value(self.key, self.value)}"
+
+
+def format_value(key: str, value: float) -> str:
+    if key == "peak_memory_bytes":
+        for unit in ("GiB", "MiB", "KiB"):
+            if value >= MEMORY_UNITS[unit.lower()]:
+                return f"{value / MEMORY_UNITS[unit.lower()]:.2f} {unit}"
+        return f"{value:.0f} B"
+    if key.endswith(("_p50", "_p95")):
+        return f"{value:.1f} ms"
+    if key == "tokens_per_s":
+        return f"{value:.1f} tok/s"
+    return f"{value:.3f}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    limits: tuple[Limit, ...]
+    text: str
+
+    @property
+    def quality_floor(self) -> float | None:
+        return next((lim.value for lim in self.limits if lim.key == "quality"), None)
+
+
+def parse_budget(text: str | None, *, default_quality: bool = True) -> Budget:
+    limits: list[Limit] = []
+    for part in [p for p in (text or "").split(",") if p.strip()]:
+        limits.append(_parse_limit(part))
+    if default_quality and not any(lim.key == "quality" for lim in limits):
+        limits.append(Limit("quality", "quality", ">=", DEFAULT_QUALITY_FLOOR))
+    return Budget(tuple(limits), ",".join(str(lim) for lim in limits))
+
+
+def _parse_limit(part: str) -> Limit:
+    m = LIMIT.match(part)
+    if not m:
+        raise BudgetError(f"cannot read {part.strip()!r}; {GRAMMAR}")
+    metric, op, number, unit = m.group(1), m.group(2), float(m.group(3)), m.group(4).lower()
+    if metric in LATENCY:
+        if unit not in ("", *TIME_UNITS):
+            raise BudgetError(f"{metric} takes ms or s, not {unit!r}; {GRAMMAR}")
+        return Limit(metric, LATENCY[metric], op, number * TIME_UNITS.get(unit or "ms"))
+    if metric == "memory":
+        if unit not in MEMORY_UNITS:
+            raise BudgetError(f"memory needs a unit (B, KiB, MiB, GiB, KB, MB, GB), got {unit or 'none'!r}; {GRAMMAR}")
+        return Limit(metric, "peak_memory_bytes", op, number * MEMORY_UNITS[unit])
+    if metric == "quality":
+        if op != ">=" or unit or not 0 <= number <= 1:
+            raise BudgetError(f"quality is a floor between 0 and 1 (quality>=0.97); {GRAMMAR}")
+        return Limit(metric, "quality", op, number)
+    if metric == "throughput":
+        if op != ">=" or unit not in ("", "tok/s"):
+            raise BudgetError(f"throughput is a floor in tokens/s (throughput>=40); {GRAMMAR}")
+        return Limit(metric, "tokens_per_s", op, number)
+    raise BudgetError(f"unknown metric {metric!r}; {GRAMMAR}")
+
+
+def parse_objectives(objective: str, pareto: bool) -> list[tuple[str, str]]:
+    """``--objective tpot`` -> [(key, direction)]; ``--pareto`` defaults to tpot and memory, or
+    takes a comma list (``--objective tpot,memory --pareto``)."""
+    names = [n.strip() for n in objective.split(",") if n.strip()]
+    if pareto and len(names) < 2:
+        names = [names[0] if names else "tpot", "memory"]
+        if names[0] == "memory":
+            names = ["memory", "tpot"]
+    if not pareto and len(names) != 1:
+        raise BudgetError("several objectives need --pareto")
+    for n in names:
+        if n not in OBJECTIVES:
+            raise BudgetError(f"unknown objective {n!r}; choose from {', '.join(OBJECTIVES)}")
+    return [OBJECTIVES[n] for n in names]

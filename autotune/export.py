@@ -1,0 +1,121 @@
+"""Recipe files: the plain-data JSON format (no pickle, no code), its validation, and the
+``--format transformers`` directory for users of plain transformers."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from .errors import AutotuneError, RecipeError
+from .optimization import ApplyContext, Optimization
+from .recipe import resolve
+from .workload import Workload
+
+FORMAT = "autotune-recipe"
+FORMAT_VERSION = 1
+FIGURE_KEYS = ("tpot_ms_p50", "tpot_ms_p95", "ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
+               "tokens_per_s", "peak_memory_bytes", "cv", "load_s", "compile_s", "quality", "perplexity",
+               "greedy_match", "output_ids")
+
+
+def recipe_document(*, model: str, config_only: bool, recipe: dict, workload: dict, target: dict,
+                    figures: dict, baseline: dict | None, measurement_id: int | None, study: str | None) -> dict:
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": model, "config_only": config_only,
+        "recipe": recipe, "workload": workload,
+        "target": target, "versions": target.get("versions", {}),
+        "figures": {k: figures.get(k) for k in FIGURE_KEYS if k in figures},
+        "baseline": {k: baseline.get(k) for k in FIGURE_KEYS if k in baseline} if baseline else None,
+        "measurement_id": measurement_id, "study": study,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(doc: dict, path: str) -> None:
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+
+
+def read_recipe_file(path: str, optimizations: Mapping[str, Optimization]) -> dict:
+    """Read and validate a recipe JSON file; every problem is a :class:`RecipeError`."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RecipeError(f"recipe {path} is not valid JSON: {exc}") from None
+    return validate_document(doc, optimizations, where=str(path))
+
+
+def validate_document(doc, optimizations: Mapping[str, Optimization], where: str = "recipe") -> dict:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RecipeError(f"{where} is not an autotune recipe (missing \"format\": \"{FORMAT}\")")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise RecipeError(f"{where} has format_version {doc.get('format_version')!r}; this autotune reads "
+                          f"{FORMAT_VERSION}")
+    if not isinstance(doc.get("model"), str) or not doc["model"]:
+        raise RecipeError(f"{where}: \"model\" must be a non-empty string")
+    if not isinstance(doc.get("recipe"), dict):
+        raise RecipeError(f"{where}: \"recipe\" must map plugin names to options")
+    try:
+        doc["recipe"] = resolve(doc["recipe"], optimizations)
+        doc["workload"] = Workload.from_dict(doc.get("workload") or {}).to_dict()
+    except (AutotuneError, TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    if not isinstance(doc.get("target", {}), dict):
+        raise RecipeError(f"{where}: \"target\" must be an object")
+    return doc
+
+
+def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizations: Mapping[str, Optimization],
+                           target) -> None:
+    """A directory plain ``AutoModelForCausalLM.from_pretrained`` loads: weights as the recipe loads
+    them (quantized where it quantizes), ``generation_config.json`` with what generate understands,
+    and a README of the steps transformers cannot persist (compile, SDPA backend...)."""
+    from .apply import load_model, load_tokenizer
+
+    recipe, workload = doc["recipe"], Workload.from_dict(doc["workload"])
+    ctx = ApplyContext(target, target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size, recipe)
+    model = load_model(model_path, optimizations, recipe, ctx)
+    tokenizer = load_tokenizer(model_path)
+    load_kwargs, steps = {}, []
+    for name, opt in optimizations.items():
+        exported = opt.transformers_export(recipe[name])
+        for key, value in exported.get("generation_config", {}).items():
+            setattr(model.generation_config, key, value)
+        load_kwargs.update(exported.get("load_kwargs", {}))
+        steps += exported.get("steps", [])
+    out = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(doc, str(tmp / "autotune-recipe.json"))
+        (tmp / "README.md").write_text(_readme(doc, load_kwargs, steps))
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.move(str(tmp), str(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readme(doc: dict, load_kwargs: dict, steps: list[str]) -> str:
+    kwargs = "".join(f", {k}={v!r}" for k, v in load_kwargs.items())
+    lines = [f"# {doc['model']} tuned by autotune", "",
+             "Load with plain transformers:", "", "```python",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             f"model = AutoModelForCausalLM.from_pretrained(\"<this directory>\"{kwargs})",
+             "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")", "```", "",
+             "`generation_config.json` already carries the cache settings; quantized weights carry their "
+             "`quantization_config` in `config.json`.", ""]
+    if steps:
+        lines += ["Steps transformers cannot persist (or use `autotune.load(\"autotune-recipe.json\")`, which "
+                  "does them all):", ""] + [f"- {s}" for s in steps] + [""]
+    return "\n".join(lines)

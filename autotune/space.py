@@ -1,0 +1,95 @@
+"""The search space the plugins contribute for one target: every option with the choices that are
+possible here (unavailable ones left out), optionally narrowed by a study definition."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Any, Iterator, Mapping
+
+from .errors import PluginError
+from .optimization import Optimization, Option
+from .recipe import Recipe, resolve
+
+Space = dict[str, list[Option]]
+
+
+def build_space(optimizations: Mapping[str, Optimization], target,
+                restrict: Mapping[str, list] | None = None) -> Space:
+    """``restrict``: ``{"plugin.option": [choices]}`` narrows an option (a study file's ``space``)."""
+    restrict_in = dict(restrict or {})
+    restrict = dict(restrict_in)
+    space: Space = {}
+    for name, opt in optimizations.items():
+        unavailable = opt.unavailable(target)
+        options = []
+        for o in opt.options():
+            choices = [c for c in o.choices if f"{o.name}={c}" not in unavailable]
+            key = f"{name}.{o.name}"
+            if key in restrict:
+                wanted = restrict.pop(key)
+                bad = [c for c in wanted if c not in o.choices]
+                if bad:
+                    raise PluginError(f"{key}: {bad} not among {list(o.choices)}")
+                choices = [c for c in choices if c in wanted]
+            if not choices:
+                if key in restrict_in:
+                    raise PluginError(f"{key}: none of {restrict_in[key]} is possible on this target")
+                choices = [o.default]  # only reachable through an unavailable parent choice: never sampled
+            default = o.default if o.default in choices else choices[0]
+            options.append(replace(o, choices=tuple(choices), default=default))
+        space[name] = options
+    if restrict:
+        raise PluginError(f"unknown option(s) in the space: {', '.join(restrict)}")
+    return space
+
+
+def suggest(trial, space: Space) -> dict[str, dict[str, Any]]:
+    """Define-by-run sampling: an option is sampled only when active given its plugin's earlier
+    choices; options with one possible choice are fixed, not sampled."""
+    partial: dict[str, dict[str, Any]] = {}
+    for plugin, options in space.items():
+        chosen: dict[str, Any] = {}
+        for o in options:
+            if not o.is_active(chosen):
+                continue
+            if len(o.choices) == 1:
+                chosen[o.name] = o.choices[0]
+            else:
+                chosen[o.name] = trial.suggest_categorical(f"{plugin}.{o.name}", list(o.choices))
+        partial[plugin] = chosen
+    return partial
+
+
+def params_for(recipe: Recipe, space: Space) -> dict[str, Any]:
+    """The Optuna params that :func:`suggest` would produce for ``recipe`` (for enqueue_trial)."""
+    return {f"{p}.{o.name}": recipe[p][o.name] for p, options in space.items() for o in options
+            if o.name in recipe.get(p, {}) and len(o.choices) > 1 and recipe[p][o.name] in o.choices}
+
+
+def enumerate_recipes(space: Space, optimizations: Mapping[str, Optimization]) -> Iterator[Recipe]:
+    """Every distinct recipe of the space (inactive options not multiplied in)."""
+    per_plugin = {p: list(_plugin_choices(options)) for p, options in space.items()}
+    names = list(per_plugin)
+    for combo in itertools.product(*(per_plugin[n] for n in names)):
+        yield resolve(dict(zip(names, combo)), optimizations)
+
+
+def _plugin_choices(options: list[Option], chosen: dict | None = None, i: int = 0) -> Iterator[dict]:
+    chosen = chosen or {}
+    if i == len(options):
+        yield dict(chosen)
+        return
+    o = options[i]
+    if not o.is_active(chosen):
+        yield from _plugin_choices(options, chosen, i + 1)
+        return
+    for c in o.choices:
+        yield from _plugin_choices(options, {**chosen, o.name: c}, i + 1)
+
+
+def count(space: Space) -> int:
+    """How many distinct recipes the space holds."""
+    n = 1
+    for options in space.values():
+        n *= sum(1 for _ in _plugin_choices(options))
+    return n

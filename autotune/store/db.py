@@ -1,0 +1,138 @@
+"""Opening the tuning database: URL handling, schema checks, and the one unit-of-work helper
+that owns commit / rollback / close and turns driver errors into :class:`StoreError`."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import StoreError, UsageError
+from ..paths import data_dir
+
+ENV_DB = "AUTOTUNE_DB"
+VERSION_TABLE = "autotune_alembic_version"
+
+
+def default_url() -> str:
+    return os.environ.get(ENV_DB) or f"sqlite:///{data_dir() / 'autotune.db'}"
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with any password hidden: the only form that ever reaches output or errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _short(exc: Exception, url: str) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _alembic_config(connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+
+class Store:
+    """The tuning database. ``Store(url)`` opens it (creating the schema on an empty database) and
+    refuses one whose schema is older than this autotune with the hint to upgrade."""
+
+    def __init__(self, url: str | None = None, *, upgrade: bool = False):
+        self.url = url or default_url()
+        self.display_url = safe_url(self.url)
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError:
+            raise UsageError(f"--db {self.url!r} is not a database URL (e.g. sqlite:///tune.db or "
+                             "postgresql+psycopg://user@host/db)") from None
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            self._check_sqlite_file(Path(parsed.database))
+        try:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+            raise StoreError(f"cannot use database {self.display_url}: {_short(exc, self.url)}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._prepare(upgrade)
+
+    def _check_sqlite_file(self, path: Path) -> None:
+        if path == data_dir() / "autotune.db":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            raise StoreError(f"database directory {path.parent} does not exist")
+        if path.exists() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
+            raise StoreError(f"{path} is not a SQLite database; refusing to touch it")
+
+    def revision(self) -> str | None:
+        with self._errors():
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table(VERSION_TABLE):
+                    return None
+                return conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
+
+    def _prepare(self, upgrade: bool) -> None:
+        current, head = self.revision(), head_revision()
+        if current == head:
+            return
+        if current is not None and not upgrade:
+            raise StoreError(f"the tuning database {self.display_url} has schema {current}, this autotune "
+                             f"needs {head}: run `autotune db upgrade` (with the same --db)")
+        self.upgrade()
+
+    def upgrade(self) -> None:
+        """Apply our migrations up to head, in one transaction."""
+        from alembic import command
+
+        with self._errors():
+            with self.engine.begin() as conn:
+                command.upgrade(_alembic_config(conn), "head")
+
+    @contextlib.contextmanager
+    def _errors(self):
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.display_url}: {_short(exc, self.url)}") from None
+
+    @contextlib.contextmanager
+    def session(self):
+        """One unit of work: commits on success, rolls back on any error, always closes."""
+        with self._errors():
+            s: Session = self._sessions()
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+            finally:
+                s.close()
+
+    def optuna_storage(self):
+        """Optuna's RDB storage on the same database (its tables are not prefixed, ours are)."""
+        import optuna
+
+        with self._errors():
+            return optuna.storages.RDBStorage(self.url, heartbeat_interval=None)

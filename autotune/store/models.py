@@ -1,0 +1,157 @@
+"""The tuning database's tables (prefixed ``autotune_`` so Optuna's tables can share the database).
+Finders live on the models."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Model(Base):
+    __tablename__ = "autotune_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(500), unique=True)
+    config_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    @classmethod
+    def get_or_create(cls, s: Session, name: str, config_only: bool) -> "Model":
+        key = f"{name} [config-only]" if config_only else name
+        row = s.scalar(select(cls).where(cls.name == key))
+        if row is None:
+            row = cls(name=key, config_only=config_only)
+            s.add(row)
+            s.flush()
+        return row
+
+
+class Target(Base):
+    __tablename__ = "autotune_targets"
+    __table_args__ = (UniqueConstraint("hardware_key", "versions_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hardware_key: Mapped[str] = mapped_column(String(32), index=True)
+    versions_key: Mapped[str] = mapped_column(String(32))
+    device: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    @classmethod
+    def get_or_create(cls, s: Session, target) -> "Target":
+        row = s.scalar(select(cls).where(cls.hardware_key == target.hardware_key,
+                                         cls.versions_key == target.versions_key))
+        if row is None:
+            row = cls(hardware_key=target.hardware_key, versions_key=target.versions_key, device=target.device,
+                      name=target.name, fingerprint=target.to_dict())
+            s.add(row)
+            s.flush()
+        return row
+
+
+class Workload(Base):
+    __tablename__ = "autotune_workloads"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+
+    @classmethod
+    def get_or_create(cls, s: Session, workload) -> "Workload":
+        row = s.scalar(select(cls).where(cls.key == workload.key))
+        if row is None:
+            row = cls(key=workload.key, spec=workload.to_dict())
+            s.add(row)
+            s.flush()
+        return row
+
+
+class Recipe(Base):
+    __tablename__ = "autotune_recipes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    recipe: Mapped[dict] = mapped_column(JSON)
+
+    @classmethod
+    def get_or_create(cls, s: Session, recipe: dict) -> "Recipe":
+        import hashlib
+
+        from ..recipe import recipe_key
+
+        key = recipe_key(recipe)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        row = s.scalar(select(cls).where(cls.key_hash == digest))
+        if row is None:
+            row = cls(key=key, key_hash=digest, recipe=recipe)
+            s.add(row)
+            s.flush()
+        return row
+
+
+class Measurement(Base):
+    """One measured (or pruned) recipe on one target and workload: every trial, failed ones too."""
+
+    __tablename__ = "autotune_measurements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("autotune_models.id"), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("autotune_targets.id"), index=True)
+    workload_id: Mapped[int] = mapped_column(ForeignKey("autotune_workloads.id"))
+    recipe_id: Mapped[int] = mapped_column(ForeignKey("autotune_recipes.id"))
+    study: Mapped[str | None] = mapped_column(String(300), index=True)
+    is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))  # ok / oom / crash / timeout / error / invalid
+    error: Mapped[str | None] = mapped_column(Text)
+    tpot_ms_p50: Mapped[float | None] = mapped_column(Float)
+    ttft_ms_p50: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[float | None] = mapped_column(Float)
+    quality: Mapped[float | None] = mapped_column(Float)
+    figures: Mapped[dict] = mapped_column(JSON, default=dict)
+    stale: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    model: Mapped[Model] = relationship()
+    target: Mapped[Target] = relationship()
+    workload: Mapped[Workload] = relationship()
+    recipe: Mapped[Recipe] = relationship()
+
+    @classmethod
+    def find_same(cls, s: Session, model: Model, target: Target, workload: Workload, recipe: Recipe):
+        """An earlier measurement of exactly this configuration on this target, if any."""
+        return s.scalar(select(cls).where(cls.model_id == model.id, cls.target_id == target.id,
+                                          cls.workload_id == workload.id, cls.recipe_id == recipe.id,
+                                          cls.status != "invalid")
+                        .order_by(cls.id.desc()).limit(1))
+
+    @classmethod
+    def baseline_for(cls, s: Session, model: Model, target: Target, workload: Workload):
+        return s.scalar(select(cls).where(cls.model_id == model.id, cls.target_id == target.id,
+                                          cls.workload_id == workload.id, cls.is_baseline.is_(True),
+                                          cls.status == "ok").order_by(cls.id).limit(1))
+
+
+class Study(Base):
+    """A search: its budget and objective, so reports and resumes know what was asked."""
+
+    __tablename__ = "autotune_studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("autotune_models.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("autotune_targets.id"))
+    workload_id: Mapped[int] = mapped_column(ForeignKey("autotune_workloads.id"))
+    budget: Mapped[str] = mapped_column(Text)
+    objective: Mapped[str] = mapped_column(String(100))
+    best_measurement_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_measurements.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    model: Mapped[Model] = relationship()
+    target: Mapped[Target] = relationship()
+    workload: Mapped[Workload] = relationship()
