@@ -69,7 +69,7 @@ class Store:
             raise UsageError(f"--db {self.url!r} is not a database URL (e.g. sqlite:///tune.db or "
                              "postgresql+psycopg://user@host/db)") from None
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            self._check_sqlite_file(Path(parsed.database))
+            self._check_sqlite_file(Path(parsed.database.removeprefix("file:").split("?")[0]))
         try:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         except (ArgumentError, ImportError, SQLAlchemyError) as exc:

@@ -1,0 +1,239 @@
+"""Search end to end on a tiny model into a real SQLite file; export, load, verify."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST
+
+import autotune
+from autotune.cli import cli
+from autotune.errors import AutotuneError, RecipeError
+from autotune.store import Store
+from autotune.store import models as m
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def study_file(tmp_path, model, extra="") -> str:
+    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
+    path = tmp_path / "study.toml"
+    path.write_text(f'''model = "{model}"
+trials = 3
+{extra}
+[workload]
+prompt_tokens = 8
+new_tokens = 6
+[measure]
+{measure}
+[space]
+"compile.target" = ["off"]
+"quantization.method" = ["none", "torchao-int8-weight"]
+"dtype.dtype" = ["auto"]
+"attention.implementation" = ["sdpa"]
+"attention.sdpa_backend" = ["auto"]
+"cache.max_cache_len" = ["auto", 256]
+"cache.pad_to_multiple_of" = [8]
+''')
+    return str(path)
+
+
+def search(args, db_url):
+    result = CliRunner().invoke(cli, ["search", *args, "--db", db_url, "--json"])
+    return result, (json.loads(result.stdout) if result.exit_code == 0 else None)
+
+
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'tune.db'}"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_model, shared_db):
+    """One real search shared by the tests that read its results (each trial is a real process)."""
+    f = study_file(tmp_path_factory.mktemp("study"), tiny_model)
+    result, payload = search(["--study-file", f, "--study", "s1"], shared_db)
+    assert result.exit_code == 0, result.output
+    return payload
+
+
+@pytest.fixture
+def db_url(request, shared_db, tmp_path):
+    """Tests that use the shared search read its database; the others get their own."""
+    return shared_db if "searched" in request.fixturenames else f"sqlite:///{tmp_path / 'tune.db'}"
+
+
+def test_search_stores_every_trial(searched, db_url):
+    assert searched["study"] == "s1"
+    assert len(searched["trials"]) >= 3
+    statuses = {t["status"] for t in searched["trials"]}
+    assert statuses <= {"ok", "invalid", "error", "oom", "crash", "timeout"}
+    assert searched["best"][0]["status"] == "ok" and searched["best"][0]["feasible"]
+    assert searched["baseline"]["recipe"]["cache"]["implementation"] == "dynamic"
+    store = Store(db_url)
+    with store.session() as s:
+        ids = {t["measurement_id"] for t in searched["trials"]}
+        rows = s.query(m.Measurement).filter(m.Measurement.id.in_(ids)).all()
+        assert len(rows) == len(ids)
+        assert s.query(m.Study).filter_by(name="s1").one().best_measurement_id == searched["best"][0]["measurement_id"]
+    import optuna
+
+    study = optuna.load_study(study_name="s1", storage=db_url)
+    assert len(study.trials) == len(searched["trials"])
+
+
+def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
+    from autotune.budget import parse_budget, parse_objectives
+    from autotune.models import resolve_model
+    from autotune.plugins import get_optimizations
+    from autotune.search import Search, SearchSpec
+    from autotune.target import current_target
+    from autotune.workload import Workload
+
+    spec = SearchSpec(resolve_model(tiny_model), Workload(), current_target("cpu"), parse_budget(""),
+                      parse_objectives("tpot", False))
+    study = Search(spec, Store(db_url), get_optimizations()).open_study()
+    first, second = (t.system_attrs["fixed_params"] for t in study.trials[:2])  # enqueued, waiting
+    assert first.get("cache.implementation", "dynamic") == "dynamic"
+    assert first.get("compile.target", "off") == "off"
+    assert second["cache.implementation"] == "static"
+    assert second["compile.target"] == "forward"
+    assert second["compile.mode"] == "reduce-overhead" and second["compile.fullgraph"] is True
+
+
+def test_resume_by_study_name_and_no_remeasuring(searched, tmp_path, tiny_model, db_url):
+    store = Store(db_url)
+    with store.session() as s:
+        measured = s.query(m.Measurement).filter(m.Measurement.status != "invalid").count()
+    f = study_file(tmp_path, tiny_model)
+    result, again = search(["--study-file", f, "--study", "s1", "--trials", "3"], db_url)
+    assert result.exit_code == 0, result.output
+    assert len(again["trials"]) == len(searched["trials"])  # already done: nothing new
+    result, other = search(["--study-file", f, "--study", "s2", "--sampler", "grid", "--trials", "4"], db_url)
+    assert result.exit_code == 0, result.output
+    with store.session() as s:
+        after = s.query(m.Measurement).filter(m.Measurement.status != "invalid").count()
+    reused = [t for t in other["trials"] if t["reused"]]
+    assert reused, "configurations measured by s1 must be reused by s2"
+    assert after == measured + len([t for t in other["trials"] if not t["reused"] and t["status"] != "invalid"])
+
+
+def test_budget_nobody_meets_names_the_binding_limit(tmp_path, tiny_model, db_url):
+    f = study_file(tmp_path, tiny_model)
+    result = CliRunner().invoke(cli, ["search", "--study-file", f, "--db", db_url, "--trials", "2",
+                                      "--budget", "tpot_p50<=0.001ms"])
+    assert result.exit_code == 1
+    assert "tpot_p50: nearest candidate" in result.output and "> 0.0 ms" in result.output
+    assert "Traceback" not in result.output
+    with Store(db_url).session() as s:
+        assert s.query(m.Measurement).count() >= 2  # still stored
+
+
+def test_malformed_budget(tiny_model, db_url):
+    result = CliRunner().invoke(cli, ["search", tiny_model, "--db", db_url, "--budget", "speed>=fast"])
+    assert result.exit_code == 2 and "budget grammar" in result.output
+
+
+def test_export_load_generates_the_measured_tokens(searched, tmp_path, db_url):
+    best = searched["best"][0]
+    out = tmp_path / "recipe.json"
+    result = CliRunner().invoke(cli, ["export", str(best["measurement_id"]), "-o", str(out), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "autotune-recipe" and doc["recipe"] == best["recipe"]
+    code = f"""
+import json, autotune
+from autotune.workload import Workload
+doc = json.load(open({str(out)!r}))
+r = autotune.load({str(out)!r})
+w = Workload.from_dict(doc["workload"])
+ids = w.input_ids(r.tokenizer, r.model.config.vocab_size)
+out = r.generate_ids(ids, max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens)
+print(json.dumps(out[0, ids.shape[1]:].tolist()))
+print(json.dumps(r.generate("The capital of France is", max_new_tokens=4)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-2]) == doc["figures"]["output_ids"]  # same tokens as measured
+    assert isinstance(json.loads(lines[-1]), str)
+
+
+def test_export_best_and_transformers_format(searched, tmp_path, tiny_model, db_url):
+    out = tmp_path / "hf"
+    result = CliRunner().invoke(cli, ["export", "--best", tiny_model, "-o", str(out), "--format", "transformers",
+                                      "--db", db_url])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    recipe = json.loads((out / "autotune-recipe.json").read_text())["recipe"]
+    gen = GenerationConfig.from_pretrained(out)
+    if recipe["cache"]["implementation"] != "dynamic":
+        assert gen.cache_implementation == recipe["cache"]["implementation"]
+    if recipe["quantization"]["method"] != "none":
+        assert getattr(model.config, "quantization_config", None) is not None
+    assert "autotune.load" in (out / "README.md").read_text()
+
+
+def test_recipes_show_verify(searched, db_url):
+    r = CliRunner().invoke(cli, ["recipes", "--db", db_url, "--json"])
+    assert r.exit_code == 0
+    rows = json.loads(r.output)
+    speeds = [x["tokens_per_s"] for x in rows]
+    assert speeds == sorted(speeds, reverse=True)
+    best_id = searched["best"][0]["measurement_id"]
+    r = CliRunner().invoke(cli, ["show", str(best_id), "--db", db_url])
+    assert r.exit_code == 0 and "vs baseline" in r.output
+    r = CliRunner().invoke(cli, ["show", "99999", "--db", db_url])
+    assert r.exit_code == 1 and "no recipe with id 99999" in r.output
+    r = CliRunner().invoke(cli, ["export", "99999", "-o", "x.json", "--db", db_url])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["recipe"].update({"warp": {"drive": 1}}), "unknown plugin 'warp'"),
+    (lambda d: d["recipe"]["cache"].update({"size": 3}), "unknown option cache.size"),
+    (lambda d: d["recipe"]["cache"].update({"implementation": 7}), "not one of"),
+    (lambda d: d.pop("format"), "not an autotune recipe"),
+    (lambda d: d.update({"workload": {"new_tokens": -1}}), "positive integer"),
+])
+def test_bad_recipe_files(searched, tmp_path, db_url, mutate, match):
+    out = tmp_path / "r.json"
+    CliRunner().invoke(cli, ["export", str(searched["best"][0]["measurement_id"]), "-o", str(out), "--db", db_url])
+    doc = json.loads(out.read_text())
+    mutate(doc)
+    out.write_text(json.dumps(doc))
+    with pytest.raises(RecipeError, match=match):
+        autotune.load(str(out))
+
+
+def test_not_json_recipe(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(AutotuneError, match="not valid JSON"):
+        autotune.load(str(bad))
+
+
+def test_other_hardware_warns_and_strict_raises(searched, tmp_path, db_url):
+    out = tmp_path / "r.json"
+    CliRunner().invoke(cli, ["export", str(searched["best"][0]["measurement_id"]), "-o", str(out), "--db", db_url])
+    doc = json.loads(out.read_text())
+    doc["target"]["name"] = "NVIDIA H100 80GB HBM3"
+    doc["target"]["versions"]["torch"] = "1.0"
+    out.write_text(json.dumps(doc))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        autotune.load(str(out))
+    assert any("measured elsewhere" in str(w.message) for w in caught)
+    with pytest.raises(RecipeError, match="torch 1.0 then"):
+        autotune.load(str(out), strict=True)
+
+
+def test_load_by_model_name_uses_the_best_known(searched, tiny_model, db_url):
+    tuned = autotune.load(tiny_model, db=db_url)
+    assert tuned.document["measurement_id"] == searched["best"][0]["measurement_id"]
