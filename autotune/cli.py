@@ -135,12 +135,14 @@ def open_store(db_url):
 @click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)")
 @click.option("--study-file", type=click.Path(dir_okay=False), default=None,
               help="a study definition (see studies/); command-line options override it")
+@click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
+@click.option("--hardware", default=None, help="with --submit: where the job may run (default: this hardware)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @db_option
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
-           as_json, prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
+           submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import report_text
     from .search import Search
@@ -151,6 +153,9 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
                       prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
                       config_only=config_only)
     store = open_store(db_url)
+    if submit_job:
+        _submit(store, spec, hardware)
+        return
     from .plugins import get_optimizations
 
     optimizations = get_optimizations()
@@ -257,6 +262,108 @@ def verify(recipe_id, timeout, db_url):
     old, new = row.figures.get("tokens_per_s"), ev.get("tokens_per_s")
     click.echo(f"recipe {recipe_id}: stored {old:.1f} tok/s, now {new:.1f} tok/s: ratio {new / old:.2f}x "
                f"(TPOT {row.figures.get('tpot_ms_p50'):.2f} -> {ev.get('tpot_ms_p50'):.2f} ms)")
+
+
+def _submit(store, spec, hardware):
+    from . import jobs
+
+    job_id = jobs.submit(store, spec, jobs.hardware_class(hardware, spec.target))
+    click.echo(f"queued job {job_id}: {spec.source.name}, {spec.trials} trials, budget {spec.budget.text} "
+               f"({store.display_url})")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--budget", default="")
+@click.option("--objective", default="tpot", show_default=True)
+@click.option("--pareto", is_flag=True)
+@click.option("--trials", type=click.IntRange(min=1), default=None)
+@click.option("--trial-timeout", type=float, default=None)
+@click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None)
+@click.option("--study", "study_name", default=None)
+@click.option("--study-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--hardware", default=None, help="where the job may run: this (default), any, cpu, cuda, cuda>=40GiB")
+@workload_options
+@db_option
+@handle_errors
+def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
+           prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
+    """Queue a tuning job in the database; daemons on matching hardware work it off."""
+    from .studyfile import build_spec
+
+    spec = build_spec(study_file, model=model, budget=budget, objective=objective, pareto=pareto, trials=trials,
+                      timeout=None, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
+                      prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
+                      config_only=config_only)
+    _submit(open_store(db_url), spec, hardware)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+@handle_errors
+def jobs(as_json, db_url):
+    """Queued, running, done and failed jobs: where they run, since when, progress, best so far."""
+    from . import jobs as queue
+    from . import report_text
+
+    rows = queue.list_jobs(open_store(db_url))
+    click.echo(json.dumps(rows, indent=2) if as_json else report_text.jobs_text(rows))
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@db_option
+@handle_errors
+def cancel(job_id, db_url):
+    """Cancel a queued or running job (workers stop after their current trial)."""
+    from . import jobs as queue
+
+    state = queue.cancel(open_store(db_url), job_id)
+    click.echo(f"job {job_id}: {state}")
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="worker processes")
+@click.option("--poll", type=float, default=5.0, show_default=True, help="seconds between looks at the queue")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True, help="trial heartbeat (s)")
+@click.option("--grace", type=click.IntRange(min=1), default=60, show_default=True,
+              help="seconds without a heartbeat before a trial is failed and retried")
+@click.option("--exit-when-idle", is_flag=True, help="exit when no job is left for this hardware")
+@click.option("--reverify", is_flag=True, help="first re-measure stored recipes measured with other versions")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@db_option
+@handle_errors
+def daemon(workers, poll, heartbeat, grace, exit_when_idle, reverify, device, db_url):
+    """Work off queued tuning jobs that this hardware can run (one line per trial on stderr)."""
+    import logging
+
+    from .daemon import DaemonOptions, run_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s", stream=sys.stderr)
+    store = open_store(db_url)
+    if store.engine.dialect.name == "sqlite":
+        click.echo(f"note: {store.display_url} is SQLite: fine for workers on this host; for several hosts "
+                   "use PostgreSQL", err=True)
+    options = DaemonOptions(poll_s=poll, heartbeat_s=heartbeat, grace_s=grace, exit_when_idle=exit_when_idle)
+    run_workers(store.url, workers, options, device, reverify)
+
+
+@cli.command()
+@click.option("--port", type=int, default=8080, show_default=True)
+@db_option
+@handle_errors
+def dashboard(port, db_url):
+    """Open optuna-dashboard on the tuning database (pip install optuna-dashboard)."""
+    import shutil
+    import subprocess
+
+    store = open_store(db_url)
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        raise AutotuneError(f"optuna-dashboard is not installed: pip install optuna-dashboard, then run "
+                            f"optuna-dashboard '{store.display_url}' --port {port}")
+    sys.exit(subprocess.call([exe, store.url, "--port", str(port)]))
 
 
 @cli.group()

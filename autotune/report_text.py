@@ -228,3 +228,17 @@ def search_text(result, search) -> str:
                      f"quality {fmt(r.result.get('quality'), 3)}")
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)
+
+
+def jobs_text(rows: list[dict]) -> str:
+    if not rows:
+        return "no jobs: queue one with `autotune submit MODEL --budget ...`"
+    lines = [f"{'id':>4}  {'state':<9} {'model':<24} {'trials':>7}  {'best TPOT':>9}  hardware / workers"]
+    for r in rows:
+        workers = ", ".join(f"{w['host']}:{w['pid']} since {w['since']}" for w in r["workers"]) or "-"
+        best = f"{r['best_tpot_ms_p50']:.2f} ms" if r["best_tpot_ms_p50"] else "-"
+        lines.append(f"{r['id']:>4}  {r['state']:<9} {r['model'][:24]:<24} {r['trials_done']:>3}/{r['trials_planned']:<3}"
+                     f"  {best:>9}  {r['hardware']} / {workers}")
+        if r["message"] and r["state"] in ("failed", "cancelled"):
+            lines.append(f"      {r['message']}")
+    return "\n".join(lines)

@@ -121,11 +121,12 @@ class Search:
             self.workload_id = m.Workload.get_or_create(s, spec.workload).id
 
     # -- the study ---------------------------------------------------------------------------
-    def open_study(self) -> optuna.Study:
+    def open_study(self, storage=None) -> optuna.Study:
+        """Create or resume the study (``storage``: e.g. one with heartbeats, for the daemon)."""
         directions = [d for _, d in self.spec.objectives]
         sampler = make_sampler(self.spec.sampler, self.spec.seed, self.space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(study_name=self.study_name, storage=self.store.optuna_storage(),
+        study = optuna.create_study(study_name=self.study_name, storage=storage or self.store.optuna_storage(),
                                     directions=directions, sampler=sampler, load_if_exists=True)
         if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise UsageError(f"study {self.study_name!r} exists with other objectives; pick another --study name")
@@ -176,9 +177,10 @@ class Search:
     def _record(number: int, row: m.Measurement, recipe: dict, reused: bool) -> TrialRecord:
         return TrialRecord(number, row.id, recipe, row.status, dict(row.figures or {}), row.error, reused, False)
 
-    def run_trial(self, study: optuna.Study, baseline: Evaluation, on_status=lambda s: None) -> TrialRecord:
-        """Ask, check the rules, measure or reuse, store, tell."""
-        trial = study.ask()
+    def run_trial(self, study: optuna.Study, baseline: Evaluation, on_status=lambda s: None,
+                  trial: optuna.Trial | None = None) -> TrialRecord:
+        """Ask (unless given an asked trial), check the rules, measure or reuse, store, tell."""
+        trial = trial or study.ask()
         try:
             recipe = resolve(spaces.suggest(trial, self.space), self.optimizations)
             reason = impossible(recipe, self.optimizations, self.spec.target)

@@ -130,9 +130,13 @@ class Store:
             finally:
                 s.close()
 
-    def optuna_storage(self):
-        """Optuna's RDB storage on the same database (its tables are not prefixed, ours are)."""
+    def optuna_storage(self, heartbeat_interval: int | None = None, grace_period: int | None = None):
+        """Optuna's RDB storage on the same database (its tables are not prefixed, ours are).
+        With a heartbeat, a trial whose worker stopped beating is failed after the grace period
+        and retried (enqueued again) by whichever worker notices first."""
         import optuna
 
+        callback = optuna.storages.RetryFailedTrialCallback(max_retry=3) if heartbeat_interval else None
         with self._errors():
-            return optuna.storages.RDBStorage(self.url, heartbeat_interval=None)
+            return optuna.storages.RDBStorage(self.url, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, failed_trial_callback=callback)

