@@ -273,7 +273,7 @@ def _submit(store, spec, hardware):
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--budget", default="")
 @click.option("--objective", default="tpot", show_default=True)
 @click.option("--pareto", is_flag=True)
@@ -382,17 +382,8 @@ def upgrade(db_url):
     click.echo(f"{store.display_url} is at schema {store.revision()}")
 
 
-def quiet_libraries() -> None:
-    """Library chatter (optional native kernels missing, experimental-feature notes) is not for users."""
-    import logging
-    import warnings
-
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main():
+    from .logs import quiet_libraries
+
     quiet_libraries()
     cli(prog_name="autotune")

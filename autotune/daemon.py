@@ -213,6 +213,9 @@ def _worker_main(url: str, options: DaemonOptions, device: str | None) -> None:
     from .store import Store
     from .target import current_target
 
+    from .logs import quiet_libraries
+
+    quiet_libraries()
     _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(process)d %(message)s")
     worker = Worker(Store(url), current_target(device), get_optimizations(), options)
     worker.install_signals()

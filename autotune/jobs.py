@@ -72,6 +72,7 @@ def spec_from_dict(d: dict, target):
 
 def submit(store, spec, hardware: dict) -> int:
     """Queue a tuning job; returns its id."""
+    store.optuna_storage()  # create Optuna's tables now, not in a race between the first workers
     with store.session() as s:
         job = m.Job(model=spec.source.name, spec=spec_to_dict(spec), hardware=hardware, state="queued",
                     study_name="", trials_planned=spec.trials, submitted_from=socket.gethostname())

@@ -2,7 +2,8 @@
 
 Built-in plugins (the ``autotune_plugins`` package, folder ``plugins/``) and third-party ones are
 found the same way: the ``autotune`` entry-point group. ``AUTOTUNE_PLUGINS=a,b`` restricts loading to
-those entry-point names (an empty value loads none).
+those entry-point names (an empty value loads none); ``AUTOTUNE_PLUGIN_MODULES=pkg.mod,...`` also
+registers plugin modules by import name (local plugins that are not packaged).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .errors import PluginError
 from .optimization import Optimization
 
 ENV_RESTRICT = "AUTOTUNE_PLUGINS"
+ENV_MODULES = "AUTOTUNE_PLUGIN_MODULES"
 
 pm = pluggy.PluginManager("autotune")
 pm.add_hookspecs(hookspecs)
@@ -32,10 +34,9 @@ def _load_entry_points() -> None:
             continue
         if pm.get_plugin(ep.name) is None:
             pm.register(ep.load(), name=ep.name)
+    for module in filter(None, (m.strip() for m in os.environ.get(ENV_MODULES, "").split(","))):
+        register_module(module)
     pm.check_pending()
-
-
-_load_entry_points()
 
 
 def register_module(module_name: str) -> None:
@@ -46,6 +47,9 @@ def register_module(module_name: str) -> None:
     ):
         pm.register(importlib.import_module(module_name), name=module_name)
         pm.check_pending()
+
+
+_load_entry_points()
 
 
 def plugin_modules() -> list[str]:

@@ -15,7 +15,7 @@ class Chaos(Optimization):
     description = "test-only: crash, hang, raise or run out of memory after load"
 
     def options(self):
-        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom"), "none")]
+        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow"), "none")]
 
     def after_load(self, model, opts, ctx):
         b = opts["behaviour"]
@@ -23,6 +23,8 @@ class Chaos(Optimization):
             os.abort()
         if b == "hang":
             time.sleep(3600)
+        if b == "slow":  # long enough to kill or stop the worker mid-trial
+            time.sleep(float(os.environ.get("CHAOS_SLOW_S", "12")))
         if b == "raise":
             raise RuntimeError("chaos plugin raised on purpose")
         if b == "oom":

@@ -1,0 +1,211 @@
+"""The tuning daemon against real databases: PostgreSQL (started by .ci/run) and SQLite.
+
+Daemons run as separate processes, as they would on separate hosts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import FAST
+
+from autotune.cli import cli
+from autotune.jobs import counted_trials
+from autotune.store import Store
+
+TESTS = Path(__file__).parent
+PG = os.environ.get("AUTOTUNE_TEST_PG")
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_db(request, tmp_path):
+    if request.param == "postgresql":
+        if not PG:
+            pytest.skip("AUTOTUNE_TEST_PG not set: .ci/run starts PostgreSQL and sets it")
+        _reset_postgres(PG)
+        return PG
+    return f"sqlite:///{tmp_path / 'queue.db'}"
+
+
+def job_file(tmp_path, model, trials, extra_space="", extra="") -> str:
+    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
+    path = tmp_path / "job.toml"
+    path.write_text(f'''model = "{model}"
+trials = {trials}
+{extra}
+[workload]
+prompt_tokens = 8
+new_tokens = 6
+[measure]
+{measure}
+[space]
+"compile.target" = ["off"]
+"cache.max_cache_len" = ["auto"]
+{extra_space}
+''')
+    return str(path)
+
+
+def submit(db, args) -> int:
+    result = CliRunner().invoke(cli, ["submit", *args, "--db", db])
+    assert result.exit_code == 0, result.output
+    return int(result.output.split("queued job ")[1].split(":")[0])
+
+
+def env(**extra) -> dict:
+    e = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra}
+    return e
+
+
+def daemon(db, *args, **env_extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autotune", "daemon", "--db", db, "--poll", "0.5",
+                             "--heartbeat", "1", "--grace", "3", *args],
+                            env=env(**env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def job(db, job_id) -> dict:
+    result = CliRunner().invoke(cli, ["jobs", "--json", "--db", db])
+    assert result.exit_code == 0, result.output
+    return next(j for j in json.loads(result.output) if j["id"] == job_id)
+
+
+def study_of(db, job_id):
+    return optuna.load_study(study_name=job(db, job_id)["study"], storage=Store(db).optuna_storage())
+
+
+def wait_running(db, job_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = study_of(db, job_id)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("no trial started running")
+
+
+def test_four_daemons_share_one_study(queue_db, tmp_path, tiny_model):
+    trials = 6
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, trials)])
+    procs = [daemon(queue_db, "--exit-when-idle") for _ in range(4)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-2000:]
+        assert "Traceback" not in err and "database error" not in err and "locked" not in err.lower()
+        assert "tuner-secret-pw" not in err + out
+    j = job(queue_db, job_id)
+    assert j["state"] == "done", j
+    study = study_of(queue_db, job_id)
+    done, running = counted_trials(study)
+    assert (done, running) == (trials, 0)  # every planned trial exactly once
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    workers_that_ran = sum(1 for _, err in outputs if " trial " in err)
+    assert workers_that_ran >= 2, "the trials should be shared between daemons"
+    # the best recipe is now answered from the database, by name, in another process
+    code = f"import autotune; r = autotune.load({tiny_model!r}, db={queue_db!r}); print(r.document['measurement_id'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) == j["best_measurement_id"]
+
+
+def test_kill9_mid_trial_is_retried_elsewhere(queue_db, tmp_path, tiny_model):
+    space = '"chaos.behaviour" = ["slow"]'
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, space)])
+    extra = {"AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", "CHAOS_SLOW_S": "6"}
+    a = daemon(queue_db, **extra)
+    wait_running(queue_db, job_id)
+    os.killpg(a.pid, signal.SIGKILL)  # the worker and its trial process: a lost machine
+    a.communicate()
+    b = daemon(queue_db, "--exit-when-idle", **extra)
+    out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err[-2000:]
+    study = study_of(queue_db, job_id)
+    S = optuna.trial.TrialState
+    stale = [t for t in study.trials if t.state == S.FAIL and "measurement_id" not in t.user_attrs]
+    assert len(stale) == 1, [(t.number, t.state) for t in study.trials]
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == stale[0].number]
+    assert len(retries) == 1 and retries[0].state == S.COMPLETE
+    assert counted_trials(study) == (2, 0)
+    assert len([t for t in study.trials if t.state == S.COMPLETE]) == 2  # none lost, none duplicated
+    assert job(queue_db, job_id)["state"] == "done"
+
+
+def test_sigterm_exits_cleanly_and_the_job_resumes(queue_db, tmp_path, tiny_model):
+    space = '"chaos.behaviour" = ["slow"]'
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, space)])
+    extra = {"AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", "CHAOS_SLOW_S": "30"}
+    a = daemon(queue_db, **extra)
+    wait_running(queue_db, job_id)
+    started = time.monotonic()
+    a.send_signal(signal.SIGTERM)
+    out, err = a.communicate(timeout=60)
+    assert a.returncode == 0, err[-2000:]
+    assert time.monotonic() - started < 30, "SIGTERM must not wait for the 30 s trial"
+    assert "re-queued" in err and "Traceback" not in err
+    assert job(queue_db, job_id)["state"] == "running"
+    study = study_of(queue_db, job_id)
+    assert any(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    b = daemon(queue_db, "--exit-when-idle", **{**extra, "CHAOS_SLOW_S": "1"})
+    out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err[-2000:]
+    assert job(queue_db, job_id)["state"] == "done"
+    assert counted_trials(study_of(queue_db, job_id)) == (2, 0)
+
+
+def test_job_for_other_hardware_stays_queued(queue_db, tmp_path, tiny_model):
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2), "--hardware", "cuda>=4000GiB"])
+    p = daemon(queue_db, "--exit-when-idle")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    j = job(queue_db, job_id)
+    assert j["state"] == "queued" and j["trials_done"] == 0
+    assert "4000 GiB" in j["hardware"]
+
+
+def test_submit_jobs_cancel_round_trip(queue_db, tmp_path, tiny_model):
+    job_id = submit(queue_db, [tiny_model, "--budget", "tpot_p50<=50ms", "--trials", "3"])
+    assert job(queue_db, job_id)["state"] == "queued"
+    text = CliRunner().invoke(cli, ["jobs", "--db", queue_db])
+    assert "queued" in text.output and str(job_id) in text.output
+    result = CliRunner().invoke(cli, ["cancel", str(job_id), "--db", queue_db])
+    assert result.exit_code == 0 and "cancelled" in result.output
+    assert job(queue_db, job_id)["state"] == "cancelled"
+    p = daemon(queue_db, "--exit-when-idle")
+    p.communicate(timeout=120)
+    assert job(queue_db, job_id)["state"] == "cancelled"
+    result = CliRunner().invoke(cli, ["cancel", "999", "--db", queue_db])
+    assert result.exit_code == 1 and "no job 999" in result.output
+    result = CliRunner().invoke(cli, ["submit", tiny_model, "--hardware", "quantum", "--db", queue_db])
+    assert result.exit_code == 2 and "--hardware" in result.output
+
+
+@pytest.mark.skipif(not PG, reason="AUTOTUNE_TEST_PG not set")
+def test_password_never_shown():
+    bad = PG.replace("tuner-secret-pw", "wrong-secret-pw")
+    result = CliRunner().invoke(cli, ["jobs", "--db", bad])
+    assert result.exit_code == 1
+    assert "wrong-secret-pw" not in result.output and "tuner-secret-pw" not in result.output
+    assert "***" in result.output
+    result = CliRunner().invoke(cli, ["submit", "smollm2-135m", "--db", PG, "--trials", "1", "--hardware", "cuda"])
+    assert "tuner-secret-pw" not in result.output and "***" in result.output
