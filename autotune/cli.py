@@ -366,6 +366,28 @@ def dashboard(port, db_url):
     sys.exit(subprocess.call([exe, store.url, "--port", str(port)]))
 
 
+@cli.command()
+@click.argument("ref", metavar="MODEL|STUDY|JOB_ID")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["html", "png"]), default=None,
+              help="default: from the file name (.png -> png, else html)")
+@db_option
+@handle_errors
+def report(ref, output, fmt, db_url):
+    """A self-contained HTML report (or a PNG) of a study: what was tried, what won, why others lost."""
+    from . import report as rep
+    from .target import current_target
+
+    data = rep.gather(open_store(db_url), ref, current_target())
+    fmt = fmt or ("png" if output.lower().endswith(".png") else "html")
+    if fmt == "png":
+        rep.render_png(data, output)
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(rep.render_html(data))
+    click.echo(f"wrote {output}: {len(data.rows)} trials of study {data.study}")
+
+
 @cli.group()
 def db():
     """The tuning database's schema."""

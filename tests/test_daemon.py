@@ -127,6 +127,10 @@ def test_four_daemons_share_one_study(queue_db, tmp_path, tiny_model):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip().splitlines()[-1]) == j["best_measurement_id"]
+    # and the report reads the same database (SQLite or PostgreSQL), by job id
+    report = CliRunner().invoke(cli, ["report", str(job_id), "-o", str(tmp_path / "r.html"), "--db", queue_db])
+    assert report.exit_code == 0, report.output
+    assert f"{trials} trials" in report.output
 
 
 def test_kill9_mid_trial_is_retried_elsewhere(queue_db, tmp_path, tiny_model):

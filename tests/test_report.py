@@ -1,0 +1,103 @@
+"""The HTML report of a small real study, opened in a real headless Chromium."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST
+
+import plugins_for_tests
+from autotune.cli import cli
+from autotune.plugins import pm
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory, tiny_model):
+    """A real grid study: 4 trials, one raising (failed), one 4-bit over the quality floor."""
+    tmp = tmp_path_factory.mktemp("report")
+    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
+    (tmp / "study.toml").write_text(f'''model = "{tiny_model}"
+trials = 4
+sampler = "grid"
+budget = "quality>=0.99"
+[workload]
+prompt_tokens = 8
+new_tokens = 6
+[measure]
+{measure}
+[space]
+"chaos.behaviour" = ["none", "raise"]
+"quantization.method" = ["none", "bnb-4bit"]
+"quantization.quant_type" = ["fp4"]
+"quantization.double_quant" = [false]
+"quantization.compute_dtype" = ["float32"]
+"dtype.dtype" = ["auto"]
+"attention.implementation" = ["sdpa"]
+"attention.sdpa_backend" = ["auto"]
+"cache.implementation" = ["dynamic", "static"]
+"cache.max_cache_len" = ["auto"]
+"cache.pad_to_multiple_of" = [8]
+"compile.target" = ["off"]
+''')
+    db = f"sqlite:///{tmp / 'tune.db'}"
+    pm.register(plugins_for_tests, name="plugins_for_tests")
+    try:
+        result = CliRunner().invoke(cli, ["search", "--study-file", str(tmp / "study.toml"), "--study", "rep",
+                                          "--db", db, "--trials", "6"])
+    finally:
+        pm.unregister(name="plugins_for_tests")
+    assert result.exit_code == 0, result.output
+    return db, tmp
+
+
+def test_report_html_renders_in_chromium(study_db, tmp_path):
+    db, _ = study_db
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", "rep", "-o", str(out), "--db", db])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert not re.search(r'<(script|link)[^>]+(src|href)=["\']?https?:', page)  # self-contained, offline
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000  # plotly.js itself is inlined
+    n_trials = int(re.search(r"wrote .*: (\d+) trials", result.output).group(1))
+    assert n_trials >= 4
+    assert "error" in page and "over budget" in page
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    profile = tmp_path / "profile"
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and
+                      ("Uncaught" in line or "Error" in line)]
+    assert not console_errors, console_errors
+    pareto = dom.stdout.split('id="fig1"')[0]
+    assert "<svg" in pareto
+    points = pareto.count('class="point"')
+    assert points >= n_trials, f"{points} marks for {n_trials} trials"  # one mark per trial (+ the star)
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, "--window-size=1300,2400", f"--screenshot={shot}", out.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 20_000
+
+
+def test_report_png(study_db, tmp_path):
+    db, _ = study_db
+    out = tmp_path / "pareto.png"
+    result = CliRunner().invoke(cli, ["report", "rep", "-o", str(out), "--db", db])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_unknown_study(study_db, tmp_path):
+    db, _ = study_db
+    result = CliRunner().invoke(cli, ["report", "nope", "-o", str(tmp_path / "x.html"), "--db", db])
+    assert result.exit_code == 1 and "no study, job or model 'nope'" in result.output
+    assert not (tmp_path / "x.html").exists()
