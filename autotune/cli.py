@@ -100,8 +100,7 @@ def bench(model, sets, timeout, as_json, prompt_tokens, new_tokens, batch_size, 
     say("measuring the HF-default baseline ...")
     baseline = evaluate(source, resolve({}, optimizations), workload, target, optimizations, timeout=timeout)
     say("measuring the recipe ...")
-    candidate = evaluate(source, recipe, workload, target, optimizations,
-                         baseline=baseline if baseline.ok else None, timeout=timeout)
+    candidate = evaluate(source, recipe, workload, target, optimizations, baseline=baseline, timeout=timeout)
     payload = report_text.bench_payload(candidate, baseline, target, workload, source)
     if as_json:
         click.echo(json.dumps(payload, indent=2))

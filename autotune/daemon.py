@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import optuna
+from sqlalchemy.exc import DBAPIError
 
 from . import jobs
 from .errors import AutotuneError, NoFeasibleRecipe, StoreError
@@ -91,7 +92,7 @@ class Worker:
                         continue
                     if self.work_on(job_id) == 0:  # others hold the remaining trials: look again later
                         time.sleep(self.opt.poll_s)
-                except StoreError as exc:  # the database went away: retry with backoff, never fatal
+                except (StoreError, DBAPIError) as exc:  # the database went away: retry with backoff
                     log.warning("database error, retrying in %.0f s: %s", backoff, exc)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, self.opt.max_backoff_s)

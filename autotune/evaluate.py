@@ -47,7 +47,12 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     if status != "ok":
         return Evaluation(recipe, status, error=out.get("error"))
     out["quality_valid"] = not source.config_only
-    score_quality(out, baseline.result if baseline else out)
+    if baseline is None:  # this is the baseline: it agrees with itself
+        score_quality(out, out)
+    elif baseline.ok:
+        score_quality(out, baseline.result)
+    else:  # nothing to compare with: unknown, not perfect
+        out.update(quality=None, perplexity_ratio=None, greedy_match=None)
     return Evaluation(recipe, "ok", out)
 
 

@@ -116,6 +116,6 @@ def _readme(doc: dict, load_kwargs: dict, steps: list[str]) -> str:
              "`generation_config.json` already carries the cache settings; quantized weights carry their "
              "`quantization_config` in `config.json`.", ""]
     if steps:
-        lines += ["Steps transformers cannot persist (or use `autotune.load(\"autotune-recipe.json\")`, which "
-                  "does them all):", ""] + [f"- {s}" for s in steps] + [""]
+        lines += ["Steps transformers cannot persist:", ""] + [f"- {s}" for s in steps] + [""]
+    lines += ["Or apply the whole recipe in one call: `autotune.load(\"autotune-recipe.json\")`.", ""]
     return "\n".join(lines)

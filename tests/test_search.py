@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -189,6 +190,9 @@ def test_recipes_show_verify(searched, db_url):
     best_id = searched["best"][0]["measurement_id"]
     r = CliRunner().invoke(cli, ["show", str(best_id), "--db", db_url])
     assert r.exit_code == 0 and "vs baseline" in r.output
+    r = CliRunner().invoke(cli, ["verify", str(best_id), "--db", db_url])
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"recipe {best_id}: stored [0-9.]+ tok/s, now [0-9.]+ tok/s: ratio [0-9.]+x", r.output)
     r = CliRunner().invoke(cli, ["show", "99999", "--db", db_url])
     assert r.exit_code == 1 and "no recipe with id 99999" in r.output
     r = CliRunner().invoke(cli, ["export", "99999", "-o", "x.json", "--db", db_url])
@@ -237,3 +241,62 @@ def test_other_hardware_warns_and_strict_raises(searched, tmp_path, db_url):
 def test_load_by_model_name_uses_the_best_known(searched, tiny_model, db_url):
     tuned = autotune.load(tiny_model, db=db_url)
     assert tuned.document["measurement_id"] == searched["best"][0]["measurement_id"]
+
+
+def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
+    """Runs last in this module: it makes the stored target look like an older torch."""
+    from autotune.daemon import reverify
+    from autotune.plugins import get_optimizations
+    from autotune.target import current_target
+
+    store = Store(db_url)
+    best_id = searched["best"][0]["measurement_id"]
+    with store.session() as s:
+        s.get(m.Measurement, best_id).target.versions_key = "older-torch"
+    results = dict(reverify(store, current_target("cpu"), get_optimizations()))
+    assert best_id in results
+    verdict = results[best_id]
+    assert verdict.startswith(("stale", "still good")) and "tok/s" in verdict
+    with store.session() as s:
+        assert s.get(m.Measurement, best_id).stale == verdict.startswith("stale")
+
+
+def test_ctrl_c_stops_after_the_current_trial_and_resumes(tmp_path, tiny_model):
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    import sqlite3
+
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'int.db'}"
+    f = study_file(tmp_path, tiny_model)
+    text = Path(f).read_text() + '"chaos.behaviour" = ["slow"]\n'
+    Path(f).write_text(text.replace("trials = 3", "trials = 4"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests",
+           "CHAOS_SLOW_S": "3"}
+    cmd = [sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", "int", "--db", db]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # read-only polling: never create tables under the search's feet
+        try:
+            with sqlite3.connect(f"file:{tmp_path / 'int.db'}?mode=ro", uri=True) as conn:
+                if conn.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]:
+                    break
+        except sqlite3.OperationalError:  # no database or no tables yet
+            pass
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted: run the same command again to resume" in out
+    study = optuna.load_study(study_name="int", storage=db)
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert 1 <= len(done) < 4 and not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    finished = [t for t in optuna.load_study(study_name="int", storage=db).trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
+    assert len(finished) == 4  # resumed to the planned total, not 4 more
