@@ -110,6 +110,27 @@ def bench(model, sets, timeout, as_json, prompt_tokens, new_tokens, batch_size, 
         sys.exit(1)
 
 
+def study_options(fn):
+    """What defines a search, shared by `search` and `submit`."""
+    for decorator in reversed([
+        click.argument("model", required=False),
+        click.option("--budget", default="", help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\""),
+        click.option("--objective", default=None,
+                     help="tpot (default), ttft, e2e, throughput or memory (comma list with --pareto)"),
+        click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front"),
+        click.option("--trials", type=click.IntRange(min=1), default=None, help="measured trials (default 12)"),
+        click.option("--trial-timeout", type=float, default=None, help="seconds one trial may take (default 900)"),
+        click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None),
+        click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)"),
+        click.option("--study-file", type=click.Path(dir_okay=False), default=None,
+                     help="a study definition (see studies/); command-line options override it"),
+        click.option("--hardware", default=None,
+                     help="for a queued job: where it may run: this (default), any, cpu, cuda, cuda>=40GiB"),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
 def db_option(fn):
     return click.option("--db", "db_url", default=None, envvar="AUTOTUNE_DB", show_envvar=True,
                         help="SQLAlchemy URL of the tuning database (default: a SQLite file in the user data dir)")(fn)
@@ -122,20 +143,9 @@ def open_store(db_url):
 
 
 @cli.command()
-@click.argument("model", required=False)
-@click.option("--budget", default="", help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\"")
-@click.option("--objective", default="tpot", show_default=True,
-              help="tpot, ttft, e2e, throughput or memory (comma list with --pareto)")
-@click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front")
-@click.option("--trials", type=click.IntRange(min=1), default=None, help="measured trials (default 12)")
+@study_options
 @click.option("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-@click.option("--trial-timeout", type=float, default=None, help="seconds one trial may take (default 900)")
-@click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None)
-@click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)")
-@click.option("--study-file", type=click.Path(dir_okay=False), default=None,
-              help="a study definition (see studies/); command-line options override it")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
-@click.option("--hardware", default=None, help="with --submit: where the job may run (default: this hardware)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @db_option
@@ -272,16 +282,7 @@ def _submit(store, spec, hardware):
 
 
 @cli.command()
-@click.argument("model", required=False)
-@click.option("--budget", default="")
-@click.option("--objective", default="tpot", show_default=True)
-@click.option("--pareto", is_flag=True)
-@click.option("--trials", type=click.IntRange(min=1), default=None)
-@click.option("--trial-timeout", type=float, default=None)
-@click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None)
-@click.option("--study", "study_name", default=None)
-@click.option("--study-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--hardware", default=None, help="where the job may run: this (default), any, cpu, cuda, cuda>=40GiB")
+@study_options
 @workload_options
 @db_option
 @handle_errors

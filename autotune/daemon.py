@@ -119,7 +119,7 @@ class Worker:
             baseline = search.baseline()
         ran = 0
         while not self.stopping:
-            trial, state = jobs.reserve_trial(self.store, job_id, study)
+            trial, state = jobs.reserve_trial(self.store, job_id, study, search.ask)
             if trial is None:
                 if state in m.Job.OPEN:
                     self.finish(job_id, search, study, baseline)

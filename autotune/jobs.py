@@ -152,9 +152,9 @@ def counted_trials(study) -> tuple[int, int]:
     return done, running
 
 
-def reserve_trial(store, job_id: int, study):
-    """Under the job lock: fail stale trials (retrying them), then ask for a trial if the plan
-    still has room. Returns ``(trial or None, job state)``."""
+def reserve_trial(store, job_id: int, study, ask):
+    """Under the job lock: fail stale trials (retrying them), then ``ask(study)`` for a trial if
+    the plan still has room. Returns ``(trial or None, job state)``."""
     with locked_job(store, job_id) as (s, job):
         if job is None or job.state not in m.Job.OPEN:
             return None, (job.state if job else "gone")
@@ -162,7 +162,7 @@ def reserve_trial(store, job_id: int, study):
         done, running = counted_trials(study)
         if done + running >= job.trials_planned:
             return None, job.state
-        return study.ask(), job.state
+        return ask(study), job.state
 
 
 def list_jobs(store) -> list[dict]:

@@ -65,3 +65,17 @@ def db_url(tmp_path) -> str:
 
 #: fast measurement for tests: a few runs, no long CV wait
 FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5}
+
+
+def write_study(folder: Path, model: str, space: dict, **top) -> str:
+    """A study definition for a fast test: a short workload, the FAST measurement policy, ``space``
+    (``"plugin.option" -> [choices]``) and any top-level keys (trials, sampler, budget...)."""
+    import json
+
+    lines = [f"model = {json.dumps(model)}"] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    lines += ["[workload]", "prompt_tokens = 8", "new_tokens = 6", "[measure]"]
+    lines += [f"{k} = {v}" for k, v in FAST.items()]
+    lines += ["[space]"] + [f'"{k}" = {json.dumps(v)}' for k, v in space.items()]
+    path = folder / "study.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import FAST
+from conftest import write_study
 
 from autotune.cli import cli
 from autotune.jobs import counted_trials
@@ -44,23 +44,9 @@ def queue_db(request, tmp_path):
     return f"sqlite:///{tmp_path / 'queue.db'}"
 
 
-def job_file(tmp_path, model, trials, extra_space="", extra="") -> str:
-    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
-    path = tmp_path / "job.toml"
-    path.write_text(f'''model = "{model}"
-trials = {trials}
-{extra}
-[workload]
-prompt_tokens = 8
-new_tokens = 6
-[measure]
-{measure}
-[space]
-"compile.target" = ["off"]
-"cache.max_cache_len" = ["auto"]
-{extra_space}
-''')
-    return str(path)
+def job_file(tmp_path, model, trials, **space) -> str:
+    return write_study(tmp_path, model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"], **space},
+                       trials=trials)
 
 
 def submit(db, args) -> int:
@@ -134,8 +120,7 @@ def test_four_daemons_share_one_study(queue_db, tmp_path, tiny_model):
 
 
 def test_kill9_mid_trial_is_retried_elsewhere(queue_db, tmp_path, tiny_model):
-    space = '"chaos.behaviour" = ["slow"]'
-    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, space)])
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, **{"chaos.behaviour": ["slow"]})])
     extra = {"AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", "CHAOS_SLOW_S": "6"}
     a = daemon(queue_db, **extra)
     wait_running(queue_db, job_id)
@@ -156,8 +141,7 @@ def test_kill9_mid_trial_is_retried_elsewhere(queue_db, tmp_path, tiny_model):
 
 
 def test_sigterm_exits_cleanly_and_the_job_resumes(queue_db, tmp_path, tiny_model):
-    space = '"chaos.behaviour" = ["slow"]'
-    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, space)])
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, **{"chaos.behaviour": ["slow"]})])
     extra = {"AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", "CHAOS_SLOW_S": "30"}
     a = daemon(queue_db, **extra)
     wait_running(queue_db, job_id)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import FAST
+from conftest import write_study
 
 import plugins_for_tests
 from autotune.cli import cli
@@ -22,34 +22,17 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 def study_db(tmp_path_factory, tiny_model):
     """A real grid study: 4 trials, one raising (failed), one 4-bit over the quality floor."""
     tmp = tmp_path_factory.mktemp("report")
-    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
-    (tmp / "study.toml").write_text(f'''model = "{tiny_model}"
-trials = 4
-sampler = "grid"
-budget = "quality>=0.99"
-[workload]
-prompt_tokens = 8
-new_tokens = 6
-[measure]
-{measure}
-[space]
-"chaos.behaviour" = ["none", "raise"]
-"quantization.method" = ["none", "bnb-4bit"]
-"quantization.quant_type" = ["fp4"]
-"quantization.double_quant" = [false]
-"quantization.compute_dtype" = ["float32"]
-"dtype.dtype" = ["auto"]
-"attention.implementation" = ["sdpa"]
-"attention.sdpa_backend" = ["auto"]
-"cache.implementation" = ["dynamic", "static"]
-"cache.max_cache_len" = ["auto"]
-"cache.pad_to_multiple_of" = [8]
-"compile.target" = ["off"]
-''')
+    study = write_study(tmp, tiny_model, {
+        "chaos.behaviour": ["none", "raise"], "quantization.method": ["none", "bnb-4bit"],
+        "quantization.quant_type": ["fp4"], "quantization.double_quant": [False],
+        "quantization.compute_dtype": ["float32"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
+        "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic", "static"],
+        "cache.max_cache_len": ["auto"], "cache.pad_to_multiple_of": [8], "compile.target": ["off"],
+    }, trials=4, sampler="grid", budget="quality>=0.99")
     db = f"sqlite:///{tmp / 'tune.db'}"
     pm.register(plugins_for_tests, name="plugins_for_tests")
     try:
-        result = CliRunner().invoke(cli, ["search", "--study-file", str(tmp / "study.toml"), "--study", "rep",
+        result = CliRunner().invoke(cli, ["search", "--study-file", study, "--study", "rep",
                                           "--db", db, "--trials", "6"])
     finally:
         pm.unregister(name="plugins_for_tests")

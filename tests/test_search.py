@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 from click.testing import CliRunner
-from conftest import FAST
+from conftest import write_study
 
 import autotune
 from autotune.cli import cli
@@ -20,27 +20,13 @@ from autotune.store import models as m
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def study_file(tmp_path, model, extra="") -> str:
-    measure = "\n".join(f"{k} = {v}" for k, v in FAST.items())
-    path = tmp_path / "study.toml"
-    path.write_text(f'''model = "{model}"
-trials = 3
-{extra}
-[workload]
-prompt_tokens = 8
-new_tokens = 6
-[measure]
-{measure}
-[space]
-"compile.target" = ["off"]
-"quantization.method" = ["none", "torchao-int8-weight"]
-"dtype.dtype" = ["auto"]
-"attention.implementation" = ["sdpa"]
-"attention.sdpa_backend" = ["auto"]
-"cache.max_cache_len" = ["auto", 256]
-"cache.pad_to_multiple_of" = [8]
-''')
-    return str(path)
+SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
+         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+         "cache.max_cache_len": ["auto", 256], "cache.pad_to_multiple_of": [8]}
+
+
+def study_file(tmp_path, model, trials=3, **space) -> str:
+    return write_study(tmp_path, model, {**SPACE, **space}, trials=trials)
 
 
 def search(args, db_url):
@@ -97,8 +83,11 @@ def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
 
     spec = SearchSpec(resolve_model(tiny_model), Workload(), current_target("cpu"), parse_budget(""),
                       parse_objectives("tpot", False))
-    study = Search(spec, Store(db_url), get_optimizations()).open_study()
-    first, second = (t.system_attrs["fixed_params"] for t in study.trials[:2])  # enqueued, waiting
+    search = Search(spec, Store(db_url), get_optimizations())
+    study = search.open_study()
+    search.ask(study)
+    search.ask(study)
+    first, second = (t.system_attrs["fixed_params"] for t in study.trials[:2])  # the seeds, asked first
     assert first.get("cache.implementation", "dynamic") == "dynamic"
     assert first.get("compile.target", "off") == "off"
     assert second["cache.implementation"] == "static"
@@ -272,9 +261,7 @@ def test_ctrl_c_stops_after_the_current_trial_and_resumes(tmp_path, tiny_model):
     import optuna
 
     db = f"sqlite:///{tmp_path / 'int.db'}"
-    f = study_file(tmp_path, tiny_model)
-    text = Path(f).read_text() + '"chaos.behaviour" = ["slow"]\n'
-    Path(f).write_text(text.replace("trials = 3", "trials = 4"))
+    f = study_file(tmp_path, tiny_model, trials=4, **{"chaos.behaviour": ["slow"]})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests",
            "CHAOS_SLOW_S": "3"}
     cmd = [sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", "int", "--db", db]
