@@ -90,7 +90,7 @@ def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
     first, second = (t.system_attrs["fixed_params"] for t in study.trials[:2])  # the seeds, asked first
     assert first.get("cache.implementation", "dynamic") == "dynamic"
     assert first.get("compile.target", "off") == "off"
-    assert second["cache.implementation"] == "static"
+    assert second["cache.implementation"] == "static" and second["dtype.dtype"] == "bfloat16"
     assert second["compile.target"] == "forward"
     assert second["compile.mode"] == "reduce-overhead" and second["compile.fullgraph"] is True
 
