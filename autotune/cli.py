@@ -340,7 +340,8 @@ def daemon(workers, poll, heartbeat, grace, exit_when_idle, reverify, device, db
 
     from .daemon import DaemonOptions, run_workers
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(process)d %(message)s", stream=sys.stderr)
+    logging.getLogger("autotune").setLevel(logging.INFO)  # one line per trial; library chatter stays out
     store = open_store(db_url)
     if store.engine.dialect.name == "sqlite":
         click.echo(f"note: {store.display_url} is SQLite: fine for workers on this host; for several hosts "

@@ -217,7 +217,8 @@ def _worker_main(url: str, options: DaemonOptions, device: str | None) -> None:
     from .logs import quiet_libraries
 
     quiet_libraries()
-    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(process)d %(message)s")
+    _logging.basicConfig(level=_logging.WARNING, format="%(asctime)s %(process)d %(message)s")
+    log.setLevel(_logging.INFO)
     worker = Worker(Store(url), current_target(device), get_optimizations(), options)
     worker.install_signals()
     worker.run()
