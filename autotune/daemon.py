@@ -112,9 +112,10 @@ class Worker:
             job = s.get(m.Job, job_id)
             spec = jobs.spec_from_dict(job.spec, self.target)
             spec.study_name = job.study_name
-        search = Search(spec, self.store, self.optimizations)
         storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
-        with jobs.locked_job(self.store, job_id):  # the first worker measures the baseline, the rest reuse it
+        # under the job lock: the first worker creates the rows and measures the baseline, the rest reuse them
+        with jobs.locked_job(self.store, job_id):
+            search = Search(spec, self.store, self.optimizations)
             study = search.open_study(storage)
             baseline = search.baseline()
         ran = 0
