@@ -1,6 +1,7 @@
 """Plain-text and JSON renderings of plugins, measurements and recipes for the terminal."""
 from __future__ import annotations
 
+from .budget import format_value
 from .recipe import describe
 
 FIGURES = ("status", "tpot_ms_p50", "tpot_ms_p95", "ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
@@ -134,18 +135,12 @@ class Progress:
                 self.best = value
         if record.status != "invalid":
             self.bar.update(1)
-        best = "-" if self.best is None else format_value_for(key, self.best)
+        best = "-" if self.best is None else format_value(key, self.best)
         self.bar.set_postfix_str(f"last: {record.status}{' (reused)' if record.reused else ''}, best {best}")
 
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
-
-
-def format_value_for(key: str, value) -> str:
-    from .budget import format_value
-
-    return format_value(key, value)
 
 
 def measurement_row(r) -> dict:

@@ -16,6 +16,16 @@ class Base(DeclarativeBase):
     pass
 
 
+def _find_or_add(s: Session, cls, unique: dict, **extra):
+    """The row of ``cls`` whose ``unique`` columns equal these values, added (with ``extra``) if absent."""
+    row = s.scalar(select(cls).filter_by(**unique))
+    if row is None:
+        row = cls(**unique, **extra)
+        s.add(row)
+        s.flush()
+    return row
+
+
 class Model(Base):
     __tablename__ = "autotune_models"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -26,12 +36,7 @@ class Model(Base):
     @classmethod
     def get_or_create(cls, s: Session, name: str, config_only: bool) -> "Model":
         key = f"{name} [config-only]" if config_only else name
-        row = s.scalar(select(cls).where(cls.name == key))
-        if row is None:
-            row = cls(name=key, config_only=config_only)
-            s.add(row)
-            s.flush()
-        return row
+        return _find_or_add(s, cls, {"name": key}, config_only=config_only)
 
 
 class Target(Base):
@@ -47,14 +52,8 @@ class Target(Base):
 
     @classmethod
     def get_or_create(cls, s: Session, target) -> "Target":
-        row = s.scalar(select(cls).where(cls.hardware_key == target.hardware_key,
-                                         cls.versions_key == target.versions_key))
-        if row is None:
-            row = cls(hardware_key=target.hardware_key, versions_key=target.versions_key, device=target.device,
-                      name=target.name, fingerprint=target.to_dict())
-            s.add(row)
-            s.flush()
-        return row
+        return _find_or_add(s, cls, {"hardware_key": target.hardware_key, "versions_key": target.versions_key},
+                            device=target.device, name=target.name, fingerprint=target.to_dict())
 
 
 class Workload(Base):
@@ -65,12 +64,7 @@ class Workload(Base):
 
     @classmethod
     def get_or_create(cls, s: Session, workload) -> "Workload":
-        row = s.scalar(select(cls).where(cls.key == workload.key))
-        if row is None:
-            row = cls(key=workload.key, spec=workload.to_dict())
-            s.add(row)
-            s.flush()
-        return row
+        return _find_or_add(s, cls, {"key": workload.key}, spec=workload.to_dict())
 
 
 class Recipe(Base):
@@ -87,13 +81,7 @@ class Recipe(Base):
         from ..recipe import recipe_key
 
         key = recipe_key(recipe)
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        row = s.scalar(select(cls).where(cls.key_hash == digest))
-        if row is None:
-            row = cls(key=key, key_hash=digest, recipe=recipe)
-            s.add(row)
-            s.flush()
-        return row
+        return _find_or_add(s, cls, {"key_hash": hashlib.sha256(key.encode()).hexdigest()}, key=key, recipe=recipe)
 
 
 class Measurement(Base):
