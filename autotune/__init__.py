@@ -7,7 +7,7 @@ from .hookspecs import hookimpl
 from .optimization import ApplyContext, Optimization, Option
 from .paths import cache_dir, data_dir
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AutotuneError", "BudgetError", "ModelError", "NoFeasibleRecipe", "NotFoundError", "PluginError",

@@ -84,6 +84,13 @@ def load_tokenizer(path: str):
         return None
 
 
+def apply_recipe(path: str, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext) -> Applied:
+    """Load the model and tokenizer and apply every stage of ``recipe``: what is measured and what
+    :func:`autotune.load` serves."""
+    model = load_model(path, optimizations, recipe, ctx)
+    return finish(model, load_tokenizer(path), optimizations, recipe, ctx)
+
+
 def finish(model, tokenizer, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext) -> Applied:
     """Stage 2 and 3: after-load transforms (compile last), then generate wrappers and kwargs."""
     for name, opt in optimizations.items():

@@ -5,28 +5,36 @@
     metric   := ttft_p50 | ttft_p95 | tpot_p50 | tpot_p95 | e2e_p50 | e2e_p95   (units ms | s; default ms)
               | memory                                                          (units B | KiB | MiB | GiB | KB | MB | GB)
               | quality                                                         (0..1 top-1 agreement; ">=" only)
+              | greedy_match                                                    (0..1 greedy tokens equal; ">=" only)
               | throughput                                                      (tokens/s; ">=" only)
     op       := "<=" | ">="
 
 Example: ``tpot_p50<=25ms,memory<=4GiB,quality>=0.97``. Without a quality limit, quality>=0.95
-applies (teacher-forced top-1 token agreement with the HF-default baseline).
+applies (teacher-forced top-1 token agreement with the HF-default baseline, in decode steps through
+the recipe's own generate path).
+
+The :class:`Budget` owns its verdicts: which limits a candidate misses, and — when nothing fits —
+which limit binds and how close the nearest candidate came.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 from .errors import BudgetError
 
 DEFAULT_QUALITY_FLOOR = 0.95
 GRAMMAR = ("budget grammar: METRIC<=VALUE[UNIT] or METRIC>=VALUE, comma-separated; metrics: ttft_p50, ttft_p95, "
            "tpot_p50, tpot_p95, e2e_p50, e2e_p95 (ms|s), memory (B|KiB|MiB|GiB|KB|MB|GB), quality (0..1), "
+           "greedy_match (0..1), "
            "throughput (tok/s); e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\"")
 
 LATENCY = {"ttft_p50": "ttft_ms_p50", "ttft_p95": "ttft_ms_p95", "tpot_p50": "tpot_ms_p50",
            "tpot_p95": "tpot_ms_p95", "e2e_p50": "e2e_ms_p50", "e2e_p95": "e2e_ms_p95"}
 MEMORY_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 TIME_UNITS = {"ms": 1.0, "s": 1000.0}
+QUALITY_KEYS = ("quality", "greedy_match")
 LIMIT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z/]*)\s*$")
 
 #: objective name -> (result key, direction)
@@ -42,9 +50,14 @@ class Limit:
     op: str
     value: float  # in the result key's unit (ms, bytes, ratio, tokens/s)
 
-    def violation(self, result: dict) -> float | None:
+    @property
+    def needs_real_weights(self) -> bool:
+        """Quality limits mean nothing for a config-only (random-weight) model."""
+        return self.key in QUALITY_KEYS
+
+    def violation(self, figures) -> float | None:
         """Optuna constraint value: <= 0 when met, positive by how much it is missed (relative)."""
-        got = result.get(self.key)
+        got = figures.get(self.key)
         if got is None:
             return None
         scale = abs(self.value) or 1.0
@@ -76,6 +89,46 @@ class Budget:
     def quality_floor(self) -> float | None:
         return next((lim.value for lim in self.limits if lim.key == "quality"), None)
 
+    def applicable(self, figures) -> list[Limit]:
+        """The limits that apply to these figures (quality limits only where quality is valid)."""
+        return [lim for lim in self.limits if not (lim.needs_real_weights and figures.get("quality_valid") is False)]
+
+    def violations(self, figures) -> dict[str, float]:
+        """Every applicable limit's Optuna constraint value (a figure that is missing misses by 1.0)."""
+        out = {}
+        for lim in self.applicable(figures):
+            v = lim.violation(figures)
+            out[str(lim)] = v if v is not None else 1.0
+        return out
+
+    def missed(self, figures) -> list[str]:
+        """The limits these figures miss, as written (``tpot_p50<=25.0 ms``)."""
+        return [name for name, v in self.violations(figures).items() if v > 0]
+
+    def feasible(self, figures) -> bool:
+        return not self.missed(figures)
+
+    def explain_miss(self, candidates: Iterable[tuple[str, Any]]) -> str:
+        """Why nothing fits: for each limit every candidate misses, the nearest candidate and its
+        figure; else the candidate that misses least, and what it misses. ``candidates`` are
+        ``(label, figures)`` of successfully measured recipes."""
+        ok = list(candidates)
+        if not ok:
+            return "no candidate was measured successfully"
+        parts = []
+        for lim in self.limits:
+            scored = [(lim.violation(f), label, f) for label, f in ok
+                      if lim in self.applicable(f) and lim.violation(f) is not None]
+            if scored and all(v > 0 for v, _, _ in scored):
+                _, label, f = min(scored, key=lambda t: t[0])
+                parts.append(f"{lim.metric}: nearest candidate {format_value(lim.key, f.get(lim.key))} "
+                             f"{'>' if lim.op == '<=' else '<'} {format_value(lim.key, lim.value)} ({label})")
+        if not parts:  # every limit is met by someone, never all by one candidate
+            label, f = min(ok, key=lambda c: sum(max(0.0, v) for v in self.violations(c[1]).values()))
+            parts.append(f"no candidate meets all limits at once; nearest ({label}) misses "
+                         f"{', '.join(self.missed(f))}")
+        return "no candidate meets the budget: " + "; ".join(parts)
+
 
 def parse_budget(text: str | None, *, default_quality: bool = True) -> Budget:
     limits: list[Limit] = []
@@ -99,10 +152,10 @@ def _parse_limit(part: str) -> Limit:
         if unit not in MEMORY_UNITS:
             raise BudgetError(f"memory needs a unit (B, KiB, MiB, GiB, KB, MB, GB), got {unit or 'none'!r}; {GRAMMAR}")
         return Limit(metric, "peak_memory_bytes", op, number * MEMORY_UNITS[unit])
-    if metric == "quality":
+    if metric in QUALITY_KEYS:
         if op != ">=" or unit or not 0 <= number <= 1:
-            raise BudgetError(f"quality is a floor between 0 and 1 (quality>=0.97); {GRAMMAR}")
-        return Limit(metric, "quality", op, number)
+            raise BudgetError(f"{metric} is a floor between 0 and 1 ({metric}>=0.97); {GRAMMAR}")
+        return Limit(metric, metric, op, number)
     if metric == "throughput":
         if op != ">=" or unit not in ("", "tok/s"):
             raise BudgetError(f"throughput is a floor in tokens/s (throughput>=40); {GRAMMAR}")

@@ -32,11 +32,11 @@ def cli():
 
 
 def workload_options(fn):
-    fn = click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True,
-                      help="tokens in every prompt")(fn)
-    fn = click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
-                      help="tokens generated per call (exactly)")(fn)
-    fn = click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)(fn)
+    fn = click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
+                      help="tokens in every prompt (default 32)")(fn)
+    fn = click.option("--new-tokens", type=click.IntRange(min=1), default=None,
+                      help="tokens generated per call, exactly (default 64)")(fn)
+    fn = click.option("--batch-size", type=click.IntRange(min=1), default=None, help="default 1")(fn)
     fn = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                       help="default: cuda when present, else cpu")(fn)
     fn = click.option("--config-only", is_flag=True,
@@ -44,10 +44,10 @@ def workload_options(fn):
     return fn
 
 
-def make_workload(prompt_tokens, new_tokens, batch_size):
+def make_workload(**given):
     from .workload import Workload
 
-    return Workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size)
+    return Workload.from_dict({k: v for k, v in given.items() if v is not None})
 
 
 @cli.command()
@@ -56,14 +56,14 @@ def make_workload(prompt_tokens, new_tokens, batch_size):
 def plugins(as_json):
     """Every optimization, its options and choices, and what is unavailable here and why."""
     from . import report_text
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
     from .target import current_target
 
     target = current_target()
     rows = []
     for name, opt in get_optimizations().items():
         rows.append({
-            "name": name, "order": opt.order, "description": opt.description,
+            "name": name, "order": opt.order, "version": opt.version, "description": opt.description,
             "options": {o.name: list(o.choices) for o in opt.options()},
             "defaults": {o.name: o.default for o in opt.options()},
             "unavailable": opt.unavailable(target),
@@ -77,7 +77,7 @@ def plugins(as_json):
 @cli.command()
 @click.argument("model")
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.OPTION=VALUE", help="a recipe choice (repeatable)")
-@click.option("--timeout", type=float, default=900.0, show_default=True, help="seconds per measured recipe")
+@click.option("--timeout", type=float, default=None, help="seconds per measured recipe (default 900)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
@@ -85,14 +85,14 @@ def bench(model, sets, timeout, as_json, prompt_tokens, new_tokens, batch_size, 
     """Measure one recipe against the HF-default baseline, side by side in one run."""
     from . import report_text
     from .evaluate import evaluate
-    from .models import resolve_model
-    from .plugins import get_optimizations
     from .recipe import parse_sets, resolve
+    from .registry import get_optimizations
+    from .sources import resolve_model
     from .target import current_target
 
     optimizations = get_optimizations()
     recipe = resolve(parse_sets(sets, optimizations), optimizations)
-    workload = make_workload(prompt_tokens, new_tokens, batch_size)
+    workload = make_workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size)
     target = current_target(device)
     source = resolve_model(model, config_only=config_only)
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
@@ -114,12 +114,13 @@ def study_options(fn):
     """What defines a search, shared by `search` and `submit`."""
     for decorator in reversed([
         click.argument("model", required=False),
-        click.option("--budget", default="", help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\""),
+        click.option("--budget", default=None, help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\""),
         click.option("--objective", default=None,
                      help="tpot (default), ttft, e2e, throughput or memory (comma list with --pareto)"),
         click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front"),
         click.option("--trials", type=click.IntRange(min=1), default=None, help="measured trials (default 12)"),
-        click.option("--trial-timeout", type=float, default=None, help="seconds one trial may take (default 900)"),
+        click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="seconds one trial may take (default: derived from the baseline)"),
         click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None),
         click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)"),
         click.option("--study-file", type=click.Path(dir_okay=False), default=None,
@@ -144,28 +145,31 @@ def open_store(db_url):
 
 @cli.command()
 @study_options
-@click.option("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop starting trials after this many seconds")
+@click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @db_option
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
-           submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
+           remeasure, submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
+           db_url):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import report_text
     from .search import Search
-    from .studyfile import build_spec
+    from .spec import build
 
-    spec = build_spec(study_file, model=model, budget=budget, objective=objective, pareto=pareto, trials=trials,
-                      timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
-                      prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
-                      config_only=config_only)
+    spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
+                 timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
+                 prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
+                 config_only=config_only or None, remeasure=remeasure)
     store = open_store(db_url)
     if submit_job:
         _submit(store, spec, hardware)
         return
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
 
     optimizations = get_optimizations()
     run = Search(spec, store, optimizations)
@@ -184,7 +188,7 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
 @click.option("--model", default=None)
 @click.option("--best", "best_model", default=None, metavar="MODEL", help="only the best known recipe for MODEL")
 @click.option("--all-targets", is_flag=True, help="recipes measured on any hardware")
-@click.option("--failed", is_flag=True, help="include failed and pruned measurements")
+@click.option("--failed", is_flag=True, help="include failed, pruned and invalid measurements")
 @click.option("--json", "as_json", is_flag=True)
 @db_option
 @handle_errors
@@ -194,11 +198,15 @@ def recipes(model, best_model, all_targets, failed, as_json, db_url):
     from .store import queries
     from .target import current_target
 
+    from .budget import DEFAULT_QUALITY_FLOOR
+
     store, target = open_store(db_url), current_target()
     if best_model:
-        rows = [queries.best_for_model(store, best_model, target)]
+        rows = [queries.best_for_model(store, best_model, target.hardware_key, DEFAULT_QUALITY_FLOOR,
+                                       target.describe())]
     else:
-        rows = queries.list_measurements(store, target, model, all_targets, include_failed=failed)
+        rows = queries.list_measurements(store, None if all_targets else target.hardware_key, model,
+                                         include_failed=failed)
     if as_json:
         click.echo(json.dumps([report_text.measurement_row(r) for r in rows], indent=2))
     else:
@@ -206,38 +214,39 @@ def recipes(model, best_model, all_targets, failed, as_json, db_url):
 
 
 @cli.command()
-@click.argument("recipe_id", type=int)
+@click.argument("measurement_id", type=int)
 @db_option
 @handle_errors
-def show(recipe_id, db_url):
-    """One recipe: its choices, figures vs the baseline, and the target it was measured on."""
+def show(measurement_id, db_url):
+    """One measured recipe (by the id `autotune recipes` lists): its choices, figures vs the
+    baseline, and the target it was measured on."""
     from . import report_text
     from .store import queries
 
-    row = queries.get_measurement(open_store(db_url), recipe_id)
+    row = queries.get_measurement(open_store(db_url), measurement_id)
     click.echo(report_text.show_text(row))
 
 
 @cli.command()
-@click.argument("recipe_id", type=int, required=False)
+@click.argument("measurement_id", type=int, required=False)
 @click.option("--best", "best_model", default=None, metavar="MODEL", help="export the best known recipe for MODEL")
 @click.option("-o", "--output", required=True, type=click.Path(), help="file (json) or directory (transformers)")
 @click.option("--format", "fmt", type=click.Choice(["json", "transformers"]), default="json", show_default=True)
 @db_option
 @handle_errors
-def export(recipe_id, best_model, output, fmt, db_url):
-    """Write a stored recipe as a loadable JSON file or a plain-transformers directory."""
-    from .export import write_json, write_transformers_dir
-    from .models import resolve_model
-    from .plugins import get_optimizations
-    from .store import queries
+def export(measurement_id, best_model, output, fmt, db_url):
+    """Write a stored recipe (by measurement id, or the best for a model) as a loadable JSON file
+    or a plain-transformers directory."""
+    from .export import stored_document, write_json, write_transformers_dir
+    from .registry import get_optimizations
+    from .sources import resolve_model
     from .target import current_target
 
-    if (recipe_id is None) == (best_model is None):
-        raise UsageError("give a recipe id or --best MODEL (one of them)")
+    if (measurement_id is None) == (best_model is None):
+        raise UsageError("give a measurement id or --best MODEL (one of them)")
     store, target = open_store(db_url), current_target()
-    ref = str(recipe_id) if recipe_id is not None else best_model
-    doc = queries.document_for(store, ref, target, get_optimizations())
+    ref = str(measurement_id) if measurement_id is not None else best_model
+    doc = stored_document(store, ref, target, get_optimizations())
     if fmt == "json":
         write_json(doc, output)
     else:
@@ -247,30 +256,32 @@ def export(recipe_id, best_model, output, fmt, db_url):
 
 
 @cli.command()
-@click.argument("recipe_id", type=int)
-@click.option("--timeout", type=float, default=900.0, show_default=True)
+@click.argument("measurement_id", type=int)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="seconds the re-measurement may take (default 900)")
 @db_option
 @handle_errors
-def verify(recipe_id, timeout, db_url):
+def verify(measurement_id, timeout, db_url):
     """Re-measure a stored recipe and report the ratio to its stored figures."""
     from .evaluate import evaluate
-    from .models import resolve_model
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
+    from .sources import resolve_model
     from .store import queries
     from .target import current_target
     from .workload import Workload
 
-    row = queries.get_measurement(open_store(db_url), recipe_id)
-    doc = queries.document(row)
-    optimizations = get_optimizations()
-    source = resolve_model(doc["model"], config_only=doc["config_only"])
-    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.spec), current_target(), optimizations,
-                  timeout=timeout)
+    row = queries.get_measurement(open_store(db_url), measurement_id)
+    if row.status != "ok":
+        raise AutotuneError(f"measurement {measurement_id} did not run successfully ({row.status}): "
+                            "nothing to compare with")
+    source = resolve_model(row.model.name, config_only=row.model.config_only)
+    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.spec), current_target(),
+                  get_optimizations(), timeout=timeout)
     if not ev.ok:
-        raise AutotuneError(f"re-measuring recipe {recipe_id} failed ({ev.status}): {ev.error}")
-    old, new = row.figures.get("tokens_per_s"), ev.get("tokens_per_s")
-    click.echo(f"recipe {recipe_id}: stored {old:.1f} tok/s, now {new:.1f} tok/s: ratio {new / old:.2f}x "
-               f"(TPOT {row.figures.get('tpot_ms_p50'):.2f} -> {ev.get('tpot_ms_p50'):.2f} ms)")
+        raise AutotuneError(f"re-measuring recipe {measurement_id} failed ({ev.status}): {ev.error}")
+    old, new = row.figures.get("tokens_per_s"), ev.figures.tokens_per_s
+    click.echo(f"recipe {measurement_id}: stored {old:.1f} tok/s, now {new:.1f} tok/s: ratio {new / old:.2f}x "
+               f"(TPOT {row.figures.get('tpot_ms_p50'):.2f} -> {ev.figures.tpot_ms_p50:.2f} ms)")
 
 
 def _submit(store, spec, hardware):
@@ -289,12 +300,11 @@ def _submit(store, spec, hardware):
 def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
            prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
     """Queue a tuning job in the database; daemons on matching hardware work it off."""
-    from .studyfile import build_spec
+    from .spec import build
 
-    spec = build_spec(study_file, model=model, budget=budget, objective=objective, pareto=pareto, trials=trials,
-                      timeout=None, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
-                      prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
-                      config_only=config_only)
+    spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
+                 trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, prompt_tokens=prompt_tokens,
+                 new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None)
     _submit(open_store(db_url), spec, hardware)
 
 

@@ -19,8 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import jobs
 from .errors import AutotuneError, NoFeasibleRecipe, StoreError
-from .store import models as m
-from .store.models import utcnow
+from .store import queries, queue, writes
 
 log = logging.getLogger("autotune.daemon")
 
@@ -62,18 +61,10 @@ class Worker:
     # -- bookkeeping ---------------------------------------------------------------------
     def register(self) -> None:
         host, pid = jobs.host_id()
-        with self.store.session() as s:
-            w = m.Worker(host=host, pid=pid, hardware_key=self.target.hardware_key, state="idle", trials_done=0)
-            s.add(w)
-            s.flush()
-            self.worker_id = w.id
+        self.worker_id = queue.add_worker(self.store, host=host, pid=pid, hardware_key=self.target.hardware_key)
 
     def beat(self, **fields) -> None:
-        with self.store.session() as s:
-            w = s.get(m.Worker, self.worker_id)
-            for k, v in fields.items():
-                setattr(w, k, v)
-            w.heartbeat_at = utcnow()
+        queue.beat_worker(self.store, self.worker_id, **fields)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -107,53 +98,52 @@ class Worker:
     def work_on(self, job_id: int) -> int:
         """Run trials of one job until its plan is spent; returns how many this worker ran."""
         from .search import Search
+        from .spec import SearchSpec
 
-        with self.store.session() as s:
-            job = s.get(m.Job, job_id)
-            spec = jobs.spec_from_dict(job.spec, self.target)
-            spec.study_name = job.study_name
+        job = queue.get_job(self.store, job_id)
+        spec = SearchSpec.from_dict(job.spec, self.target)
+        spec.study_name = job.study_name
         storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
         # under the job lock: the first worker creates the rows and measures the baseline, the rest reuse them
-        with jobs.locked_job(self.store, job_id):
+        with queue.locked_job(self.store, job_id):
             search = Search(spec, self.store, self.optimizations)
             study = search.open_study(storage)
-            baseline = search.baseline()
+            search.baseline()
         ran = 0
         while not self.stopping:
             trial, state = jobs.reserve_trial(self.store, job_id, study, search.ask)
             if trial is None:
-                if state in m.Job.OPEN:
-                    self.finish(job_id, search, study, baseline)
+                if state in queue.OPEN:
+                    self.finish(job_id, search, study)
                 return ran
             if ran == 0:
                 log.info("job %s: %s (study %s)", job_id, spec.source.name, search.study_name)
-            self.one_trial(search, study, baseline, trial, job_id)
+            self.one_trial(search, study, storage, trial, job_id)
             ran += 1
         return ran
 
-    def one_trial(self, search, study, baseline, trial, job_id: int) -> None:
+    def one_trial(self, search, study, storage, trial, job_id: int) -> None:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), trial.number)
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(study, trial._trial_id, stop), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(storage, trial_id, stop), daemon=True)
         beat.start()
         started = time.monotonic()
         try:
-            record = search.run_trial(study, baseline, lambda text: self.beat(current=text), trial=trial)
+            record = search.step(study, lambda text: self.beat(current=text), trial=trial)
         except Abandon:
-            frozen = study._storage.get_trial(trial._trial_id)
-            optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, frozen)
+            optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
             log.info("job %s trial %s abandoned; re-queued for another worker", job_id, trial.number)
             raise
         finally:
             stop.set()
             beat.join()
-        with self.store.session() as s:
-            s.get(m.Worker, self.worker_id).trials_done += 1
+        queue.count_worker_trial(self.store, self.worker_id)
         log.info("job %s trial %s: %s%s in %.0f s: %s", job_id, trial.number, record.status,
                  " (reused)" if record.reused else "", time.monotonic() - started,
-                 f"{record.result.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == "ok" else record.error)
+                 f"{record.figures.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == "ok" else record.error)
 
-    def _heartbeat(self, study, trial_id: int, stop: threading.Event) -> None:
-        storage = study._storage
+    def _heartbeat(self, storage, trial_id: int, stop: threading.Event) -> None:
         while True:
             try:
                 storage.record_heartbeat(trial_id)
@@ -162,14 +152,14 @@ class Worker:
             if stop.wait(self.opt.heartbeat_s):
                 return
 
-    def finish(self, job_id: int, search, study, baseline) -> None:
+    def finish(self, job_id: int, search, study) -> None:
         """The plan is spent: when no trial is still running, record the result once."""
-        with jobs.locked_job(self.store, job_id) as (s, job):
+        with queue.locked_job(self.store, job_id) as (s, job):
             done, running = jobs.counted_trials(study)
-            if running or job.state not in m.Job.OPEN:
+            if running or job.state not in queue.OPEN:
                 return
             try:
-                result = search.result(study, baseline, [], False)
+                result = search.result(study)
                 job.state, job.best_measurement_id = "done", result.best[0].measurement_id
                 job.message = f"{done} trials"
             except NoFeasibleRecipe as exc:
@@ -180,38 +170,28 @@ class Worker:
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:
     """Re-measure the chosen recipes of this hardware class that were measured with other library
     versions; mark them stale when they fail or lost more than 10% of their speed."""
-    from sqlalchemy import select
-
     from .evaluate import evaluate
-    from .models import resolve_model
+    from .sources import resolve_model
     from .workload import Workload
 
     out = []
-    with store.session() as s:
-        rows = s.scalars(select(m.Measurement).join(m.Study, m.Study.best_measurement_id == m.Measurement.id)
-                         .join(m.Target, m.Measurement.target_id == m.Target.id)
-                         .where(m.Target.hardware_key == target.hardware_key,
-                                m.Target.versions_key != target.versions_key,
-                                m.Measurement.stale.is_(False))).all()
-        todo = [(r.id, r.model.name, r.model.config_only, r.recipe.recipe, r.workload.spec, r.tokens_per_s)
-                for r in rows]
-    for mid, model, config_only, recipe, workload, speed in todo:
-        name = model.removesuffix(" [config-only]")
-        ev = evaluate(resolve_model(name, config_only), recipe, Workload.from_dict(workload), target, optimizations)
-        stale = not ev.ok or ev.get("tokens_per_s", 0) < 0.9 * (speed or 0)
-        verdict = "stale" if stale else "still good"
+    for row in queries.chosen_with_other_versions(store, target.hardware_key, target.versions_key):
+        speed = row.tokens_per_s
+        ev = evaluate(resolve_model(row.model.name, row.model.config_only), row.recipe.recipe,
+                      Workload.from_dict(row.workload.spec), target, optimizations)
+        stale = not ev.ok or ev.figures.get("tokens_per_s", 0) < 0.9 * (speed or 0)
         if stale:
-            with store.session() as s:
-                s.get(m.Measurement, mid).stale = True
-        out.append((mid, f"{verdict}: {ev.status}" + (f", {ev.get('tokens_per_s'):.1f} tok/s (was {speed:.1f})"
-                                                       if ev.ok else f" ({ev.error})")))
+            writes.mark_stale(store, row.id)
+        verdict = "stale" if stale else "still good"
+        out.append((row.id, f"{verdict}: {ev.status}" + (f", {ev.figures.tokens_per_s:.1f} tok/s (was {speed:.1f})"
+                                                          if ev.ok else f" ({ev.error})")))
     return out
 
 
 def _worker_main(url: str, options: DaemonOptions, device: str | None) -> None:
     import logging as _logging
 
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
     from .store import Store
     from .target import current_target
 
@@ -229,7 +209,7 @@ def run_workers(url: str, n: int, options: DaemonOptions, device: str | None, re
     """Run ``n`` workers: in this process for one, else as spawned processes that get our signals."""
     import multiprocessing as mp
 
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
     from .store import Store
     from .target import current_target
 

@@ -3,63 +3,65 @@ against the baseline measured on the same target and workload."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
+from .figures import Figures, Status
 from .isolate import run_isolated
-from .measure import token_agreement
-from .models import ModelSource
+from .measure import first_divergence, token_agreement
 from .optimization import Optimization
-from .plugins import plugin_modules
 from .recipe import impossible
+from .registry import plugin_modules
+from .sources import ModelSource
+from .spec import BASELINE_TIMEOUT_S, MeasurePolicy
+from .trial import TrialRequest
 from .workload import Workload
-
-DEFAULT_TRIAL_TIMEOUT = 900.0
 
 
 @dataclass
 class Evaluation:
-    """The outcome of one recipe: ``status`` plus its figures (``result``) or ``error``."""
+    """The outcome of one recipe: its status, its figures (partial unless ok) and any error."""
 
     recipe: dict
-    status: str
-    result: dict = field(default_factory=dict)
+    status: Status
+    figures: Figures = field(default_factory=Figures)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.result.get(key, default)
+        return self.status == Status.OK
 
 
 def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              optimizations: Mapping[str, Optimization], baseline: Evaluation | None = None,
-             timeout: float = DEFAULT_TRIAL_TIMEOUT, measure_opts: dict | None = None) -> Evaluation:
-    """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``."""
+             timeout: float | None = None, policy: MeasurePolicy | None = None,
+             abandon_above_s: float | None = None) -> Evaluation:
+    """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
+    ``baseline=None`` means this *is* the baseline."""
     reason = impossible(recipe, optimizations, target)
     if reason:
-        return Evaluation(recipe, "invalid", error=reason)
-    spec = {"model_path": source.path, "recipe": recipe, "workload": workload.to_dict(),
-            "device": target.device, "plugin_modules": plugin_modules(), **(measure_opts or {})}
-    out = run_isolated(spec, timeout)
-    status = out.pop("status")
-    if status != "ok":
-        return Evaluation(recipe, status, error=out.get("error"))
-    out["quality_valid"] = not source.config_only
-    if baseline is None:  # this is the baseline: it agrees with itself
-        score_quality(out, out)
-    elif baseline.ok:
-        score_quality(out, baseline.result)
-    else:  # nothing to compare with: unknown, not perfect
-        out.update(quality=None, perplexity_ratio=None, greedy_match=None)
-    return Evaluation(recipe, "ok", out)
+        return Evaluation(recipe, Status.INVALID, error=reason)
+    request = TrialRequest(model_path=source.path, recipe=recipe, workload=workload.to_dict(), device=target.device,
+                           policy=(policy or MeasurePolicy()).to_dict(), plugin_modules=plugin_modules(),
+                           abandon_above_s=abandon_above_s)
+    outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S)
+    figures = outcome.figures
+    if outcome.status != Status.OK:
+        return Evaluation(recipe, outcome.status, figures, outcome.error)
+    figures.quality_valid = not source.config_only
+    score_quality(figures, baseline.figures if baseline is not None else figures,
+                  comparable=baseline is None or baseline.ok)
+    return Evaluation(recipe, Status.OK, figures)
 
 
-def score_quality(result: dict, baseline: dict) -> None:
-    """Teacher-forced top-1 agreement and perplexity ratio against the baseline's figures."""
-    result["quality"] = token_agreement(result.get("top1", []), baseline.get("top1", []))
-    base_ppl, ppl = baseline.get("perplexity"), result.get("perplexity")
-    result["perplexity_ratio"] = ppl / base_ppl if ppl and base_ppl else None
-    out, base_out = result.get("output_ids", []), baseline.get("output_ids", [])
-    result["greedy_match"] = token_agreement(out, base_out)
+def score_quality(figures: Figures, baseline: Figures, comparable: bool = True) -> None:
+    """Quality against the baseline's figures: teacher-forced top-1 agreement at every decode step,
+    perplexity ratio, free-running greedy agreement and the first divergence. Without a successful
+    baseline nothing is comparable: quality is unknown, not perfect."""
+    if not comparable:
+        figures.quality = figures.perplexity_ratio = figures.greedy_match = figures.first_divergence = None
+        return
+    figures.quality = token_agreement(figures.top1, baseline.top1)
+    if figures.perplexity and baseline.perplexity:
+        figures.perplexity_ratio = figures.perplexity / baseline.perplexity
+    figures.greedy_match = token_agreement(figures.output_ids, baseline.output_ids)
+    figures.first_divergence = first_divergence(figures.output_ids, baseline.output_ids)

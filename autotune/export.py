@@ -9,16 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from .errors import AutotuneError, RecipeError
+from .errors import AutotuneError, NotFoundError, RecipeError
+from .figures import Figures
 from .optimization import ApplyContext, Optimization
 from .recipe import resolve
 from .workload import Workload
 
 FORMAT = "autotune-recipe"
 FORMAT_VERSION = 1
-FIGURE_KEYS = ("tpot_ms_p50", "tpot_ms_p95", "ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
-               "tokens_per_s", "peak_memory_bytes", "cv", "load_s", "compile_s", "quality", "perplexity",
-               "greedy_match", "output_ids")
 
 
 def recipe_document(*, model: str, config_only: bool, recipe: dict, workload: dict, target: dict,
@@ -28,11 +26,33 @@ def recipe_document(*, model: str, config_only: bool, recipe: dict, workload: di
         "model": model, "config_only": config_only,
         "recipe": recipe, "workload": workload,
         "target": target, "versions": target.get("versions", {}),
-        "figures": {k: figures.get(k) for k in FIGURE_KEYS if k in figures},
-        "baseline": {k: baseline.get(k) for k in FIGURE_KEYS if k in baseline} if baseline else None,
+        "figures": Figures.from_dict(figures).exported(),
+        "baseline": Figures.from_dict(baseline).exported() if baseline else None,
         "measurement_id": measurement_id, "study": study,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def document_of(row) -> dict:
+    """The recipe document of a stored measurement (see :func:`autotune.store.queries.get_measurement`)."""
+    return recipe_document(model=row.model.name, config_only=row.model.config_only, recipe=row.recipe.recipe,
+                           workload=row.workload.spec, target=row.target.fingerprint, figures=row.figures or {},
+                           baseline=getattr(row, "baseline_figures", None), measurement_id=row.id, study=row.study)
+
+
+def stored_document(store, ref: str, target, optimizations) -> dict:
+    """A recipe document from a stored measurement id or a model name (the best known for this
+    hardware at the default quality floor)."""
+    from .budget import DEFAULT_QUALITY_FLOOR
+    from .store import queries
+
+    if ref.isdigit():
+        row = queries.get_measurement(store, int(ref))
+    else:
+        row = queries.best_for_model(store, ref, target.hardware_key, DEFAULT_QUALITY_FLOOR, target.describe())
+    if row.status != "ok":
+        raise NotFoundError(f"measurement {row.id} did not run successfully ({row.status}): nothing to load")
+    return validate_document(document_of(row), optimizations, where=f"stored recipe {row.id}")
 
 
 def write_json(doc: dict, path: str) -> None:

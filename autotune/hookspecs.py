@@ -22,3 +22,10 @@ def register_optimizations(register: Callable) -> None:
 def register_models(register: Callable) -> None:
     """Register model aliases: ``register(name, resolve, description)``; ``resolve()`` returns a
     local checkpoint directory. Every implementation is called."""
+
+
+@hookspec
+def register_seeds(register: Callable, target) -> None:
+    """Register recipes the search measures first on ``target`` (an :class:`autotune.target.Target`):
+    ``register(name, partial_recipe, rank=50)``, lower ranks first. A seed that names a plugin or
+    option that is not loaded is left out. Every implementation is called."""

@@ -50,11 +50,11 @@ class TunedModel:
 
 
 def load(recipe, *, db=None, strict: bool = False, device: str | None = None) -> TunedModel:
-    from .apply import finish, load_model, load_tokenizer
+    from .apply import apply_recipe
     from .export import read_recipe_file
-    from .models import resolve_model
+    from .sources import resolve_model
     from .optimization import ApplyContext
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
     from .recipe import impossible
     from .target import current_target
     from .workload import Workload
@@ -67,10 +67,10 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None) ->
     elif Path(str(recipe)).is_file():
         doc = read_recipe_file(str(recipe), optimizations)
     else:
+        from .export import stored_document
         from .store import Store
-        from .store.queries import document_for
 
-        doc = document_for(Store(db), str(recipe), current_target(device), optimizations)
+        doc = stored_document(Store(db), str(recipe), current_target(device), optimizations)
     target = current_target(device)
     _check_target(doc, target, strict)
     reason = impossible(doc["recipe"], optimizations, target)
@@ -80,9 +80,10 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None) ->
     workload = Workload.from_dict(doc["workload"])
     ctx = ApplyContext(target, target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size,
                        doc["recipe"])
-    model = load_model(source.path, optimizations, doc["recipe"], ctx)
-    applied = finish(model, load_tokenizer(source.path), optimizations, doc["recipe"], ctx)
-    return TunedModel(applied, doc)
+    from .paths import use_persistent_compile_cache
+
+    use_persistent_compile_cache()
+    return TunedModel(apply_recipe(source.path, optimizations, doc["recipe"], ctx), doc)
 
 
 def _check_target(doc: dict, target, strict: bool) -> None:

@@ -1,4 +1,5 @@
-"""Measurement primitives: per-token timing, latency statistics, peak memory, quality."""
+"""Measurement primitives: per-token timing, latency statistics, memory, and quality through the
+served generate path."""
 from __future__ import annotations
 
 import math
@@ -69,38 +70,134 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / mean if mean else 0.0
 
 
-def peak_memory(device: str) -> dict:
-    """CUDA: allocator's max allocated / reserved. CPU: this process's peak resident set."""
-    if device == "cuda":
+# -- memory ------------------------------------------------------------------------------------
+class MemoryMeter:
+    """This process's own memory. CPU: the kernel's resident-set high-water mark (``VmHWM``), reset
+    through ``/proc/self/clear_refs`` before the timed runs, so the figure is the steady-state peak
+    of this child — not its parent's (``ru_maxrss`` survives ``exec``: a spawned child would report
+    whatever its parent peaked at). CUDA: the caching allocator's peaks, reset likewise."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def release_freed(self) -> None:
+        """Give freed heap back to the OS (glibc keeps it otherwise), so load-time garbage — the
+        float copy a quantizer made — is not counted as the steady state."""
+        import gc
+
+        gc.collect()
+        if self.device == "cuda":
+            return
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
+
+    def peak(self) -> int | None:
+        if self.device == "cuda":
+            import torch
+
+            return int(torch.cuda.max_memory_reserved())
+        return _status_bytes("VmHWM")
+
+    def reset(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the high-water mark to the current resident set
+        except OSError as exc:
+            raise RuntimeError(f"cannot reset this process's memory high-water mark: {exc}") from None
+
+    def extra(self) -> dict:
+        if self.device != "cuda":
+            return {}
         import torch
 
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_reserved()),
-                "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
-                "peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
-    import resource
-
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        return {"peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
 
 
-def reference_pass(applied, reference_text: str, max_tokens: int = 256) -> dict:
-    """Teacher-forced pass over the shipped reference text: top-1 prediction at every position
-    (compared with the baseline's by the parent) and perplexity."""
+def _status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def tensor_bytes(t) -> int:
+    """Bytes a tensor holds, looking inside tensor subclasses (torchao's quantized weights keep
+    their int data and scales as inner tensors)."""
+    if hasattr(t, "__tensor_flatten__") and type(t).__name__ not in ("Tensor", "Parameter"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def weights_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers as stored (tied weights counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += tensor_bytes(t)
+    return total
+
+
+# -- quality -----------------------------------------------------------------------------------
+def reference_windows(token_ids: list[int], context: int, forced: int, count: int) -> list[tuple[list, list]]:
+    """``count`` (context, continuation) windows from the reference text's tokens, one after the
+    other (wrapping around a short text), each exactly ``context`` + ``forced`` tokens long."""
+    if not token_ids:
+        return []
+    need = (context + forced) * count
+    ids = (token_ids * (need // len(token_ids) + 1))[:need]
+    size = context + forced
+    return [(ids[i * size:i * size + context], ids[i * size + context:(i + 1) * size]) for i in range(count)]
+
+
+def forcing_processor(forced):
+    """A logits processor that records the model's own top-1 and the log-likelihood of the reference
+    token at every generated position, then forces the reference token. Run through the recipe's
+    generate path it scores every decode step exactly as served: through its KV cache, its compiled
+    forward or decode step, its generate wrapper."""
     import torch
+    from transformers import LogitsProcessor
 
-    tok = applied.tokenizer
-    if tok is None:
-        return {"top1": [], "perplexity": None}
-    ids = tok(reference_text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :max_tokens]
-    ids = ids.to(applied.ctx.device)
-    with applied.running():
-        logits = applied.model(ids, use_cache=False).logits.float()
-    nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
-    return {"top1": logits[0].argmax(-1).tolist(), "perplexity": float(torch.exp(nll))}
+    class Force(LogitsProcessor):
+        def __init__(self):
+            self.step, self.top1, self.nll = 0, [], []
+
+        def __call__(self, input_ids, scores):
+            target = forced[:, self.step].to(scores.device)
+            self.top1.append(scores.argmax(-1).cpu())
+            logp = torch.log_softmax(scores.float(), dim=-1)
+            self.nll.append(-logp.gather(-1, target[:, None])[:, 0].cpu())
+            self.step += 1
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(-1, target[:, None], 0.0)
+
+    return Force()
 
 
 def token_agreement(candidate: list[int], baseline: list[int]) -> float | None:
-    """Share of positions where the candidate's top-1 token equals the baseline's."""
+    """Share of positions where the candidate's token equals the baseline's."""
     n = min(len(candidate), len(baseline))
     if n == 0:
         return None
     return sum(a == b for a, b in zip(candidate[:n], baseline[:n])) / n
+
+
+def first_divergence(candidate: list[int], baseline: list[int]) -> int | None:
+    """Index of the first token that differs (None when they agree over their common length)."""
+    return next((i for i, (a, b) in enumerate(zip(candidate, baseline)) if a != b), None)

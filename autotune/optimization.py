@@ -66,6 +66,8 @@ class Optimization:
     #: lower applies first (quantization and dtype before attention, cache, and compile last)
     order: int = 50
     description: str = ""
+    #: bump when what a choice runs changes: measurements taken with another version are not reused
+    version: str = "1"
 
     def options(self) -> list[Option]:
         """The knobs this optimization contributes to the search space."""

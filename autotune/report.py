@@ -9,17 +9,15 @@ import html
 import json
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-
-from .budget import Budget, format_value, parse_budget
-from .errors import NotFoundError
+from .budget import Budget, parse_budget
 from .export import recipe_document
-from .plugins import get_optimizations
+from .figures import Figures
 from .recipe import describe
-from .store import models as m
+from .registry import get_optimizations
+from .store import queries
 
-STATUS_COLOURS = {"ok": "#1a9850", "over budget": "#fdae61", "error": "#d73027", "oom": "#7b3294",
-                  "crash": "#000000", "timeout": "#8c510a", "invalid": "#999999"}
+STATUS_COLOURS = {"ok": "#1a9850", "over budget": "#fdae61", "pruned": "#4393c3", "error": "#d73027",
+                  "oom": "#7b3294", "crash": "#000000", "timeout": "#8c510a", "invalid": "#999999"}
 
 
 @dataclass
@@ -49,77 +47,48 @@ class ReportData:
     document: dict | None
 
 
-def _find_study(s, ref: str, target) -> m.Study:
-    if ref.isdigit():
-        job = s.get(m.Job, int(ref))
-        if job is not None:
-            ref = job.study_name
-    study = s.scalar(select(m.Study).where(m.Study.name == ref))
-    if study is None:
-        study = s.scalar(select(m.Study).join(m.Model).join(m.Target, m.Study.target_id == m.Target.id)
-                         .where(m.Model.name == ref, m.Target.hardware_key == target.hardware_key)
-                         .order_by(m.Study.id.desc()))
-    if study is None:
-        raise NotFoundError(f"no study, job or model {ref!r} with results on this hardware")
-    return study
-
-
 def gather(store, ref: str, target) -> ReportData:
     """Everything the report shows, from the database alone."""
     import optuna
 
     optimizations = get_optimizations()
-    with store.session() as s:
-        st = _find_study(s, ref, target)
-        name, budget, objective = st.name, parse_budget(st.budget), st.objective
-        model, config_only = st.model.name, st.model.config_only
-        fingerprint, workload = st.target.fingerprint, st.workload.spec
-        base = m.Measurement.baseline_for(s, st.model, st.target, st.workload)
-        baseline = dict(base.figures) if base else None
-        chosen_id = st.best_measurement_id
-    trials = optuna.load_study(study_name=name, storage=store.optuna_storage()).get_trials(deepcopy=False)
-    ids = [t.user_attrs["measurement_id"] for t in trials if "measurement_id" in t.user_attrs]
-    with store.session() as s:
-        rows_by_id = {r.id: (r.status, r.recipe.recipe, dict(r.figures or {}), r.error)
-                      for r in s.scalars(select(m.Measurement).where(m.Measurement.id.in_(ids)))} if ids else {}
+    st = queries.find_study(store, ref, target.hardware_key)
+    budget = parse_budget(st.budget)
+    trials = optuna.load_study(study_name=st.name, storage=store.optuna_storage()).get_trials(deepcopy=False)
+    wanted = [t.user_attrs["measurement_id"] for t in trials if "measurement_id" in t.user_attrs]
+    by_id = queries.by_ids(store, wanted + [i for i in (st.baseline_measurement_id,) if i])
+    base = by_id.get(st.baseline_measurement_id)
+    if base is None:
+        base = next((by_id[i] for i in wanted if by_id.get(i) is not None and by_id[i].is_baseline
+                     and by_id[i].status == "ok"), None)
+    baseline = dict(base.figures) if base is not None else None
     rows = []
     for t in trials:
         mid = t.user_attrs.get("measurement_id")
-        if mid not in rows_by_id:
+        if mid not in by_id:
             continue  # still running
-        status, recipe, figures, error = rows_by_id[mid]
-        row = Row(t.number, mid, status, recipe, describe(recipe, optimizations), figures, error)
-        if status == "ok":
-            row.missed = [str(lim) for lim in budget.limits
-                          if not (lim.key == "quality" and config_only) and (lim.violation(figures) or 0) > 0]
+        m = by_id[mid]
+        row = Row(t.number, mid, m.status, m.recipe.recipe, describe(m.recipe.recipe, optimizations),
+                  dict(m.figures or {}), m.error)
+        if m.status == "ok":
+            row.missed = budget.missed(Figures.from_dict(row.figures))
             if row.missed:
                 row.status = "over budget"
         rows.append(row)
-    chosen = next((r for r in rows if r.measurement_id == chosen_id), None)
-    binding = None if any(r.status == "ok" for r in rows) else _binding(rows, budget)
+    chosen = next((r for r in rows if r.measurement_id == st.best_measurement_id), None)
+    binding = None
+    if not any(r.status == "ok" for r in rows):
+        binding = budget.explain_miss((r.label, Figures.from_dict(r.figures)) for r in rows if r.status == "over budget")
     doc = None
     if chosen is not None:
-        doc = recipe_document(model=model, config_only=config_only, recipe=chosen.recipe, workload=workload,
-                              target=fingerprint, figures=chosen.figures, baseline=baseline,
-                              measurement_id=chosen.measurement_id, study=name)
+        doc = recipe_document(model=st.model.name, config_only=st.model.config_only, recipe=chosen.recipe,
+                              workload=st.workload.spec, target=st.target.fingerprint, figures=chosen.figures,
+                              baseline=baseline, measurement_id=chosen.measurement_id, study=st.name)
         doc["figures"].pop("output_ids", None)
         if doc.get("baseline"):
             doc["baseline"].pop("output_ids", None)
-    return ReportData(name, model, budget, objective, fingerprint, workload, rows, baseline, chosen, binding, doc)
-
-
-def _binding(rows: list[Row], budget: Budget) -> str:
-    measured = [r for r in rows if r.status == "over budget"]
-    if not measured:
-        return "no candidate was measured successfully"
-    parts = []
-    for lim in budget.limits:
-        scored = [(lim.violation(r.figures), r) for r in measured if lim.violation(r.figures) is not None]
-        if scored and all(v > 0 for v, _ in scored):
-            v, r = min(scored, key=lambda x: x[0])
-            parts.append(f"{lim.metric}: nearest candidate {format_value(lim.key, r.figures[lim.key])} vs limit "
-                         f"{format_value(lim.key, lim.value)} ({r.label})")
-    return "; ".join(parts) or "every limit is met by some candidate, but never all by one"
+    return ReportData(st.name, st.model.name, budget, st.objective, st.target.fingerprint, st.workload.spec, rows,
+                      baseline, chosen, binding, doc)
 
 
 # -- figures -----------------------------------------------------------------------------------

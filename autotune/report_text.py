@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 from .budget import format_value
+from .figures import Figures
 from .recipe import describe
-
-FIGURES = ("status", "tpot_ms_p50", "tpot_ms_p95", "ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
-           "tokens_per_s", "peak_memory_bytes", "cv", "runs", "load_s", "compile_s", "quality",
-           "perplexity", "perplexity_ratio", "greedy_match", "quality_valid", "error")
 
 
 def plugins_table(rows: list[dict], target) -> str:
@@ -27,28 +24,38 @@ def plugins_table(rows: list[dict], target) -> str:
 
 
 def figures(evaluation) -> dict:
-    d = {"status": evaluation.status, "error": evaluation.error}
-    d.update({k: evaluation.result.get(k) for k in FIGURES if k in evaluation.result})
-    return d
+    """Status, error and every measured figure (no token lists) of an evaluation."""
+    return {"status": evaluation.status.value, "error": evaluation.error, **evaluation.figures.shown()}
 
 
-def ratio(candidate, baseline, key: str, higher_is_better: bool = True):
+def ratio(candidate: dict, baseline: dict, key: str, higher_is_better: bool = True):
     a, b = candidate.get(key), baseline.get(key)
     if not a or not b:
         return None
     return a / b if higher_is_better else b / a
 
 
+def ratios(candidate: dict, baseline: dict) -> dict:
+    """Candidate over baseline, each "higher is better" except memory (a share of the baseline's);
+    ``noisy_baseline`` says when the baseline missed its CV target, so the ratios are loose."""
+    return {"tokens_per_s": ratio(candidate, baseline, "tokens_per_s"),
+            "tpot_speedup": ratio(candidate, baseline, "tpot_ms_p50", higher_is_better=False),
+            "ttft_speedup": ratio(candidate, baseline, "ttft_ms_p50", higher_is_better=False),
+            "memory": ratio(candidate, baseline, "peak_memory_bytes"),
+            "noisy_baseline": bool(baseline.get("noisy"))}
+
+
+def noisy_note(baseline: dict) -> str:
+    if not baseline.get("noisy"):
+        return ""
+    return f" (the baseline is noisy: CV {baseline.get('cv', 0):.3f} at its repeat cap; treat ratios as loose)"
+
+
 def bench_payload(candidate, baseline, target, workload, source) -> dict:
+    c, b = figures(candidate), figures(baseline)
     return {
         "model": source.name, "config_only": source.config_only, "target": target.to_dict(),
-        "workload": workload.to_dict(), "recipe": candidate.recipe,
-        **figures(candidate),
-        "baseline": figures(baseline),
-        "ratio": {"tokens_per_s": ratio(candidate, baseline, "tokens_per_s"),
-                  "tpot_speedup": ratio(candidate, baseline, "tpot_ms_p50", higher_is_better=False),
-                  "ttft_speedup": ratio(candidate, baseline, "ttft_ms_p50", higher_is_better=False),
-                  "memory": ratio(candidate, baseline, "peak_memory_bytes")},
+        "workload": workload.to_dict(), "recipe": candidate.recipe, **c, "baseline": b, "ratio": ratios(c, b),
     }
 
 
@@ -81,10 +88,14 @@ def bench_text(p: dict, optimizations) -> str:
              f"{fmt(p.get('ttft_ms_p50'))} / {fmt(p.get('ttft_ms_p95'))}"),
             ("e2e p50 ms", fmt(b.get("e2e_ms_p50")), fmt(p.get("e2e_ms_p50"))),
             ("CV / runs", f"{fmt(b.get('cv'), 3)} / {fmt(b.get('runs'))}", f"{fmt(p.get('cv'), 3)} / {fmt(p.get('runs'))}"),
-            ("peak memory", fmt_bytes(b.get("peak_memory_bytes")), fmt_bytes(p.get("peak_memory_bytes"))),
+            ("peak memory (timed runs)", fmt_bytes(b.get("peak_memory_bytes")), fmt_bytes(p.get("peak_memory_bytes"))),
+            ("peak memory (load) / weights", f"{fmt_bytes(b.get('load_peak_bytes'))} / {fmt_bytes(b.get('weights_bytes'))}",
+             f"{fmt_bytes(p.get('load_peak_bytes'))} / {fmt_bytes(p.get('weights_bytes'))}"),
             ("load / compile s", f"{fmt(b.get('load_s'))} / {fmt(b.get('compile_s'))}",
              f"{fmt(p.get('load_s'))} / {fmt(p.get('compile_s'))}"),
             ("quality (top-1 agreement)", fmt(b.get("quality"), 3), fmt(p.get("quality"), 3)),
+            ("greedy match / first divergence", f"{fmt(b.get('greedy_match'), 3)} / {fmt(b.get('first_divergence'))}",
+             f"{fmt(p.get('greedy_match'), 3)} / {fmt(p.get('first_divergence'))}"),
             ("perplexity", fmt(b.get("perplexity"), 2), fmt(p.get("perplexity"), 2))]
     width = [max(len(str(r[i])) for r in rows) for i in range(3)]
     lines = [f"recipe: {describe(p['recipe'], optimizations)}"]
@@ -92,7 +103,7 @@ def bench_text(p: dict, optimizations) -> str:
     r = p["ratio"]
     if r["tokens_per_s"]:
         lines.append(f"ratio: {r['tokens_per_s']:.2f}x tokens/s, TPOT {r['tpot_speedup']:.2f}x faster, "
-                     f"memory {r['memory']:.2f}x of baseline")
+                     f"memory {r['memory']:.2f}x of baseline{noisy_note(b)}")
     for who, d in (("baseline", b), ("recipe", p)):
         if d.get("error"):
             lines.append(f"{who} {d['status']}: {d['error']}")
@@ -129,8 +140,8 @@ class Progress:
         if self.bar is None:
             return
         key, direction = search.spec.objectives[0]
-        if record.status == "ok" and record.feasible:
-            value = record.result[key]
+        if record.feasible:
+            value = record.figures.get(key)
             if self.best is None or (value < self.best if direction == "minimize" else value > self.best):
                 self.best = value
         if record.status != "invalid":
@@ -144,7 +155,8 @@ class Progress:
 
 
 def measurement_row(r) -> dict:
-    return {"id": r.id, "model": r.model.name, "status": r.status, "recipe": r.recipe.recipe, "study": r.study,
+    return {"id": r.id, "model": r.model.name, "config_only": r.model.config_only, "status": r.status,
+            "recipe": r.recipe.recipe, "study": r.study,
             "target": r.target.name, "tokens_per_s": r.tokens_per_s, "tpot_ms_p50": r.tpot_ms_p50,
             "ttft_ms_p50": r.ttft_ms_p50, "peak_memory_bytes": r.peak_memory_bytes, "quality": r.quality,
             "error": r.error, "stale": r.stale, "workload": r.workload.spec and {
@@ -152,7 +164,7 @@ def measurement_row(r) -> dict:
 
 
 def recipes_text(rows, target) -> str:
-    from .plugins import get_optimizations
+    from .registry import get_optimizations
 
     if not rows:
         return f"no recipes yet for {target.describe()}: run `autotune search MODEL`"
@@ -160,7 +172,10 @@ def recipes_text(rows, target) -> str:
     lines = [f"{'id':>5}  {'model':<22} {'tok/s':>7} {'TPOT ms':>8} {'memory':>10} {'quality':>7}  recipe"]
     for r in rows:
         mark = " (stale)" if r.stale else ""
-        tail = describe(r.recipe.recipe, optimizations) if r.status == "ok" else f"{r.status}: {r.error}"
+        mark += " (config-only)" if r.model.config_only else ""
+        tail = describe(r.recipe.recipe, optimizations)
+        if r.status != "ok":
+            tail = f"{r.status}: {r.error}" + (f" [{tail}]" if r.status == "pruned" else "")
         lines.append(f"{r.id:>5}  {r.model.name[:22]:<22} {fmt(r.tokens_per_s):>7} {fmt(r.tpot_ms_p50, 2):>8} "
                      f"{fmt_bytes(r.peak_memory_bytes):>10} {fmt(r.quality, 3):>7}  {tail}{mark}")
     return "\n".join(lines)
@@ -170,57 +185,86 @@ def show_text(r) -> str:
     import json as _json
 
     f, b = r.figures or {}, getattr(r, "baseline_figures", None) or {}
-    lines = [f"recipe {r.id}: {r.model.name}  [{r.status}]", f"study: {r.study}",
+    lines = [f"measurement {r.id}: {r.model.name}{' (config-only)' if r.model.config_only else ''}  [{r.status}]",
+             f"study: {r.study}",
              f"target: {r.target.name} ({r.target.device}); versions: " +
              ", ".join(f"{k} {v}" for k, v in r.target.fingerprint.get("versions", {}).items()),
              f"workload: " + ", ".join(f"{k}={v}" for k, v in r.workload.spec.items() if k != "prompts"),
              "recipe:", _json.dumps(r.recipe.recipe, indent=2)]
     if r.error:
         lines.append(f"error: {r.error}")
-    for key, label, higher in (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", False),
-                               ("ttft_ms_p50", "TTFT p50 ms", False), ("peak_memory_bytes", "peak memory", False),
-                               ("quality", "quality", True), ("perplexity", "perplexity", False)):
+    for key, label, higher in SHOW_ROWS:
         val, base = f.get(key), b.get(key)
-        shown = fmt_bytes(val) if key == "peak_memory_bytes" else fmt(val, 2)
-        based = fmt_bytes(base) if key == "peak_memory_bytes" else fmt(base, 2)
+        shown = fmt_bytes(val) if key.endswith("_bytes") else fmt(val, 2)
+        based = fmt_bytes(base) if key.endswith("_bytes") else fmt(base, 2)
         ratio_text = ""
-        if val and base and key not in ("quality", "perplexity"):
+        if val and base and higher is not None:
             ratio_text = f"  ({(val / base if higher else base / val):.2f}x vs baseline)"
-        lines.append(f"  {label:<12} {shown:>12}   baseline {based:>12}{ratio_text}")
+        lines.append(f"  {label:<22} {shown:>12}   baseline {based:>12}{ratio_text}")
+    if f.get("noisy") or b.get("noisy"):
+        lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
+                     "ratios are loose")
     return "\n".join(lines)
 
 
+#: (figure, label, higher is better — None: no ratio) rows of `autotune show`
+SHOW_ROWS = (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", False),
+             ("ttft_ms_p50", "TTFT p50 ms", False), ("peak_memory_bytes", "peak memory (timed)", False),
+             ("load_peak_bytes", "peak memory (load)", None), ("weights_bytes", "weights", None),
+             ("quality", "quality", None), ("greedy_match", "greedy match", None),
+             ("perplexity", "perplexity", None))
+
+
 def search_payload(result, search) -> dict:
-    base = result.baseline.result if result.baseline else {}
+    base = result.baseline.figures.shown() if result.baseline else {}
 
     def one(rec):
-        return {"measurement_id": rec.measurement_id, "recipe": rec.recipe, "status": rec.status,
-                "error": rec.error, "reused": rec.reused, "feasible": rec.feasible,
-                **{k: rec.result.get(k) for k in FIGURES if k in rec.result and k not in ("status", "error")},
-                "speedup_tokens_per_s": (rec.result.get("tokens_per_s") / base["tokens_per_s"]
-                                         if rec.result.get("tokens_per_s") and base.get("tokens_per_s") else None)}
+        shown = rec.figures.shown()
+        return {"measurement_id": rec.measurement_id, "number": rec.number, "recipe": rec.recipe,
+                "status": rec.status.value, "error": rec.error, "reused": rec.reused, "feasible": rec.feasible,
+                "missed": rec.missed, **shown, "output_ids": rec.figures.output_ids,
+                "speedup_tokens_per_s": ratio(shown, base, "tokens_per_s")}
 
-    return {"study": result.study_name, "budget": search.spec.budget.text, "interrupted": result.interrupted,
+    return {"study": result.study_name, "budget": search.budget.text, "interrupted": result.interrupted,
+            "trial_limit_s": result.trial_limit_s, "time": time_split(result.records),
             "best": [one(r) for r in result.best], "baseline": one(result.baseline) if result.baseline else None,
             "trials": [one(r) for r in result.records]}
 
 
+def time_split(records) -> dict:
+    """Where the wall time of this run's measured trials went (reused and rule-pruned ones cost none)."""
+    measured = [r.figures for r in records if not r.reused and r.figures.wall_s]
+    parts = {k: sum(f.get(k, 0.0) for f in measured)
+             for k in ("load_s", "first_call_s", "warmup_s", "measure_s", "quality_s", "wall_s")}
+    wall = parts["wall_s"]
+    return {"trials_measured": len(measured), **parts,
+            "measured_share": parts["measure_s"] / wall if wall else None}
+
+
 def search_text(result, search) -> str:
-    base = result.baseline.result if result.baseline else {}
+    base = result.baseline.figures.shown() if result.baseline else {}
     counts: dict[str, int] = {}
     for r in result.records:
-        counts[r.status] = counts.get(r.status, 0) + 1
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    reused = sum(1 for r in result.records if r.reused)
     lines = [f"study {result.study_name}: {len(result.records)} trials (" +
-             ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
+             ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f"; {reused} reused" if reused else "") + ")"]
+    split = time_split(result.records)
+    if split["trials_measured"]:
+        lines.append(f"time: {split['trials_measured']} measured trials in {split['wall_s']:.0f} s; "
+                     f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
+                     f"first calls {split['first_call_s']:.0f} s, quality {split['quality_s']:.0f} s); "
+                     f"trial limit {fmt(result.trial_limit_s, 0)} s")
     if result.interrupted:
         lines.append("interrupted: run the same command again to resume")
     for i, r in enumerate(result.best):
-        speed = r.result.get("tokens_per_s")
-        ratio_text = f" = {speed / base['tokens_per_s']:.2f}x the HF default" if speed and base.get("tokens_per_s") else ""
+        f = r.figures
+        speed = ratio(f.shown(), base, "tokens_per_s")
+        ratio_text = f" = {speed:.2f}x the HF default{noisy_note(base)}" if speed else ""
         lines.append(f"{'best' if i == 0 else 'front'}: recipe {r.measurement_id}: {describe(r.recipe, search.optimizations)}")
-        lines.append(f"  {fmt(speed)} tok/s{ratio_text}; TPOT p50 {fmt(r.result.get('tpot_ms_p50'), 2)} ms; "
-                     f"TTFT p50 {fmt(r.result.get('ttft_ms_p50'))} ms; memory {fmt_bytes(r.result.get('peak_memory_bytes'))}; "
-                     f"quality {fmt(r.result.get('quality'), 3)}")
+        lines.append(f"  {fmt(f.tokens_per_s)} tok/s{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
+                     f"TTFT p50 {fmt(f.ttft_ms_p50)} ms; memory {fmt_bytes(f.peak_memory_bytes)}; "
+                     f"quality {fmt(f.quality, 3)}; greedy match {fmt(f.greedy_match, 3)}")
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)
 

@@ -1,76 +1,53 @@
 """The search: an Optuna study over the plugins' space for this target, against the budget.
 
-Every candidate is checked against the plugin rules (an impossible one is pruned and recorded),
-looked up in the tuning database (a configuration already measured on this target is reused, not
-measured again), or measured in isolation; every outcome is stored. The HF default and the
-Transformers guide's recipe (and :data:`SEEDS`) are enqueued first so the result is never worse
-than the guide."""
+Each step asks Optuna for a candidate, checks the plugin rules (an impossible one is pruned and
+recorded), reuses a measurement the database already holds when it still stands for this one, or
+measures it in isolation; every outcome is stored and told to Optuna with the budget as constraints.
+The HF default and the plugins' seed recipes (the Transformers guide's among them) are asked first.
+The verdicts (what a candidate misses, what binds) belong to :class:`~autotune.budget.Budget`; the
+rows to :mod:`autotune.store`; this module only orchestrates."""
 from __future__ import annotations
 
 import hashlib
 import json
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
 import optuna
 
+from . import __version__
 from . import space as spaces
-from .budget import Budget, format_value
 from .errors import NoFeasibleRecipe, UsageError
-from .evaluate import DEFAULT_TRIAL_TIMEOUT, Evaluation, evaluate, score_quality
-from .models import ModelSource
+from .evaluate import Evaluation, evaluate
+from .figures import Figures, Status
 from .optimization import Optimization
-from .recipe import describe, impossible, resolve
-from .store import Store
-from .store import models as m
-from .workload import Workload
+from .recipe import describe, impossible, recipe_key, resolve
+from .registry import get_seeds
+from .spec import BASELINE_TIMEOUT_S, SearchSpec
+from .store import Store, queries, writes
 
-#: the Transformers guide's static-cache recipe as the guide writes it: bf16 weights, a static cache,
-#: the forward pass compiled with reduce-overhead and fullgraph
-GUIDE_RECIPE = {"dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
-                "compile": {"target": "forward", "mode": "reduce-overhead", "fullgraph": True}}
-#: asked first, in this order: the HF default, the guide's recipe, and the guide plus torchao
-#: weight-only int8 (the best recipe measured by hand on a Xeon CPU: 1.7x)
-SEEDS = ({}, GUIDE_RECIPE,
-         {**GUIDE_RECIPE, "quantization": {"method": "torchao-int8-weight"},
-          "compile": {"target": "forward", "mode": "default"}})
-SAMPLERS = ("tpe", "grid", "nsga2", "random")
-
-
-@dataclass
-class SearchSpec:
-    source: ModelSource
-    workload: Workload
-    target: Any
-    budget: Budget
-    objectives: list[tuple[str, str]]  # (result key, direction)
-    trials: int = 20
-    timeout: float | None = None  # whole search, seconds
-    trial_timeout: float = DEFAULT_TRIAL_TIMEOUT
-    study_name: str | None = None
-    sampler: str = "tpe"
-    seed: int | None = 0
-    restrict: dict = field(default_factory=dict)  # {"plugin.option": [choices]}
-    measure_opts: dict = field(default_factory=dict)
-
-    def default_study_name(self) -> str:
-        raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
-                         sort_keys=True, default=str)
-        return f"{self.source.name}@{self.target.hardware_key[:8]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+#: objectives whose candidates can be judged hopeless by their speed alone
+SPEED_KEYS = ("tpot_ms_p50", "ttft_ms_p50", "e2e_ms_p50", "tokens_per_s")
 
 
 @dataclass
 class TrialRecord:
+    """One trial as the search saw it."""
+
     number: int
     measurement_id: int
     recipe: dict
-    status: str
-    result: dict
+    status: Status
+    figures: Figures
     error: str | None
     reused: bool
-    feasible: bool
+    missed: list[str] = field(default_factory=list)  # budget limits an ok trial misses
+
+    @property
+    def feasible(self) -> bool:
+        return self.status == Status.OK and not self.missed
 
 
 @dataclass
@@ -80,6 +57,7 @@ class SearchResult:
     best: list[TrialRecord]  # one, or the Pareto front
     baseline: TrialRecord | None
     interrupted: bool = False
+    trial_limit_s: float | None = None
 
 
 class _StopFlag:
@@ -112,21 +90,45 @@ def make_sampler(name: str, seed, space):
     if name == "grid":
         grid = {f"{p}.{o.name}": list(o.choices) for p, opts in space.items() for o in opts if len(o.choices) > 1}
         return optuna.samplers.GridSampler(grid, seed=seed)
-    raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    raise UsageError(f"unknown sampler {name!r}; choose from tpe, grid, nsga2, random")
+
+
+def reuse_key(spec: SearchSpec, optimizations: Mapping[str, Optimization]) -> str:
+    """What must match, beyond target and workload, for an earlier measurement to stand for a new
+    one: the measurement policy, the model's content, autotune's and every plugin's version."""
+    raw = {"policy": spec.policy.key, "model": spec.source.fingerprint, "autotune": __version__,
+           "plugins": {name: f"{type(o).__module__}:{o.version}" for name, o in optimizations.items()}}
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
 
 class Search:
-    """One search run; the per-trial step is reusable by the daemon (several workers, one study)."""
+    """One search run; :meth:`step` is reusable by the daemon (several workers, one study)."""
 
     def __init__(self, spec: SearchSpec, store: Store, optimizations: Mapping[str, Optimization]):
         self.spec, self.store, self.optimizations = spec, store, optimizations
+        self.budget = spec.budget
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict)
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)
-        with store.session() as s:
-            self.model_id = m.Model.get_or_create(s, spec.source.name, spec.source.config_only).id
-            self.target_id = m.Target.get_or_create(s, spec.target).id
-            self.workload_id = m.Workload.get_or_create(s, spec.workload).id
+        self.seeds = self._seed_recipes()
+        self.reuse_key = reuse_key(spec, optimizations)
+        self.trial_limit_s = spec.trial_timeout
+        self.baseline_record: TrialRecord | None = None
+        self.ids = writes.ensure_rows(
+            store, model=spec.source.name, config_only=spec.source.config_only,
+            target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
+            versions_key=spec.target.versions_key, workload_key=spec.workload.key,
+            workload_spec=spec.workload.to_dict())
+
+    def _seed_recipes(self) -> list[dict]:
+        out: list[dict] = []
+        for seed in get_seeds(self.spec.target, self.optimizations):
+            recipe = resolve(seed.recipe, self.optimizations)
+            if recipe != self.baseline_recipe and recipe not in out and \
+                    impossible(recipe, self.optimizations, self.spec.target) is None and \
+                    spaces.contains(self.space, recipe):
+                out.append(recipe)
+        return [self.baseline_recipe] + out
 
     # -- the study ---------------------------------------------------------------------------
     def open_study(self, storage=None) -> optuna.Study:
@@ -138,15 +140,10 @@ class Search:
                                     directions=directions, sampler=sampler, load_if_exists=True)
         if study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise UsageError(f"study {self.study_name!r} exists with other objectives; pick another --study name")
-        with self.store.session() as s:
-            row = s.query(m.Study).filter_by(name=self.study_name).one_or_none()
-            if row is None:
-                s.add(m.Study(name=self.study_name, model_id=self.model_id, target_id=self.target_id,
-                              workload_id=self.workload_id, budget=self.spec.budget.text,
-                              objective=",".join(f"{k}:{d}" for k, d in self.spec.objectives)))
+        writes.ensure_study(self.store, self.study_name, self.ids, budget=self.budget.text,
+                            objective=",".join(f"{k}:{d}" for k, d in self.spec.objectives))
         return study
 
-    # -- one trial ---------------------------------------------------------------------------
     def ask(self, study: optuna.Study) -> optuna.Trial:
         """The next trial: a waiting one first (e.g. the retry of a trial whose worker died), else
         the next seed recipe not yet tried, else whatever the sampler proposes. Seeds are enqueued
@@ -154,48 +151,108 @@ class Search:
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         if not waiting and self.spec.sampler != "grid":  # a grid visits everything anyway
             done = study.user_attrs.get("seeds_asked", 0)
-            seeds = [r for r in (resolve(p, self.optimizations) for p in SEEDS)
-                     if impossible(r, self.optimizations, self.spec.target) is None]
-            if done < len(seeds):
+            if done < len(self.seeds):
                 study.set_user_attr("seeds_asked", done + 1)
-                study.enqueue_trial(spaces.params_for(seeds[done], self.space))
+                study.enqueue_trial(spaces.params_for(self.seeds[done], self.space))
         return study.ask()
 
-    def baseline(self, on_status: Callable[[str], None] = lambda s: None) -> Evaluation:
-        """The HF-default measurement on this target and workload (measured once, then reused)."""
-        record = self.measure_or_reuse(self.baseline_recipe, on_status, is_baseline=True)
-        return Evaluation(record.recipe, record.status, record.result, record.error)
+    # -- measuring ---------------------------------------------------------------------------
+    def baseline(self, on_status: Callable[[str], None] = lambda s: None) -> TrialRecord:
+        """The HF-default measurement on this target and workload: measured once and reused, never
+        reused when it failed, measured again once with twice the repeats when it was noisy."""
+        row = self._reusable(self._earlier(self.baseline_recipe), is_baseline=True)
+        if row is not None:
+            record = self._record(-1, row)
+        else:
+            on_status("HF default (baseline)")
+            record = self._measure(self.baseline_recipe, None, is_baseline=True)
+        if row is None and record.status == Status.OK and record.figures.noisy:
+            on_status("HF default again (the first baseline was noisy)")
+            policy = replace(self.spec.policy, max_runs=2 * self.spec.policy.max_runs,
+                             max_measure_s=2 * self.spec.policy.max_measure_s)
+            again = self._measure(self.baseline_recipe, None, is_baseline=True, policy=policy)
+            if again.status == Status.OK and again.figures.cv < record.figures.cv:
+                record = again
+        if record.status == Status.OK:
+            writes.set_study_result(self.store, self.study_name, baseline_id=record.measurement_id)
+            if self.trial_limit_s is None:
+                f = record.figures
+                self.trial_limit_s = self.spec.policy.trial_limit(f.wall_s or 0.0, (f.e2e_ms_p50 or 0.0) / 1e3)
+        self.baseline_record = record
+        return record
 
-    def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, is_baseline: bool = False,
-                         baseline: Evaluation | None = None, number: int = -1) -> TrialRecord:
-        with self.store.session() as s:
-            recipe_row = m.Recipe.get_or_create(s, recipe)
-            model, target, workload = (s.get(m.Model, self.model_id), s.get(m.Target, self.target_id),
-                                       s.get(m.Workload, self.workload_id))
-            same = m.Measurement.find_same(s, model, target, workload, recipe_row)
-            if same is not None:
-                return self._record(number, same, recipe, reused=True)
-            recipe_id = recipe_row.id
+    def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
+        row = self._reusable(self._earlier(recipe), is_baseline=False)
+        if row is not None:
+            return self._record(number, row)
         on_status(describe(recipe, self.optimizations))
+        return self._measure(recipe, self.baseline_record, is_baseline=False, number=number)
+
+    def _earlier(self, recipe: dict) -> list:
+        return queries.previous(self.store, self.ids.model_id, self.ids.target_id, self.ids.workload_id,
+                                writes.key_hash(recipe_key(recipe)), self.reuse_key)
+
+    def _measure(self, recipe, baseline: TrialRecord | None, is_baseline: bool, number: int = -1,
+                 policy=None) -> TrialRecord:
+        limit = (self.trial_limit_s or BASELINE_TIMEOUT_S) if not is_baseline else \
+            (self.spec.trial_timeout or BASELINE_TIMEOUT_S)
+        base_eval = None if baseline is None else Evaluation(baseline.recipe, baseline.status, baseline.figures)
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
-                      baseline=baseline, timeout=self.spec.trial_timeout, measure_opts=self.spec.measure_opts)
-        with self.store.session() as s:
-            row = m.Measurement(model_id=self.model_id, target_id=self.target_id, workload_id=self.workload_id,
-                                recipe_id=recipe_id, study=self.study_name, is_baseline=is_baseline,
-                                status=ev.status, error=ev.error, figures=ev.result,
-                                tpot_ms_p50=ev.get("tpot_ms_p50"), ttft_ms_p50=ev.get("ttft_ms_p50"),
-                                tokens_per_s=ev.get("tokens_per_s"), peak_memory_bytes=ev.get("peak_memory_bytes"),
-                                quality=ev.get("quality"))
-            s.add(row)
-            s.flush()
-            return self._record(number, row, recipe, reused=False)
+                      baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
+                      abandon_above_s=None if is_baseline else self._abandon_above_s())
+        row = writes.record_measurement(
+            self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
+            is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
+            reuse_key=self.reuse_key, trial_limit_s=limit)
+        return self._record(number, row)
 
-    @staticmethod
-    def _record(number: int, row: m.Measurement, recipe: dict, reused: bool) -> TrialRecord:
-        return TrialRecord(number, row.id, recipe, row.status, dict(row.figures or {}), row.error, reused, False)
+    def _reusable(self, earlier: list, is_baseline: bool):
+        """Which earlier measurement, if any, stands for a new one. Successes always do. Failures are
+        reused within the study that measured them; another study retries once (a config that failed
+        in two studies stays failed) — except a failed baseline, always measured again, and a timeout
+        under a shorter limit than today's, which says nothing about today's."""
+        if not earlier or self.spec.remeasure:
+            return None
+        newest = earlier[0]
+        status = Status(newest.status)
+        if status == Status.OK:
+            return newest
+        if is_baseline:
+            return None
+        if status == Status.TIMEOUT and (newest.trial_limit_s or 0) < (self.trial_limit_s or BASELINE_TIMEOUT_S):
+            return None
+        if newest.study == self.study_name:
+            return newest
+        if status == Status.PRUNED:  # judged against another study's incumbent
+            return None
+        failed_in = {r.study for r in earlier if Status(r.status).failed}
+        return newest if len(failed_in) >= 2 else None
 
-    def run_trial(self, study: optuna.Study, baseline: Evaluation, on_status=lambda s: None,
-                  trial: optuna.Trial | None = None) -> TrialRecord:
+    def _abandon_above_s(self) -> float | None:
+        """A warm call slower than this abandons the candidate: ``abandon_factor`` times the best
+        feasible end-to-end latency so far (only when every objective is a speed)."""
+        if not all(key in SPEED_KEYS for key, _ in self.spec.objectives):
+            return None
+        best = getattr(self, "_incumbent_e2e_ms", None)
+        return None if best is None else self.spec.policy.abandon_factor * best / 1e3
+
+    def _note_incumbent(self, record: TrialRecord) -> None:
+        e2e = record.figures.e2e_ms_p50
+        if record.feasible and e2e is not None:
+            best = getattr(self, "_incumbent_e2e_ms", None)
+            self._incumbent_e2e_ms = e2e if best is None else min(best, e2e)
+
+    def _record(self, number: int, row) -> TrialRecord:
+        figures = Figures.from_dict(row.figures)
+        status = Status(row.status)
+        record = TrialRecord(number, row.id, row.recipe.recipe, status, figures, row.error,
+                             reused=row.study != self.study_name)
+        if status == Status.OK:
+            record.missed = self.budget.missed(figures)
+        return record
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self, study: optuna.Study, on_status=lambda s: None, trial: optuna.Trial | None = None) -> TrialRecord:
         """Ask (unless given an asked trial), check the rules, measure or reuse, store, tell."""
         trial = trial or self.ask(study)
         try:
@@ -203,58 +260,56 @@ class Search:
             reason = impossible(recipe, self.optimizations, self.spec.target)
             if reason:
                 record = self._record_invalid(trial.number, recipe, reason)
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return record
-            record = self.measure_or_reuse(recipe, on_status, baseline=baseline, number=trial.number)
+            else:
+                record = self.measure_or_reuse(recipe, on_status, number=trial.number)
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         trial.set_user_attr("measurement_id", record.measurement_id)
         trial.set_user_attr("recipe", describe(recipe, self.optimizations))
-        if record.status != "ok":
-            trial.set_user_attr("failure", f"{record.status}: {record.error}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return record
-        values = [record.result[key] for key, _ in self.spec.objectives]
-        violations = self.violations(record.result)
-        for name, v in violations.items():
-            trial.set_constraint(name, v)
-        record.feasible = all(v <= 0 for v in violations.values())
-        study.tell(trial, values)
+        trial.set_user_attr("status", record.status.value)
+        self._tell(study, trial, record)
+        self._note_incumbent(record)
         return record
 
-    def _record_invalid(self, number: int, recipe: dict, reason: str) -> TrialRecord:
-        with self.store.session() as s:
-            recipe_row = m.Recipe.get_or_create(s, recipe)
-            row = m.Measurement(model_id=self.model_id, target_id=self.target_id, workload_id=self.workload_id,
-                                recipe_id=recipe_row.id, study=self.study_name, is_baseline=False,
-                                status="invalid", error=reason, figures={})
-            s.add(row)
-            s.flush()
-            return TrialRecord(number, row.id, recipe, "invalid", {}, reason, False, False)
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, record: TrialRecord) -> None:
+        if record.status in (Status.INVALID, Status.PRUNED):
+            if record.status == Status.PRUNED and len(self.spec.objectives) == 1:
+                partial = record.figures.get(self.spec.objectives[0][0])
+                if partial is not None:  # lets TPE rank hopeless candidates among themselves
+                    trial.report(partial, step=0)
+            if record.error:
+                trial.set_user_attr("failure", f"{record.status}: {record.error}")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        if record.status != Status.OK:
+            trial.set_user_attr("failure", f"{record.status}: {record.error}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        for name, v in self.budget.violations(record.figures).items():
+            trial.set_constraint(name, v)
+        study.tell(trial, [record.figures.get(key) for key, _ in self.spec.objectives])
 
-    def violations(self, result: dict) -> dict[str, float]:
-        out = {}
-        for limit in self.spec.budget.limits:
-            if limit.key == "quality" and self.spec.source.config_only:
-                continue  # random weights: quality is meaningless
-            v = limit.violation(result)
-            out[str(limit)] = v if v is not None else 1.0
-        return out
+    def _record_invalid(self, number: int, recipe: dict, reason: str) -> TrialRecord:
+        row = writes.record_measurement(
+            self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
+            is_baseline=False, status=Status.INVALID.value, error=reason, figures={}, reuse_key=self.reuse_key,
+            trial_limit_s=None)
+        return self._record(number, row)
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self, progress=None) -> SearchResult:
         study = self.open_study()
         deadline = time.monotonic() + self.spec.timeout if self.spec.timeout else None
         status = progress.set_status if progress else (lambda s: None)
-        status("HF default (baseline)")
         baseline = self.baseline(status)
-        if not baseline.ok:
+        if baseline.status != Status.OK:
             raise NoFeasibleRecipe(f"the HF-default baseline itself failed ({baseline.status}): {baseline.error}")
-        records: list[TrialRecord] = []
+        self._note_incumbent(baseline)
+        for record in self.study_records(study):  # a resumed study's incumbent
+            self._note_incumbent(record)
         interrupted = False
-        done = self._finished(study)
-        asks = 0
+        done, asks = self.finished(study), 0
         with _StopFlag() as flag:
             while done < self.spec.trials and asks < self.spec.trials * 5:
                 if flag.stop or (deadline and time.monotonic() > deadline):
@@ -263,83 +318,38 @@ class Search:
                 if self.spec.sampler == "grid" and study.sampler.is_exhausted(study):
                     break
                 asks += 1
-                record = self.run_trial(study, baseline, status)
-                records.append(record)
-                if record.status != "invalid":
+                record = self.step(study, status)
+                if record.status != Status.INVALID:
                     done += 1
                 if progress:
                     progress.trial_done(record, self)
-        return self.result(study, baseline, records, interrupted)
+        return self.result(study, interrupted)
 
     @staticmethod
-    def _finished(study) -> int:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-        return len(study.get_trials(deepcopy=False, states=states))
+    def finished(study) -> int:
+        """Trials that count toward the plan (see :func:`autotune.jobs.counted_trials`)."""
+        from .jobs import counted_trials
 
-    def result(self, study, baseline, records, interrupted) -> SearchResult:
+        return counted_trials(study)[0]
+
+    def result(self, study, interrupted: bool = False) -> SearchResult:
         everything = self.study_records(study)
-        feasible = [r for r in everything if r.status == "ok" and r.feasible]
-        base = next((r for r in everything if r.recipe == self.baseline_recipe and r.status == "ok"), None)
-        if not feasible:
-            raise NoFeasibleRecipe(self.binding_message(everything))
-        best = self.pareto(feasible) if len(self.spec.objectives) > 1 else [self.best_of(feasible)]
-        with self.store.session() as s:
-            s.query(m.Study).filter_by(name=self.study_name).update({"best_measurement_id": best[0].measurement_id})
-        return SearchResult(self.study_name, everything, best, base, interrupted)
+        by_id = {r.measurement_id: r for r in everything}
+        best = [by_id[t.user_attrs["measurement_id"]] for t in study.best_trials
+                if t.user_attrs.get("measurement_id") in by_id]
+        key, direction = self.spec.objectives[0]
+        best.sort(key=lambda r: r.figures.get(key), reverse=direction == "maximize")
+        if not best:
+            raise NoFeasibleRecipe(self.budget.explain_miss(
+                (describe(r.recipe, self.optimizations), r.figures) for r in everything if r.status == Status.OK))
+        writes.set_study_result(self.store, self.study_name, best_id=best[0].measurement_id)
+        base = self.baseline_record or next((r for r in everything if r.recipe == self.baseline_recipe
+                                             and r.status == Status.OK), None)
+        return SearchResult(self.study_name, everything, best, base, interrupted, self.trial_limit_s)
 
     def study_records(self, study) -> list[TrialRecord]:
         """Every trial of the study (this run's and earlier ones'), with its stored measurement."""
-        ids = {t.user_attrs["measurement_id"]: t.number for t in study.get_trials(deepcopy=False)
-               if "measurement_id" in t.user_attrs}
-        out = []
-        with self.store.session() as s:
-            for mid, number in sorted(ids.items(), key=lambda kv: kv[1]):
-                row = s.get(m.Measurement, mid)
-                rec = TrialRecord(number, row.id, row.recipe.recipe, row.status, dict(row.figures or {}), row.error,
-                                  row.study != self.study_name, False)
-                if rec.status == "ok":
-                    rec.feasible = all(v <= 0 for v in self.violations(rec.result).values())
-                out.append(rec)
-        return out
-
-    def best_of(self, records: list[TrialRecord]) -> TrialRecord:
-        key, direction = self.spec.objectives[0]
-        pick = min if direction == "minimize" else max
-        return pick(records, key=lambda r: r.result[key])
-
-    def pareto(self, records: list[TrialRecord]) -> list[TrialRecord]:
-        def loss(r):  # every objective as "lower is better"
-            return [r.result[k] if d == "minimize" else -r.result[k] for k, d in self.spec.objectives]
-
-        def dominates(a, b):
-            la, lb = loss(a), loss(b)
-            return all(x <= y for x, y in zip(la, lb)) and any(x < y for x, y in zip(la, lb))
-
-        front = [r for r in records if not any(dominates(o, r) for o in records)]
-        key, direction = self.spec.objectives[0]
-        return sorted(front, key=lambda r: r.result[key], reverse=direction == "maximize")
-
-    def binding_message(self, records: list[TrialRecord]) -> str:
-        """Which limit binds, and how close the nearest candidate came."""
-        ok = [r for r in records if r.status == "ok"]
-        if not ok:
-            failures = ", ".join(sorted({r.status for r in records})) or "none measured"
-            return f"no candidate was measured successfully ({failures})"
-        parts = []
-        for limit in self.spec.budget.limits:
-            if limit.key == "quality" and self.spec.source.config_only:
-                continue
-            scored = [(limit.violation(r.result), r) for r in ok if limit.violation(r.result) is not None]
-            if scored and all(v > 0 for v, _ in scored):
-                v, r = min(scored, key=lambda t: t[0])
-                parts.append(f"{limit.metric}: nearest candidate {format_value(limit.key, r.result[limit.key])} "
-                             f"{'>' if limit.op == '<=' else '<'} {format_value(limit.key, limit.value)} "
-                             f"({describe(r.recipe, self.optimizations)})")
-        if not parts:  # every limit is met by someone, never all by one candidate
-            def total(r):
-                return sum(max(0.0, v) for v in self.violations(r.result).values())
-            r = min(ok, key=total)
-            missed = [k for k, v in self.violations(r.result).items() if v > 0]
-            parts.append(f"no candidate meets all limits at once; nearest ({describe(r.recipe, self.optimizations)}) "
-                         f"misses {', '.join(missed)}")
-        return "no candidate meets the budget: " + "; ".join(parts)
+        numbers = {t.user_attrs["measurement_id"]: t.number for t in study.get_trials(deepcopy=False)
+                   if "measurement_id" in t.user_attrs}
+        rows = queries.by_ids(self.store, numbers)
+        return [self._record(numbers[mid], rows[mid]) for mid in sorted(numbers, key=numbers.get) if mid in rows]

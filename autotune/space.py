@@ -66,6 +66,12 @@ def params_for(recipe: Recipe, space: Space) -> dict[str, Any]:
             if o.name in recipe.get(p, {}) and len(o.choices) > 1 and recipe[p][o.name] in o.choices}
 
 
+def contains(space: Space, recipe: Recipe) -> bool:
+    """Whether every choice of ``recipe`` is among the space's choices (a study file may narrow it)."""
+    return all(recipe.get(p, {}).get(o.name, o.choices[0]) in o.choices
+               for p, options in space.items() for o in options if o.name in recipe.get(p, {}))
+
+
 def enumerate_recipes(space: Space, optimizations: Mapping[str, Optimization]) -> Iterator[Recipe]:
     """Every distinct recipe of the space (inactive options not multiplied in)."""
     per_plugin = {p: list(_plugin_choices(options)) for p, options in space.items()}

@@ -1,87 +1,198 @@
-"""One trial, inside its own process: load, apply, warm up with the measured shapes, measure.
+"""One trial, inside its own process: load, apply, warm up with the measured shapes, measure until
+stable, score quality through the served path.
 
-Runs in a spawned child (see :mod:`autotune.isolate`); takes and returns plain data only."""
+Runs in a spawned child (see :mod:`autotune.isolate`); takes a :class:`TrialRequest` and returns
+plain data. Each phase is announced through ``on_phase`` so that a trial killed at its time limit
+says where it was."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 from . import measure
+from .figures import Figures, Status
+from .paths import use_persistent_compile_cache
 from .workload import Workload, shipped_text
 
 
-def run_trial(spec: dict) -> dict:
-    """Measure one recipe. ``spec``: model path, resolved recipe, workload, device, repeat policy."""
-    import torch
+@dataclass
+class TrialRequest:
+    """Everything the child needs, as plain data."""
 
-    from .apply import Applied, finish, load_model, load_tokenizer
-    from .optimization import ApplyContext
-    from .plugins import get_optimizations, register_module
-    from .target import current_target
+    model_path: str
+    recipe: dict
+    workload: dict
+    device: str
+    policy: dict  # autotune.spec.MeasurePolicy.to_dict()
+    plugin_modules: list[str] = field(default_factory=list)
+    #: abandon (status pruned) when a warm call takes longer than this many seconds
+    abandon_above_s: float | None = None
 
-    for module in spec.get("plugin_modules", []):
-        register_module(module)
-    optimizations = get_optimizations()
-    recipe = spec["recipe"]
-    workload = Workload.from_dict(spec["workload"])
-    device = spec["device"]
-    target = current_target(device)
-    ctx = ApplyContext(target, device, workload.new_tokens, workload.prompt_tokens, workload.batch_size, recipe)
 
-    t0 = time.perf_counter()
-    model = load_model(spec["model_path"], optimizations, recipe, ctx)
-    tokenizer = load_tokenizer(spec["model_path"])
-    load_s = time.perf_counter() - t0
-    result: dict = {"load_s": load_s}
+@dataclass
+class Outcome:
+    """What the child sends back."""
 
-    # quality is taken on the model as loaded: after-load stages (compile) keep numerics by contract
-    probe = Applied(model, tokenizer, optimizations, recipe, ctx)
-    result.update(measure.reference_pass(probe, shipped_text("reference.txt")) if spec.get("quality", True)
-                  else {"top1": [], "perplexity": None})
+    status: Status
+    figures: Figures
+    error: str | None = None
 
-    applied = finish(model, tokenizer, optimizations, recipe, ctx)
-    input_ids = workload.input_ids(tokenizer, model.config.get_text_config().vocab_size)
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
-    def one_run():
-        streamer = measure.TimingStreamer(sync)
-        out = applied.generate_ids(input_ids, max_new_tokens=workload.new_tokens, streamer=streamer,
-                                   min_new_tokens=workload.new_tokens)
-        if sync:
-            sync()
-        e2e = time.perf_counter() - streamer.start
-        return out, streamer, e2e
+class Abandoned(Exception):
+    """A warm call was far slower than the incumbent: not worth measuring to the end."""
 
-    # warm up with exactly the measured shapes: the first call pays compilation
-    _, _, first_s = one_run()
-    _, _, second_s = one_run()
-    runs = []
-    deadline = time.perf_counter() + spec.get("max_measure_s", 60)
-    while len(runs) < spec.get("max_runs", 20):
-        runs.append(one_run())
-        e2es = [r[2] for r in runs]
-        if len(runs) >= spec.get("min_runs", 3) and (measure.cv(e2es) <= spec.get("target_cv", 0.05)
-                                                      or time.perf_counter() > deadline):
-            break
-    out, _, _ = runs[-1]
-    n_new = out.shape[1] - input_ids.shape[1]
-    if n_new != workload.new_tokens:
-        raise RuntimeError(f"generated {n_new} tokens, the workload asks for exactly {workload.new_tokens}")
-    e2e = measure.Stats.of([r[2] for r in runs])
-    ttft = measure.Stats.of([r[1].ttft for r in runs])
-    tpot = measure.Stats.of([t for r in runs for t in r[1].tpots])
-    result.update({
-        "status": "ok",
-        "runs": len(runs),
-        "cv": measure.cv([r[2] for r in runs]),
-        "ttft_ms_p50": ttft.p50 * 1e3, "ttft_ms_p95": ttft.p95 * 1e3,
-        "tpot_ms_p50": tpot.p50 * 1e3, "tpot_ms_p95": tpot.p95 * 1e3,
-        "e2e_ms_p50": e2e.p50 * 1e3, "e2e_ms_p95": e2e.p95 * 1e3,
-        "tokens_per_s": workload.batch_size * workload.new_tokens / e2e.p50,
-        "first_call_s": first_s,
-        "compile_s": max(0.0, first_s + second_s - 2 * e2e.p50),
-        "output_ids": out[0, input_ids.shape[1]:].tolist(),
-        **measure.peak_memory(device),
-    })
-    return result
+
+def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda phase: None) -> Outcome:
+    """Measure one recipe; phases: load, first call, warm-up, measure, quality."""
+    from .spec import MeasurePolicy
+
+    use_persistent_compile_cache()
+    policy = MeasurePolicy.from_dict(request.policy)
+    figures = Figures()
+    on_phase("load")
+    run = _Run.prepare(request, figures)
+    try:
+        on_phase("first call")
+        run.warm_up(figures, request.abandon_above_s, on_phase)
+        on_phase("measure")
+        run.measure(figures, policy)
+        if policy.quality:
+            on_phase("quality")
+            run.score_quality(figures)
+    except Abandoned as exc:
+        figures.phase = "warm-up"
+        return Outcome(Status.PRUNED, figures, str(exc))
+    return Outcome(Status.OK, figures)
+
+
+class _Run:
+    """The applied recipe and its fixed-shape inputs, with one method per phase."""
+
+    def __init__(self, applied, workload: Workload, input_ids, device: str):
+        self.applied, self.workload, self.input_ids, self.device = applied, workload, input_ids, device
+        self.memory = measure.MemoryMeter(device)
+        self.sync = None
+        if device == "cuda":
+            import torch
+
+            self.sync = torch.cuda.synchronize
+
+    @classmethod
+    def prepare(cls, request: TrialRequest, figures: Figures) -> "_Run":
+        from .apply import apply_recipe
+        from .optimization import ApplyContext
+        from .registry import get_optimizations, use_exactly
+        from .target import current_target
+
+        use_exactly(request.plugin_modules)
+        optimizations = get_optimizations()
+        workload = Workload.from_dict(request.workload)
+        target = current_target(request.device)
+        ctx = ApplyContext(target, request.device, workload.new_tokens, workload.prompt_tokens,
+                           workload.batch_size, request.recipe)
+        t0 = time.perf_counter()
+        applied = apply_recipe(request.model_path, optimizations, request.recipe, ctx)
+        figures.load_s = time.perf_counter() - t0
+        model = applied.model
+        input_ids = workload.input_ids(applied.tokenizer, model.config.get_text_config().vocab_size)
+        run = cls(applied, workload, input_ids, request.device)
+        run.memory.release_freed()
+        figures.load_peak_bytes = run.memory.peak()
+        figures.weights_bytes = measure.weights_bytes(model)
+        return run
+
+    def one_call(self):
+        """One timed generate call with exactly the workload's shapes: (output ids, streamer, e2e s)."""
+        streamer = measure.TimingStreamer(self.sync)
+        out = self.applied.generate_ids(self.input_ids, max_new_tokens=self.workload.new_tokens, streamer=streamer,
+                                        min_new_tokens=self.workload.new_tokens)
+        if self.sync:
+            self.sync()
+        return out, streamer, time.perf_counter() - streamer.start
+
+    def warm_up(self, figures: Figures, abandon_above_s: float | None, on_phase) -> None:
+        """Two calls with exactly the measured shapes: the first pays compilation. A second call
+        slower than ``abandon_above_s`` abandons the trial (figures so far are kept)."""
+        figures.first_call_s = self.one_call()[2]
+        on_phase("warm-up")
+        second = self.one_call()[2]
+        figures.warmup_s = second
+        figures.e2e_ms_p50 = second * 1e3
+        if abandon_above_s is not None and second > abandon_above_s:
+            raise Abandoned(f"a warm call took {second:.2f} s, beyond the {abandon_above_s:.2f} s limit "
+                            f"derived from the incumbent")
+
+    def measure(self, figures: Figures, policy) -> None:
+        """Repeat until the e2e CV is under target (after min_runs) or a cap is reached; the memory
+        high-water mark covers exactly these calls."""
+        self.memory.release_freed()
+        self.memory.reset()
+        runs = []
+        start = time.perf_counter()
+        while len(runs) < policy.max_runs:
+            runs.append(self.one_call())
+            e2es = [r[2] for r in runs]
+            if len(runs) >= policy.min_runs and (measure.cv(e2es) <= policy.target_cv
+                                                  or time.perf_counter() - start > policy.max_measure_s):
+                break
+        figures.measure_s = time.perf_counter() - start
+        figures.peak_memory_bytes = self.memory.peak()
+        out = runs[-1][0]
+        prompt = self.input_ids.shape[1]
+        if out.shape[1] - prompt != self.workload.new_tokens:
+            raise RuntimeError(f"generated {out.shape[1] - prompt} tokens, the workload asks for exactly "
+                               f"{self.workload.new_tokens}")
+        e2e = measure.Stats.of([r[2] for r in runs])
+        ttft = measure.Stats.of([r[1].ttft for r in runs])
+        tpot = measure.Stats.of([t for r in runs for t in r[1].tpots])
+        figures.runs = len(runs)
+        figures.cv = measure.cv([r[2] for r in runs])
+        figures.noisy = figures.cv > policy.target_cv
+        figures.ttft_ms_p50, figures.ttft_ms_p95 = ttft.p50 * 1e3, ttft.p95 * 1e3
+        figures.tpot_ms_p50, figures.tpot_ms_p95 = tpot.p50 * 1e3, tpot.p95 * 1e3
+        figures.e2e_ms_p50, figures.e2e_ms_p95 = e2e.p50 * 1e3, e2e.p95 * 1e3
+        figures.tokens_per_s = self.workload.batch_size * self.workload.new_tokens / e2e.p50
+        figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * e2e.p50)
+        figures.output_ids = out[:, prompt:].flatten().tolist()
+
+    def score_quality(self, figures: Figures) -> None:
+        """Teacher-forced top-1 and log-likelihood at every decode step, through the recipe's own
+        generate path and cache, with the measured shapes (so nothing is compiled again): each call
+        prefills ``prompt_tokens`` of the shipped reference text and is forced through the next
+        ``new_tokens`` of it. The parent compares the top-1s with the baseline's."""
+        import torch
+
+        tokenizer = self.applied.tokenizer
+        if tokenizer is None:  # config-only without a tokenizer: nothing to read the text with
+            return
+        start = time.perf_counter()
+        w = self.workload
+        ids = tokenizer(shipped_text("reference.txt"), add_special_tokens=False)["input_ids"]
+        windows = measure.reference_windows(ids, w.prompt_tokens, w.new_tokens, QUALITY_CALLS * w.batch_size)
+        top1, nll = [], []
+        for i in range(QUALITY_CALLS):
+            batch = windows[i * w.batch_size:(i + 1) * w.batch_size]
+            context = torch.tensor([c for c, _ in batch])
+            forced = torch.tensor([f for _, f in batch])
+            force = measure.forcing_processor(forced)
+            out = self.applied.generate_ids(context, max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens,
+                                            logits_processor=_processors(force))
+            if not torch.equal(out[:, w.prompt_tokens:].cpu(), forced):
+                raise RuntimeError("the recipe's generate path ignored logits_processor: quality cannot be "
+                                   "scored through it")
+            top1 += torch.stack(force.top1, 1).flatten().tolist()
+            nll += torch.stack(force.nll, 1).flatten().tolist()
+        figures.top1 = top1
+        figures.perplexity = float(torch.tensor(nll).mean().exp())
+        figures.quality_s = time.perf_counter() - start
+
+
+#: generate calls the quality phase makes (each with the workload's batch of reference windows)
+QUALITY_CALLS = 3
+
+
+def _processors(*processors):
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(processors)

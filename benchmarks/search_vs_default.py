@@ -18,8 +18,8 @@ from pathlib import Path
 
 from autotune.budget import parse_budget, parse_objectives
 from autotune.evaluate import evaluate
-from autotune.models import resolve_model
-from autotune.plugins import get_optimizations
+from autotune.sources import resolve_model
+from autotune.registry import get_optimizations
 from autotune.recipe import describe, resolve
 from autotune.search import Search, SearchSpec
 from autotune.space import build_space, count, enumerate_recipes

@@ -37,9 +37,6 @@ class Cache(Optimization):
                    "dynamic", "transformers cache_implementation"),
             Option("max_cache_len", ("auto", 256, 512, 1024, 2048, 4096), "auto",
                    "static cache size in tokens; auto = prompt + new tokens of the call", active=_static),
-            Option("pad_to_multiple_of", (None, 8, 32, 64), None,
-                   "left-pad prompts to a multiple of this so prompt shapes repeat (fewer recompiles)",
-                   active=_static),
             Option("backend", tuple(QUANT_BACKENDS), "quanto", "quantized-cache backend", active=_quantized),
             Option("nbits", (2, 4), 4, "quantized-cache bits", active=_quantized),
         ]
@@ -72,27 +69,6 @@ class Cache(Optimization):
             kwargs["cache_config"] = {"backend": opts["backend"], "nbits": opts["nbits"]}
         return kwargs
 
-    def wrap_generate(self, generate, model, opts, ctx):
-        multiple = opts.get("pad_to_multiple_of")
-        if not multiple:
-            return generate
-        pad_id = model.generation_config.pad_token_id
-        if pad_id is None:
-            pad_id = model.generation_config.eos_token_id
-        pad_id = pad_id[0] if isinstance(pad_id, (list, tuple)) else (pad_id or 0)
-
-        def padded(model_, input_ids, attention_mask, max_new_tokens, streamer=None, **kwargs):
-            import torch
-
-            extra = (-input_ids.shape[1]) % multiple
-            if extra:
-                pad = torch.full((input_ids.shape[0], extra), pad_id, dtype=input_ids.dtype, device=input_ids.device)
-                input_ids = torch.cat([pad, input_ids], dim=1)
-                attention_mask = torch.cat([torch.zeros_like(pad), attention_mask], dim=1)
-            return generate(model_, input_ids, attention_mask, max_new_tokens, streamer, **kwargs)
-
-        return padded
-
     def transformers_export(self, opts):
         impl = opts["implementation"]
         if impl == "dynamic":
@@ -102,11 +78,7 @@ class Cache(Optimization):
             gen["max_cache_len"] = opts["max_cache_len"]
         if _quantized(opts):
             gen["cache_config"] = {"backend": opts["backend"], "nbits": opts["nbits"]}
-        out = {"generation_config": gen}
-        if opts.get("pad_to_multiple_of"):
-            out["steps"] = [f"tokenize prompts with padding=True, pad_to_multiple_of={opts['pad_to_multiple_of']}, "
-                            "padding_side='left'"]
-        return out
+        return {"generation_config": gen}
 
 
 @autotune.hookimpl

@@ -30,16 +30,11 @@ def compile_kwargs(opts) -> dict:
     return {"fullgraph": opts["fullgraph"], "options": options}
 
 
-def torch_argmax_last(logits):
-    import torch
-
-    return torch.argmax(logits[:, -1], dim=-1)[:, None]
-
-
 def _decode_one_token(model, cur_token, cache_position, past_key_values):
+    """One decode step over the static cache: the next-token logits, ``[batch, vocab]``."""
     logits = model(cur_token, cache_position=cache_position, past_key_values=past_key_values,
                    return_dict=False, use_cache=True)[0]
-    return torch_argmax_last(logits)
+    return logits[:, -1]
 
 
 class DecodeLoop:
@@ -67,7 +62,10 @@ class DecodeLoop:
             self.cache.reset()
         return self.cache
 
-    def __call__(self, model, input_ids, attention_mask, max_new_tokens, streamer=None, **kwargs):
+    def __call__(self, model, input_ids, attention_mask, max_new_tokens, streamer=None, logits_processor=None,
+                 **kwargs):
+        """Greedy decoding like ``model.generate``: honours ``min_new_tokens`` (exact length) and
+        ``logits_processor`` (applied to each step's logits before the argmax, as generate does)."""
         import torch
 
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -76,12 +74,23 @@ class DecodeLoop:
         cache = self._cache_for(model, batch, seq + max_new_tokens)
         exact = kwargs.get("min_new_tokens") == max_new_tokens
         eos = torch.tensor(self.eos if isinstance(self.eos, list) else [self.eos or -1], device=input_ids.device)
+        sequence = input_ids
+
+        def pick(logits):
+            nonlocal sequence
+            if logits_processor:
+                logits = logits_processor(sequence, logits.float())
+            token = torch.argmax(logits, dim=-1)[:, None]
+            if logits_processor:
+                sequence = torch.cat([sequence, token], dim=1)
+            return token
+
         if streamer is not None:
             streamer.put(input_ids)
         cache_position = torch.arange(seq, device=input_ids.device)
         logits = model(input_ids, cache_position=cache_position, past_key_values=cache,
                        return_dict=False, use_cache=True)[0]
-        token = torch_argmax_last(logits)
+        token = pick(logits[:, -1])
         tokens = [token]
         if streamer is not None:
             streamer.put(token[:, 0])
@@ -90,7 +99,7 @@ class DecodeLoop:
         for _ in range(1, max_new_tokens):
             if not exact and bool(done.all()):
                 break
-            token = self.step(model, token.clone(), cache_position, cache).clone()
+            token = pick(self.step(model, token.clone(), cache_position, cache).clone())
             tokens.append(token)
             if streamer is not None:
                 streamer.put(token[:, 0])
@@ -129,8 +138,6 @@ class Compile(Optimization):
         if mine.get("target") == "decode":
             if cache.get("implementation") != "static":
                 return "compile.target=decode drives its own StaticCache: needs cache.implementation=static"
-            if cache.get("pad_to_multiple_of"):
-                return "compile.target=decode does not support cache.pad_to_multiple_of"
         return None
 
     def generate_kwargs(self, opts, ctx):
@@ -170,3 +177,12 @@ class Compile(Optimization):
 @autotune.hookimpl
 def register_optimizations(register):
     register(Compile())
+
+
+@autotune.hookimpl
+def register_seeds(register, target):
+    """The Transformers guide's static-cache recipe as the guide writes it: bf16 weights, a static
+    cache, the forward pass compiled with fullgraph — and CUDA graphs where there are any."""
+    mode = "reduce-overhead" if target.has_cuda else "default"
+    register("transformers guide", {"dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
+                                    "compile": {"target": "forward", "mode": mode, "fullgraph": True}}, rank=10)

@@ -1,4 +1,4 @@
-"""A plugin that misbehaves on purpose, to check that a trial's failure is classified and never
+"""Plugins that misbehave on purpose, to check that a trial's failure is classified and never
 takes the parent down. Importable by module name so the spawned trial process registers it too."""
 from __future__ import annotations
 
@@ -32,6 +32,39 @@ class Chaos(Optimization):
         return model
 
 
+class CorruptDecode(Optimization):
+    """Test-only: changes the numerics of decode steps only (one new token through the KV cache),
+    the way a broken cache or a miscompiled decode step would. A full-sequence forward pass — what
+    quality was scored on before — never sees it."""
+
+    name = "corrupt"
+    order = 96
+    description = "test-only: add noise to the logits of one-token decode steps"
+
+    def options(self):
+        return [Option("decode", ("clean", "noisy"), "clean")]
+
+    def after_load(self, model, opts, ctx):
+        if opts["decode"] == "clean":
+            return model
+        import torch
+
+        forward = model.forward
+
+        def noisy_decode(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None and ids.shape[1] == 1:  # a decode step, not the prefill
+                g = torch.Generator().manual_seed(int(ids.sum()))
+                noise = torch.randn(out.logits.shape, generator=g) * out.logits.float().std() * 3
+                out.logits = out.logits + noise.to(out.logits.dtype)
+            return out
+
+        model.forward = noisy_decode
+        return model
+
+
 @autotune.hookimpl
 def register_optimizations(register):
     register(Chaos())
+    register(CorruptDecode())

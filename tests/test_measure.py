@@ -1,19 +1,25 @@
-"""Isolated measurement: figures, and every failure class while the parent lives."""
+"""Isolated measurement: figures that can be wrong are checked against what would make them wrong —
+quality through the served decode path, the child's own memory, every failure class while the
+parent lives, early abandonment."""
 from __future__ import annotations
 
 import pytest
-from conftest import FAST
+from conftest import FAST, build_tiny_model
 
 import plugins_for_tests
 from autotune.evaluate import evaluate
-from autotune.measure import Stats, cv, token_agreement
-from autotune.models import resolve_model
-from autotune.plugins import get_optimizations, pm
+from autotune.figures import Status
+from autotune.measure import Stats, cv, first_divergence, reference_windows, token_agreement
 from autotune.recipe import resolve
+from autotune.registry import get_optimizations, pm
+from autotune.sources import resolve_model
+from autotune.spec import MeasurePolicy
 from autotune.target import current_target
+from autotune.trial import QUALITY_CALLS
 from autotune.workload import Workload
 
 WORKLOAD = Workload(prompt_tokens=8, new_tokens=6)
+POLICY = MeasurePolicy(**FAST)
 
 
 @pytest.fixture
@@ -25,22 +31,62 @@ def chaos():
         pm.unregister(name="plugins_for_tests")
 
 
-def run(tiny_model, optimizations, partial, timeout=120.0, baseline=None):
+def run(model, optimizations, partial, timeout=120.0, baseline=None, workload=WORKLOAD, **kw):
     recipe = resolve(partial, optimizations)
-    return evaluate(resolve_model(tiny_model), recipe, WORKLOAD, current_target("cpu"), optimizations,
-                    baseline=baseline, timeout=timeout, measure_opts=FAST)
+    return evaluate(resolve_model(model), recipe, workload, current_target("cpu"), optimizations,
+                    baseline=baseline, timeout=timeout, policy=POLICY, **kw)
 
 
 def test_ok_measurement_has_every_figure(tiny_model):
     ev = run(tiny_model, get_optimizations(), {})
-    assert ev.status == "ok", ev.error
+    assert ev.status == Status.OK, ev.error
+    f = ev.figures
     for key in ("tpot_ms_p50", "tpot_ms_p95", "ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "e2e_ms_p95",
-                "tokens_per_s", "cv", "load_s", "compile_s", "peak_memory_bytes", "quality", "perplexity"):
-        assert ev.get(key) is not None, key
-    assert ev.get("quality") == 1.0  # the baseline agrees with itself
-    assert len(ev.get("output_ids")) == WORKLOAD.new_tokens  # min_new_tokens == max_new_tokens
-    assert ev.get("tpot_ms_p50") <= ev.get("tpot_ms_p95")
-    assert ev.get("peak_memory_bytes") > 50 * 2**20  # a real process RSS, not a placeholder
+                "tokens_per_s", "cv", "load_s", "first_call_s", "warmup_s", "measure_s", "quality_s", "wall_s",
+                "compile_s", "peak_memory_bytes", "load_peak_bytes", "weights_bytes", "perplexity"):
+        assert f.get(key) is not None, key
+    assert len(f.output_ids) == WORKLOAD.new_tokens  # min_new_tokens == max_new_tokens
+    # quality was scored at every decode step of every reference window
+    assert len(f.top1) == QUALITY_CALLS * WORKLOAD.batch_size * WORKLOAD.new_tokens
+    assert f.wall_s > f.load_s + f.measure_s
+    assert f.noisy == (f.cv > POLICY.target_cv)
+
+
+def test_quality_sees_what_happens_only_in_decode_steps(chaos, tiny_model):
+    """A plugin that corrupts only one-token decode steps (a broken KV cache, a miscompiled decode
+    step) must fail the quality floor; the same recipe without the fault must pass it."""
+    base = run(tiny_model, chaos, {})
+    clean = run(tiny_model, chaos, {"cache": {"implementation": "static"}}, baseline=base)
+    broken = run(tiny_model, chaos, {"cache": {"implementation": "static"}, "corrupt": {"decode": "noisy"}},
+                 baseline=base)
+    assert clean.status == broken.status == Status.OK, (clean.error, broken.error)
+    assert clean.figures.quality >= 0.95
+    assert broken.figures.quality < 0.95, broken.figures.quality
+    assert broken.figures.perplexity_ratio != 1.0  # (a random model's perplexity can move either way)
+    assert broken.figures.greedy_match < 1.0 and broken.figures.first_divergence is not None
+
+
+def test_memory_is_the_childs_own_not_its_parents(tiny_model):
+    """``ru_maxrss`` survives exec: a spawned child would report this process's peak. Inflate it."""
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+    ev = run(tiny_model, get_optimizations(), {})
+    del ballast
+    assert ev.status == Status.OK, ev.error
+    assert ev.figures.peak_memory_bytes < 1024 * 2**20, ev.figures.peak_memory_bytes
+
+
+def test_lower_precision_weights_lower_the_steady_state_peak(tmp_path):
+    """A model big enough to matter (~36M parameters): bf16 weights must show clearly below fp32."""
+    model = str(build_tiny_model(tmp_path / "medium", hidden=1024, layers=4))
+    opts = get_optimizations()
+    fp32 = run(model, opts, {"dtype": {"dtype": "float32"}}, timeout=300)
+    bf16 = run(model, opts, {"dtype": {"dtype": "bfloat16"}}, timeout=300)
+    assert fp32.ok and bf16.ok, (fp32.error, bf16.error)
+    saved = fp32.figures.weights_bytes - bf16.figures.weights_bytes
+    assert saved > 60 * 2**20  # half of ~144 MB of fp32 weights
+    assert bf16.figures.peak_memory_bytes < fp32.figures.peak_memory_bytes - saved / 2, \
+        (fp32.figures.peak_memory_bytes, bf16.figures.peak_memory_bytes)
 
 
 @pytest.mark.parametrize("behaviour,status,text", [
@@ -52,32 +98,35 @@ def test_failures_are_classified(chaos, tiny_model, behaviour, status, text):
     ev = run(tiny_model, chaos, {"chaos": {"behaviour": behaviour}})
     assert ev.status == status
     assert text in ev.error
+    assert ev.figures.phase == "load"  # chaos acts while the recipe is applied
 
 
-def test_hang_is_killed_at_the_wall_clock_limit(chaos, tiny_model):
+def test_hang_is_killed_at_the_wall_clock_limit_naming_the_phase(chaos, tiny_model):
     ev = run(tiny_model, chaos, {"chaos": {"behaviour": "hang"}}, timeout=25)
-    assert ev.status == "timeout"
-    assert "25 s" in ev.error
+    assert ev.status == Status.TIMEOUT
+    assert "25 s" in ev.error and "load phase" in ev.error
+    assert ev.figures.phase == "load" and ev.figures.wall_s >= 25
+
+
+def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
+    ev = run(tiny_model, get_optimizations(), {}, abandon_above_s=1e-6)
+    assert ev.status == Status.PRUNED
+    assert ev.figures.phase == "warm-up" and ev.figures.e2e_ms_p50 > 0 and ev.figures.runs is None
+    assert "limit derived from the incumbent" in ev.error
 
 
 def test_rule_pruned_before_launch(tiny_model):
     ev = run(tiny_model, get_optimizations(), {"compile": {"target": "decode"}})
-    assert ev.status == "invalid"
+    assert ev.status == Status.INVALID
     assert "cache.implementation=static" in ev.error
 
 
-def test_quality_against_a_baseline(tiny_model):
-    opts = get_optimizations()
-    base = run(tiny_model, opts, {})
-    cand = run(tiny_model, opts, {"quantization": {"method": "bnb-4bit", "quant_type": "fp4"}}, baseline=base)
-    assert cand.status == "ok", cand.error
-    assert 0 <= cand.get("quality") < 1.0  # 4-bit weights of a random model change its predictions
-    assert cand.get("perplexity_ratio") is not None
-
-
-def test_stats_and_agreement():
+def test_stats_agreement_and_windows():
     s = Stats.of([1.0, 2.0, 3.0, 4.0])
     assert s.p50 == 2.5 and s.p95 == pytest.approx(3.85)
     assert cv([2.0, 2.0]) == 0.0
     assert token_agreement([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
     assert token_agreement([], [1]) is None
+    assert first_divergence([1, 2, 3], [1, 2, 4]) == 2 and first_divergence([1, 2], [1, 2]) is None
+    windows = reference_windows(list(range(10)), 3, 2, 3)  # wraps around a short text
+    assert windows == [([0, 1, 2], [3, 4]), ([5, 6, 7], [8, 9]), ([0, 1, 2], [3, 4])]

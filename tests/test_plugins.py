@@ -14,7 +14,7 @@ from autotune import hookspecs
 from autotune.apply import finish, load_model, load_tokenizer
 from autotune.cli import cli
 from autotune.optimization import ApplyContext, Optimization
-from autotune.plugins import get_model_aliases, get_optimizations, pm
+from autotune.registry import get_model_aliases, get_optimizations, pm
 from autotune.recipe import resolve
 from autotune.target import current_target
 
@@ -37,7 +37,7 @@ def test_apply_order_is_explicit():
 
 
 def test_env_var_restricts_plugins():
-    code = "from autotune.plugins import get_optimizations; print(sorted(get_optimizations()))"
+    code = "from autotune.registry import get_optimizations; print(sorted(get_optimizations()))"
     env = {**os.environ, "AUTOTUNE_PLUGINS": "cache,dtype"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "['cache', 'dtype']"
@@ -77,10 +77,10 @@ def test_plugin_contract(name, tiny_model):
 def test_every_hookspec_is_exercised():
     """Each hook spec is called here and answered by the built-ins (meta-test over hookspecs)."""
     specs = [n for n in dir(hookspecs) if n.startswith("register_")]
-    assert specs == ["register_models", "register_optimizations"]
+    assert specs == ["register_models", "register_optimizations", "register_seeds"]
     for spec in specs:
         found = []
-        getattr(pm.hook, spec)(register=lambda *a, **k: found.append(a))
+        getattr(pm.hook, spec)(register=lambda *a, **k: found.append(a), target=current_target("cpu"))
         assert found, f"no plugin answers {spec}"
         assert getattr(hookspecs, spec).__doc__
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()

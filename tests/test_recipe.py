@@ -5,7 +5,7 @@ import pytest
 
 from autotune.budget import DEFAULT_QUALITY_FLOOR, parse_budget, parse_objectives
 from autotune.errors import BudgetError, PluginError, RecipeError
-from autotune.plugins import get_optimizations
+from autotune.registry import get_optimizations
 from autotune.recipe import impossible, parse_sets, recipe_key, resolve
 from autotune.space import build_space, count, enumerate_recipes
 from autotune.target import current_target

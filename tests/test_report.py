@@ -11,7 +11,7 @@ from conftest import write_study
 
 import plugins_for_tests
 from autotune.cli import cli
-from autotune.plugins import pm
+from autotune.registry import pm
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -27,7 +27,7 @@ def study_db(tmp_path_factory, tiny_model):
         "quantization.quant_type": ["fp4"], "quantization.double_quant": [False],
         "quantization.compute_dtype": ["float32"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
         "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic", "static"],
-        "cache.max_cache_len": ["auto"], "cache.pad_to_multiple_of": [8], "compile.target": ["off"],
+        "cache.max_cache_len": ["auto"], "compile.target": ["off"],
     }, trials=4, sampler="grid", budget="quality>=0.99")
     db = f"sqlite:///{tmp / 'tune.db'}"
     pm.register(plugins_for_tests, name="plugins_for_tests")

@@ -15,14 +15,14 @@ import autotune
 from autotune.cli import cli
 from autotune.errors import AutotuneError, RecipeError
 from autotune.store import Store
-from autotune.store import models as m
+from autotune.store import tables as m
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
          "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
-         "cache.max_cache_len": ["auto", 256], "cache.pad_to_multiple_of": [8]}
+         "cache.max_cache_len": ["auto", 256]}
 
 
 def study_file(tmp_path, model, trials=3, **space) -> str:
@@ -75,8 +75,8 @@ def test_search_stores_every_trial(searched, db_url):
 
 def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
     from autotune.budget import parse_budget, parse_objectives
-    from autotune.models import resolve_model
-    from autotune.plugins import get_optimizations
+    from autotune.sources import resolve_model
+    from autotune.registry import get_optimizations
     from autotune.search import Search, SearchSpec
     from autotune.target import current_target
     from autotune.workload import Workload
@@ -92,7 +92,23 @@ def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
     assert first.get("compile.target", "off") == "off"
     assert second["cache.implementation"] == "static" and second["dtype.dtype"] == "bfloat16"
     assert second["compile.target"] == "forward"
-    assert second["compile.mode"] == "reduce-overhead" and second["compile.fullgraph"] is True
+    assert second["compile.mode"] == ("reduce-overhead" if search.spec.target.has_cuda else "default")
+    assert second["compile.fullgraph"] is True
+
+
+def test_search_with_only_some_plugins_loaded(tmp_path, tiny_model):
+    """The README's AUTOTUNE_PLUGINS=cache,compile: seeds that name other plugins are left out."""
+    import os
+
+    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"]}, trials=2)
+    env = {**os.environ, "AUTOTUNE_PLUGINS": "cache,compile"}
+    proc = subprocess.run([sys.executable, "-m", "autotune", "search", "--study-file", f, "--json",
+                           "--db", f"sqlite:///{tmp_path / 'few.db'}"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(proc.stdout)
+    assert {t["status"] for t in payload["trials"]} == {"ok"}
+    assert all(set(t["recipe"]) == {"cache", "compile"} for t in payload["trials"])
 
 
 def test_resume_by_study_name_and_no_remeasuring(searched, tmp_path, tiny_model, db_url):
@@ -183,7 +199,7 @@ def test_recipes_show_verify(searched, db_url):
     assert r.exit_code == 0, r.output
     assert re.search(rf"recipe {best_id}: stored [0-9.]+ tok/s, now [0-9.]+ tok/s: ratio [0-9.]+x", r.output)
     r = CliRunner().invoke(cli, ["show", "99999", "--db", db_url])
-    assert r.exit_code == 1 and "no recipe with id 99999" in r.output
+    assert r.exit_code == 1 and "no measurement with id 99999" in r.output
     r = CliRunner().invoke(cli, ["export", "99999", "-o", "x.json", "--db", db_url])
     assert r.exit_code == 1 and "Traceback" not in r.output
 
@@ -235,7 +251,7 @@ def test_load_by_model_name_uses_the_best_known(searched, tiny_model, db_url):
 def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
     """Runs last in this module: it makes the stored target look like an older torch."""
     from autotune.daemon import reverify
-    from autotune.plugins import get_optimizations
+    from autotune.registry import get_optimizations
     from autotune.target import current_target
 
     store = Store(db_url)

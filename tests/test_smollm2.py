@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_converted_once_and_answers_paris():
     from autotune.apply import load_tokenizer
-    from autotune.models import resolve_model
+    from autotune.sources import resolve_model
     from transformers import AutoModelForCausalLM
 
     source = resolve_model("smollm2-135m")

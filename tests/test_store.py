@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from autotune.cli import cli
 from autotune.errors import StoreError, UsageError
 from autotune.store import Store, safe_url
-from autotune.store import models as m
+from autotune.store import tables as m
 from autotune.store.db import head_revision
 
 OLD_DB = Path(__file__).parent / "data" / "autotune-0001.db"

@@ -1,77 +1,117 @@
-"""Read-side queries: recipes best first, one measurement as a recipe document, best known recipe."""
+"""Reading the tuning database. Every function takes the :class:`~autotune.store.Store` and plain
+values and returns rows detached from their session, with the relationships callers read loaded."""
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from ..budget import DEFAULT_QUALITY_FLOOR
 from ..errors import NotFoundError
-from ..export import recipe_document, validate_document
-from . import models as m
+from . import tables as t
 
 
-def list_measurements(store, target, model: str | None = None, all_targets: bool = False,
-                      include_failed: bool = False) -> list[m.Measurement]:
-    """Measurements, best first: successful ones by tokens/s, then the rest."""
+def _loaded(row: t.Measurement) -> t.Measurement:
+    _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.spec)
+    return row
+
+
+def list_measurements(store, hardware_key: str | None, model: str | None = None,
+                      include_failed: bool = False) -> list[t.Measurement]:
+    """Measurements on this hardware (``hardware_key=None``: any), best first: successful ones by
+    tokens/s, then the rest."""
     with store.session() as s:
-        q = select(m.Measurement).join(m.Target).join(m.Model)
-        if not all_targets:
-            q = q.where(m.Target.hardware_key == target.hardware_key)
+        q = select(t.Measurement).join(t.Target).join(t.Model)
+        if hardware_key is not None:
+            q = q.where(t.Target.hardware_key == hardware_key)
         if model:
-            q = q.where(m.Model.name.in_([model, f"{model} [config-only]"]))
+            q = q.where(t.Model.name == model)
         if not include_failed:
-            q = q.where(m.Measurement.status == "ok")
-        rows = list(s.scalars(q))
-        for r in rows:  # load what callers read after the session closes
-            _ = (r.model.name, r.target.name, r.recipe.recipe, r.workload.spec)
+            q = q.where(t.Measurement.status == "ok")
+        rows = [_loaded(r) for r in s.scalars(q)]
     return sorted(rows, key=lambda r: (r.status != "ok", -(r.tokens_per_s or 0)))
 
 
-def get_measurement(store, measurement_id: int) -> m.Measurement:
+def get_measurement(store, measurement_id: int) -> t.Measurement:
+    """One measurement, with ``baseline_figures``: the figures of the baseline its ratios use (its
+    study's baseline, else the latest successful baseline on the same model, target and workload)."""
     with store.session() as s:
-        row = s.get(m.Measurement, measurement_id)
+        row = s.get(t.Measurement, measurement_id)
         if row is None:
-            raise NotFoundError(f"no recipe with id {measurement_id} in {store.display_url}")
-        _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.spec)
-        base = m.Measurement.baseline_for(s, row.model, row.target, row.workload)
+            raise NotFoundError(f"no measurement with id {measurement_id} in {store.display_url}")
+        _loaded(row)
+        base = None
+        if row.study:
+            study = s.scalar(select(t.Study).where(t.Study.name == row.study))
+            if study is not None and study.baseline_measurement_id:
+                base = s.get(t.Measurement, study.baseline_measurement_id)
+        base = base or t.Measurement.baseline_for(s, row.model, row.target, row.workload)
         row.baseline_figures = dict(base.figures) if base is not None else None
         return row
 
 
-def document(row: m.Measurement) -> dict:
-    return recipe_document(
-        model=row.model.name.removesuffix(" [config-only]"), config_only=row.model.config_only,
-        recipe=row.recipe.recipe, workload=row.workload.spec, target=row.target.fingerprint,
-        figures=row.figures or {}, baseline=getattr(row, "baseline_figures", None), measurement_id=row.id,
-        study=row.study)
+def by_ids(store, ids) -> dict[int, t.Measurement]:
+    """Measurements by id, in one query."""
+    ids = list(ids)
+    if not ids:
+        return {}
+    with store.session() as s:
+        return {r.id: _loaded(r) for r in s.scalars(select(t.Measurement).where(t.Measurement.id.in_(ids)))}
 
 
-def best_for_model(store, model: str, target, quality_floor: float = DEFAULT_QUALITY_FLOOR) -> m.Measurement:
+def best_for_model(store, model: str, hardware_key: str, quality_floor: float, describe_target: str = "") -> t.Measurement:
     """The best recipe known for ``model`` on this hardware class: a study's chosen recipe when
-    one exists, else the fastest successful measurement above the quality floor."""
+    one exists, else the fastest successful measurement at or above the quality floor."""
     with store.session() as s:
         chosen = s.scalars(
-            select(m.Measurement).join(m.Study, m.Study.best_measurement_id == m.Measurement.id)
-            .join(m.Target, m.Measurement.target_id == m.Target.id).join(m.Model, m.Measurement.model_id == m.Model.id)
-            .where(m.Model.name == model, m.Target.hardware_key == target.hardware_key,
-                   m.Measurement.stale.is_(False))
-            .order_by(m.Measurement.tokens_per_s.desc())).first()
+            select(t.Measurement).join(t.Study, t.Study.best_measurement_id == t.Measurement.id)
+            .join(t.Target, t.Measurement.target_id == t.Target.id).join(t.Model, t.Measurement.model_id == t.Model.id)
+            .where(t.Model.name == model, t.Target.hardware_key == hardware_key, t.Measurement.stale.is_(False))
+            .order_by(t.Measurement.tokens_per_s.desc())).first()
         chosen_id = chosen.id if chosen is not None else None
     if chosen_id is not None:
         return get_measurement(store, chosen_id)
-    rows = [r for r in list_measurements(store, target, model)
+    rows = [r for r in list_measurements(store, hardware_key, model)
             if not r.stale and (r.model.config_only or (r.quality or 0) >= quality_floor)]
     if not rows:
-        raise NotFoundError(f"no recipe for {model!r} measured on this hardware ({target.describe()}) "
+        raise NotFoundError(f"no recipe for {model!r} measured on this hardware ({describe_target or hardware_key}) "
                             f"in {store.display_url}")
     return get_measurement(store, rows[0].id)
 
 
-def document_for(store, ref: str, target, optimizations) -> dict:
-    """A recipe document from a stored id or a model name (best known for this hardware)."""
-    if ref.isdigit():
-        row = get_measurement(store, int(ref))
-    else:
-        row = best_for_model(store, ref, target)
-    if row.status != "ok":
-        raise NotFoundError(f"recipe {row.id} did not run successfully ({row.status}): nothing to load")
-    return validate_document(document(row), optimizations, where=f"stored recipe {row.id}")
+def previous(store, model_id: int, target_id: int, workload_id: int, recipe_key_hash: str,
+             reuse_key: str) -> list[t.Measurement]:
+    """Earlier measurements of exactly this configuration under the same reuse key, newest first
+    (rule-pruned ones left out: they measured nothing)."""
+    with store.session() as s:
+        q = (select(t.Measurement).join(t.Recipe)
+             .where(t.Measurement.model_id == model_id, t.Measurement.target_id == target_id,
+                    t.Measurement.workload_id == workload_id, t.Recipe.key_hash == recipe_key_hash,
+                    t.Measurement.reuse_key == reuse_key, t.Measurement.status != "invalid")
+             .order_by(t.Measurement.id.desc()))
+        return [_loaded(r) for r in s.scalars(q)]
+
+
+def find_study(store, ref: str, hardware_key: str) -> t.Study:
+    """A study by job id, study name, or model name (its latest study on this hardware)."""
+    with store.session() as s:
+        if ref.isdigit():
+            job = s.get(t.Job, int(ref))
+            if job is not None:
+                ref = job.study_name
+        study = s.scalar(select(t.Study).where(t.Study.name == ref))
+        if study is None:
+            study = s.scalar(select(t.Study).join(t.Model).join(t.Target, t.Study.target_id == t.Target.id)
+                             .where(t.Model.name == ref, t.Target.hardware_key == hardware_key)
+                             .order_by(t.Study.id.desc()))
+        if study is None:
+            raise NotFoundError(f"no study, job or model {ref!r} with results on this hardware")
+        _ = (study.model.name, study.target.fingerprint, study.workload.spec)
+        return study
+
+
+def chosen_with_other_versions(store, hardware_key: str, versions_key: str) -> list[t.Measurement]:
+    """Chosen recipes of this hardware class measured with other library versions, not yet stale."""
+    with store.session() as s:
+        q = (select(t.Measurement).join(t.Study, t.Study.best_measurement_id == t.Measurement.id)
+             .join(t.Target, t.Measurement.target_id == t.Target.id)
+             .where(t.Target.hardware_key == hardware_key, t.Target.versions_key != versions_key,
+                    t.Measurement.stale.is_(False)))
+        return [_loaded(r) for r in s.scalars(q).unique()]

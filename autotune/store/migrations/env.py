@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from autotune.store.models import Base
+from autotune.store.tables import Base
 
 VERSION_TABLE = "autotune_alembic_version"
 

@@ -1,10 +1,12 @@
 """The tuning database's tables (prefixed ``autotune_`` so Optuna's tables can share the database).
-Finders live on the models."""
+
+The store knows rows, not the domain: it takes and returns plain values (keys, dicts, JSON)."""
 from __future__ import annotations
 
 import datetime as dt
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
@@ -16,27 +18,35 @@ class Base(DeclarativeBase):
     pass
 
 
-def _find_or_add(s: Session, cls, unique: dict, **extra):
-    """The row of ``cls`` whose ``unique`` columns equal these values, added (with ``extra``) if absent."""
+def find_or_add(s: Session, cls, unique: dict, **extra):
+    """The row of ``cls`` whose ``unique`` columns equal these values, added (with ``extra``) if
+    absent. Race-safe: when another process adds the same row between our look and our insert, the
+    insert fails inside a savepoint and we read theirs."""
     row = s.scalar(select(cls).filter_by(**unique))
-    if row is None:
-        row = cls(**unique, **extra)
-        s.add(row)
-        s.flush()
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():
+            row = cls(**unique, **extra)
+            s.add(row)
+    except IntegrityError:
+        row = s.scalar(select(cls).filter_by(**unique))
+        if row is None:
+            raise
     return row
 
 
 class Model(Base):
     __tablename__ = "autotune_models"
+    __table_args__ = (UniqueConstraint("name", "config_only"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(500), unique=True)
+    name: Mapped[str] = mapped_column(String(500))
     config_only: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     @classmethod
     def get_or_create(cls, s: Session, name: str, config_only: bool) -> "Model":
-        key = f"{name} [config-only]" if config_only else name
-        return _find_or_add(s, cls, {"name": key}, config_only=config_only)
+        return find_or_add(s, cls, {"name": name, "config_only": config_only})
 
 
 class Target(Base):
@@ -51,9 +61,9 @@ class Target(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     @classmethod
-    def get_or_create(cls, s: Session, target) -> "Target":
-        return _find_or_add(s, cls, {"hardware_key": target.hardware_key, "versions_key": target.versions_key},
-                            device=target.device, name=target.name, fingerprint=target.to_dict())
+    def get_or_create(cls, s: Session, fingerprint: dict, hardware_key: str, versions_key: str) -> "Target":
+        return find_or_add(s, cls, {"hardware_key": hardware_key, "versions_key": versions_key},
+                           device=fingerprint["device"], name=fingerprint["name"], fingerprint=fingerprint)
 
 
 class Workload(Base):
@@ -63,8 +73,8 @@ class Workload(Base):
     spec: Mapped[dict] = mapped_column(JSON)
 
     @classmethod
-    def get_or_create(cls, s: Session, workload) -> "Workload":
-        return _find_or_add(s, cls, {"key": workload.key}, spec=workload.to_dict())
+    def get_or_create(cls, s: Session, key: str, spec: dict) -> "Workload":
+        return find_or_add(s, cls, {"key": key}, spec=spec)
 
 
 class Recipe(Base):
@@ -75,13 +85,11 @@ class Recipe(Base):
     recipe: Mapped[dict] = mapped_column(JSON)
 
     @classmethod
-    def get_or_create(cls, s: Session, recipe: dict) -> "Recipe":
+    def get_or_create(cls, s: Session, key: str, recipe: dict) -> "Recipe":
+        """``key``: the recipe's canonical text (equal recipes, equal keys)."""
         import hashlib
 
-        from ..recipe import recipe_key
-
-        key = recipe_key(recipe)
-        return _find_or_add(s, cls, {"key_hash": hashlib.sha256(key.encode()).hexdigest()}, key=key, recipe=recipe)
+        return find_or_add(s, cls, {"key_hash": hashlib.sha256(key.encode()).hexdigest()}, key=key, recipe=recipe)
 
 
 class Measurement(Base):
@@ -95,8 +103,13 @@ class Measurement(Base):
     recipe_id: Mapped[int] = mapped_column(ForeignKey("autotune_recipes.id"))
     study: Mapped[str | None] = mapped_column(String(300), index=True)
     is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16))  # ok / oom / crash / timeout / error / invalid
+    status: Mapped[str] = mapped_column(String(16))  # autotune.figures.Status values
     error: Mapped[str | None] = mapped_column(Text)
+    #: what else must match for this measurement to stand for a new one: measurement policy, model
+    #: content, autotune's and the plugins' versions (the target and workload have their own columns)
+    reuse_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: the wall-clock limit the trial ran under (a timeout at 1 s says nothing about 240 s)
+    trial_limit_s: Mapped[float | None] = mapped_column(Float)
     tpot_ms_p50: Mapped[float | None] = mapped_column(Float)
     ttft_ms_p50: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
@@ -111,19 +124,14 @@ class Measurement(Base):
     workload: Mapped[Workload] = relationship()
     recipe: Mapped[Recipe] = relationship()
 
-    @classmethod
-    def find_same(cls, s: Session, model: Model, target: Target, workload: Workload, recipe: Recipe):
-        """An earlier measurement of exactly this configuration on this target, if any."""
-        return s.scalar(select(cls).where(cls.model_id == model.id, cls.target_id == target.id,
-                                          cls.workload_id == workload.id, cls.recipe_id == recipe.id,
-                                          cls.status != "invalid")
-                        .order_by(cls.id.desc()).limit(1))
+    #: figures copied into their own columns (indexed, sortable); the rest live in ``figures``
+    FIGURE_COLUMNS = ("tpot_ms_p50", "ttft_ms_p50", "tokens_per_s", "peak_memory_bytes", "quality")
 
     @classmethod
     def baseline_for(cls, s: Session, model: Model, target: Target, workload: Workload):
         return s.scalar(select(cls).where(cls.model_id == model.id, cls.target_id == target.id,
                                           cls.workload_id == workload.id, cls.is_baseline.is_(True),
-                                          cls.status == "ok").order_by(cls.id).limit(1))
+                                          cls.status == "ok").order_by(cls.id.desc()).limit(1))
 
 
 class Study(Base):
@@ -138,6 +146,8 @@ class Study(Base):
     budget: Mapped[str] = mapped_column(Text)
     objective: Mapped[str] = mapped_column(String(100))
     best_measurement_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_measurements.id"))
+    #: the HF-default measurement every ratio of this study is computed against
+    baseline_measurement_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_measurements.id"))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     model: Mapped[Model] = relationship()

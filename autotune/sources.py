@@ -20,6 +20,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     name: str  # what the user called it
@@ -29,10 +32,40 @@ class ModelSource:
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "config_only": self.config_only}
 
+    @property
+    def fingerprint(self) -> str:
+        """The model's identity beyond its name: the config's text and every weight file's name,
+        size and modification time (a hub id: its cached snapshot, which names the revision). A
+        changed checkpoint under the same name is a different model: nothing measured on the old
+        one is reused."""
+        folder = Path(self.path)
+        if not folder.is_dir():
+            folder = _hub_snapshot(self.path) or folder
+        h = hashlib.sha256(str(folder).encode())
+        if folder.is_dir():
+            config = folder / "config.json"
+            if config.exists():
+                h.update(config.read_bytes())
+            for f in sorted(folder.iterdir()):
+                if f.suffix in WEIGHT_SUFFIXES:
+                    st = f.stat()
+                    h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot of a hub model (its folder name is the revision), without the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, or not a hub id: the name alone identifies it
+        return None
+
 
 def resolve_model(arg: str, config_only: bool = False) -> ModelSource:
     """Turn a model argument into something ``from_pretrained`` can load, without loading weights."""
-    from .plugins import get_model_aliases
+    from .registry import get_model_aliases
 
     aliases = get_model_aliases()
     if arg in aliases:

@@ -1,0 +1,101 @@
+"""What a measurement says: its :class:`Status` and its :class:`Figures`.
+
+Every figure has its one definition here; text, JSON, export, the report and the store's columns
+derive their keys from :class:`Figures` rather than listing them again."""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """How a trial ended. ``ok``: measured; ``pruned``: abandoned early as hopeless (partial figures
+    kept); ``invalid``: a plugin rule forbids the combination (never launched); the rest are failures."""
+
+    OK = "ok"
+    PRUNED = "pruned"
+    INVALID = "invalid"
+    ERROR = "error"
+    OOM = "oom"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def failed(self) -> bool:
+        return self in FAILURES
+
+
+FAILURES = frozenset({Status.ERROR, Status.OOM, Status.CRASH, Status.TIMEOUT})
+
+
+@dataclass
+class Figures:
+    """Figures of one measured recipe. ``None`` means "not measured" (a failed or pruned trial keeps
+    what it got before it ended)."""
+
+    # speed, over the measured runs (p50 / p95); tokens/s from the e2e median
+    tpot_ms_p50: float | None = None
+    tpot_ms_p95: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p95: float | None = None
+    e2e_ms_p50: float | None = None
+    e2e_ms_p95: float | None = None
+    tokens_per_s: float | None = None
+    runs: int | None = None
+    cv: float | None = None  # coefficient of variation of e2e over the measured runs
+    noisy: bool | None = None  # the CV target was missed at the repeat cap: treat ratios with care
+    # memory: the steady-state peak while the timed runs ran (what the budget checks), the peak while
+    # loading, and the bytes of the weights as stored after quantization
+    peak_memory_bytes: int | None = None
+    load_peak_bytes: int | None = None
+    weights_bytes: int | None = None
+    # where the trial's time went (seconds)
+    load_s: float | None = None
+    first_call_s: float | None = None  # the first warm-up call: pays compilation
+    compile_s: float | None = None  # first and second calls beyond two steady-state calls
+    warmup_s: float | None = None
+    measure_s: float | None = None  # the measured window
+    quality_s: float | None = None
+    wall_s: float | None = None  # the whole trial as the parent saw it: spawn, imports, everything
+    phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
+    # quality against the HF-default baseline, through the served generate path
+    quality: float | None = None  # teacher-forced top-1 agreement in decode steps
+    perplexity: float | None = None
+    perplexity_ratio: float | None = None
+    greedy_match: float | None = None  # free-running greedy tokens equal to the baseline's
+    first_divergence: int | None = None  # index of the first greedy token that differs (None: none)
+    quality_valid: bool | None = None  # False for config-only (random-weight) models
+    # raw material the parent scores against the baseline's (not shown)
+    top1: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+
+    RAW = ("top1",)  # kept in the store for scoring; never exported or shown
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure that was measured (``None`` and empty lists left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v != []}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Figures":
+        """From stored or received data; keys this version does not know are ignored (older rows)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
+
+    def exported(self) -> dict[str, Any]:
+        """What a recipe document and JSON output carry."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RAW}
+
+    def shown(self) -> dict[str, Any]:
+        """What text and tables show: no token lists."""
+        return {k: v for k, v in self.exported().items() if k != "output_ids"}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+
+FIGURE_KEYS = tuple(f.name for f in fields(Figures))

@@ -1,0 +1,214 @@
+"""The study spec: everything that defines a search, built once from a study file (TOML, see
+``studies/``) and the command line, and carried as plain data in a queued job.
+
+Every default lives here and nowhere else. Command-line options default to ``None`` so that a value
+given on the command line always wins, a value in the study file comes next, and the default last.
+Unknown keys and wrong types are errors, not silent defaults."""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .budget import Budget, parse_budget, parse_objectives
+from .errors import UsageError
+from .sources import ModelSource, resolve_model
+from .workload import Workload
+
+SAMPLERS = ("tpe", "grid", "nsga2", "random")
+#: how long the HF-default baseline may take when no --trial-timeout is given (nothing to derive from yet)
+BASELINE_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class MeasurePolicy:
+    """How one recipe is measured inside its child process: repeat the timed call until the
+    coefficient of variation of its latency is under ``target_cv`` (after ``min_runs``), or a cap
+    is reached; score quality through the served path; abandon hopeless candidates early."""
+
+    min_runs: int = 3
+    max_runs: int = 20
+    target_cv: float = 0.05
+    max_measure_s: float = 30.0
+    quality: bool = True
+    #: a candidate whose warm end-to-end latency exceeds this many times the incumbent's is pruned
+    abandon_factor: float = 3.0
+    #: the part of a derived trial limit set aside for compilation (seconds)
+    compile_allowance_s: float = 180.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                if not isinstance(value, bool):
+                    raise UsageError(f"measure.{f.name} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise UsageError(f"measure.{f.name} must be a positive number, got {value!r}")
+            elif f.type == "int" and not isinstance(value, int):
+                raise UsageError(f"measure.{f.name} must be a whole number, got {value!r}")
+        if self.min_runs > self.max_runs:
+            raise UsageError(f"measure.min_runs ({self.min_runs}) exceeds measure.max_runs ({self.max_runs})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "MeasurePolicy":
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UsageError(f"[measure] takes only {', '.join(f.name for f in fields(cls))}; "
+                             f"unknown: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        """What changes a measurement's figures: part of the reuse key (abandoning changes none)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("abandon_factor", "compile_allowance_s")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:
+        """A trial's wall-clock limit derived from the baseline: its whole trial time (start-up, load,
+        warm-up, measurement, quality) three times over, plus the compile allowance and room for
+        the repeat cap at three times the baseline's latency."""
+        return self.compile_allowance_s + 3 * baseline_wall_s + self.max_measure_s + 3 * baseline_e2e_s
+
+
+@dataclass
+class SearchSpec:
+    """One search: what to tune, where, against which budget, and how."""
+
+    source: ModelSource
+    workload: Workload
+    target: Any  # autotune.target.Target
+    budget: Budget
+    objectives: list[tuple[str, str]]  # (figure key, direction)
+    trials: int = 12
+    timeout: float | None = None  # the whole search, seconds
+    trial_timeout: float | None = None  # one trial; None derives it from the baseline
+    study_name: str | None = None
+    sampler: str = "tpe"
+    seed: int | None = 0
+    restrict: dict = field(default_factory=dict)  # {"plugin.option": [choices]}
+    policy: MeasurePolicy = field(default_factory=MeasurePolicy)
+    remeasure: bool = False  # measure even what the database already knows
+
+    def default_study_name(self) -> str:
+        raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
+                         sort_keys=True, default=str)
+        return f"{self.source.name}@{self.target.hardware_key[:8]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+
+    def to_dict(self) -> dict:
+        """Plain data for a queued job (the target is the worker's own, so it is not carried)."""
+        return {"model": self.source.name, "config_only": self.source.config_only, "workload": self.workload.to_dict(),
+                "budget": self.budget.text, "objectives": [list(o) for o in self.objectives], "trials": self.trials,
+                "trial_timeout": self.trial_timeout, "sampler": self.sampler, "seed": self.seed,
+                "restrict": self.restrict, "policy": self.policy.to_dict(), "study_name": self.study_name}
+
+    @classmethod
+    def from_dict(cls, d: dict, target) -> "SearchSpec":
+        return cls(source=resolve_model(d["model"], config_only=d["config_only"]),
+                   workload=Workload.from_dict(d["workload"]), target=target,
+                   budget=parse_budget(d["budget"]), objectives=[tuple(o) for o in d["objectives"]],
+                   trials=d["trials"], trial_timeout=d["trial_timeout"], sampler=d["sampler"], seed=d["seed"],
+                   restrict=d["restrict"], policy=MeasurePolicy.from_dict(d.get("policy")),
+                   study_name=d.get("study_name"))
+
+
+# -- study files ---------------------------------------------------------------------------------
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _positive_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+#: top-level study-file keys: (check, what the check wants)
+STUDY_KEYS = {
+    "model": (lambda v: isinstance(v, str) and v.strip() != "", "a model name or directory"),
+    "budget": (lambda v: isinstance(v, str), "a budget string"),
+    "objective": (lambda v: isinstance(v, str), "an objective name (or a comma list with pareto)"),
+    "pareto": (lambda v: isinstance(v, bool), "true or false"),
+    "trials": (_positive_int, "a positive whole number"),
+    "timeout": (_positive_number, "a positive number of seconds"),
+    "trial_timeout": (_positive_number, "a positive number of seconds"),
+    "sampler": (lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    "study": (lambda v: isinstance(v, str) and v.strip() != "", "a study name"),
+    "device": (lambda v: v in ("cpu", "cuda"), "cpu or cuda"),
+    "config_only": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "workload": (lambda v: isinstance(v, dict), "a [workload] table"),
+    "space": (lambda v: isinstance(v, dict), "a [space] table"),
+    "measure": (lambda v: isinstance(v, dict), "a [measure] table"),
+}
+
+
+def read_study_file(path: str) -> dict:
+    """A study file's data, every key and type checked; every problem is a one-line UsageError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read study file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"study file {path} is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"study file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - set(STUDY_KEYS)
+    if unknown:
+        raise UsageError(f"study file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key, value in data.items():
+        check, wanted = STUDY_KEYS[key]
+        if not check(value):
+            raise UsageError(f"study file {path}: {key} must be {wanted}, got {value!r}")
+    for key, value in data.get("space", {}).items():
+        if not isinstance(value, (list, str, int, float, bool)):
+            raise UsageError(f"study file {path}: space.{key} must be a list of choices, got {value!r}")
+    return data
+
+
+def build(study_file: str | None = None, **cli) -> SearchSpec:
+    """The spec from a study file (optional) and command-line values (``None`` = not given)."""
+    from .target import current_target
+
+    data = read_study_file(study_file) if study_file else {}
+
+    def pick(key: str, file_key: str | None = None, default: Any = None):
+        value = cli.get(key)
+        return value if value is not None else data.get(file_key or key, default)
+
+    model = pick("model")
+    if not model:
+        raise UsageError("give a MODEL (or a --study-file that names one)")
+    workload = dict(data.get("workload", {}))
+    for key in ("prompt_tokens", "new_tokens", "batch_size"):
+        if cli.get(key) is not None:
+            workload[key] = cli[key]
+    space = {k: (v if isinstance(v, list) else [v]) for k, v in data.get("space", {}).items()}
+    pareto = bool(pick("pareto", default=False))
+    return SearchSpec(
+        source=resolve_model(model, config_only=bool(pick("config_only", default=False))),
+        workload=Workload.from_dict(workload),
+        target=current_target(pick("device")),
+        budget=parse_budget(pick("budget", default="")),
+        objectives=parse_objectives(pick("objective", default="tpot"), pareto),
+        trials=pick("trials", default=SearchSpec.trials),
+        timeout=pick("timeout"),
+        trial_timeout=pick("trial_timeout"),
+        study_name=pick("study_name", "study"),
+        sampler=pick("sampler", default=SearchSpec.sampler),
+        seed=pick("seed", default=SearchSpec.seed),
+        restrict=space,
+        policy=MeasurePolicy.from_dict(data.get("measure")),
+        remeasure=bool(cli.get("remeasure")),
+    )
+
+
+def with_policy(spec: SearchSpec, **changes) -> SearchSpec:
+    """A copy of ``spec`` with some measurement-policy fields changed (benchmarks, tests)."""
+    return replace(spec, policy=replace(spec.policy, **changes))
