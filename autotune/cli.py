@@ -9,6 +9,8 @@ import sys
 import click
 
 from .errors import AutotuneError, UsageError
+from .spec import BASELINE_TIMEOUT_S, SAMPLERS, SearchSpec
+from .workload import Workload
 
 
 def handle_errors(fn):
@@ -33,10 +35,11 @@ def cli():
 
 def workload_options(fn):
     fn = click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
-                      help="tokens in every prompt (default 32)")(fn)
+                      help=f"tokens in every prompt (default {Workload.prompt_tokens})")(fn)
     fn = click.option("--new-tokens", type=click.IntRange(min=1), default=None,
-                      help="tokens generated per call, exactly (default 64)")(fn)
-    fn = click.option("--batch-size", type=click.IntRange(min=1), default=None, help="default 1")(fn)
+                      help=f"tokens generated per call, exactly (default {Workload.new_tokens})")(fn)
+    fn = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                      help=f"default {Workload.batch_size}")(fn)
     fn = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                       help="default: cuda when present, else cpu")(fn)
     fn = click.option("--config-only", is_flag=True,
@@ -51,22 +54,26 @@ def make_workload(**given):
 
 
 @cli.command()
+@click.option("--model", default=None, help="also leave out choices that duplicate another for this model")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 @handle_errors
-def plugins(as_json):
+def plugins(model, as_json):
     """Every optimization, its options and choices, and what is unavailable here and why."""
     from . import report_text
+    from .optimization import unavailable_for
     from .registry import get_optimizations
+    from .sources import resolve_model
     from .target import current_target
 
     target = current_target()
+    info = resolve_model(model).info() if model else None
     rows = []
     for name, opt in get_optimizations().items():
         rows.append({
             "name": name, "order": opt.order, "version": opt.version, "description": opt.description,
             "options": {o.name: list(o.choices) for o in opt.options()},
             "defaults": {o.name: o.default for o in opt.options()},
-            "unavailable": opt.unavailable(target),
+            "unavailable": unavailable_for(opt, target, info),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -77,7 +84,8 @@ def plugins(as_json):
 @cli.command()
 @click.argument("model")
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.OPTION=VALUE", help="a recipe choice (repeatable)")
-@click.option("--timeout", type=float, default=None, help="seconds per measured recipe (default 900)")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"seconds per measured recipe (default {BASELINE_TIMEOUT_S:.0f})")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
@@ -118,10 +126,11 @@ def study_options(fn):
         click.option("--objective", default=None,
                      help="tpot (default), ttft, e2e, throughput or memory (comma list with --pareto)"),
         click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front"),
-        click.option("--trials", type=click.IntRange(min=1), default=None, help="measured trials (default 12)"),
+        click.option("--trials", type=click.IntRange(min=1), default=None,
+                     help=f"measured trials (default {SearchSpec.trials})"),
         click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="seconds one trial may take (default: derived from the baseline)"),
-        click.option("--sampler", type=click.Choice(["tpe", "grid", "nsga2", "random"]), default=None),
+        click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"default {SearchSpec.sampler}"),
         click.option("--study", "study_name", default=None, help="study name (resume by giving the same name)"),
         click.option("--study-file", type=click.Path(dir_okay=False), default=None,
                      help="a study definition (see studies/); command-line options override it"),
@@ -258,7 +267,7 @@ def export(measurement_id, best_model, output, fmt, db_url):
 @cli.command()
 @click.argument("measurement_id", type=int)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="seconds the re-measurement may take (default 900)")
+              help=f"seconds the re-measurement may take (default {BASELINE_TIMEOUT_S:.0f})")
 @db_option
 @handle_errors
 def verify(measurement_id, timeout, db_url):
@@ -275,7 +284,7 @@ def verify(measurement_id, timeout, db_url):
         raise AutotuneError(f"measurement {measurement_id} did not run successfully ({row.status}): "
                             "nothing to compare with")
     source = resolve_model(row.model.name, config_only=row.model.config_only)
-    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.spec), current_target(),
+    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.definition), current_target(),
                   get_optimizations(), timeout=timeout)
     if not ev.ok:
         raise AutotuneError(f"re-measuring recipe {measurement_id} failed ({ev.status}): {ev.error}")
@@ -391,11 +400,15 @@ def report(ref, output, fmt, db_url):
 
     data = rep.gather(open_store(db_url), ref, current_target())
     fmt = fmt or ("png" if output.lower().endswith(".png") else "html")
-    if fmt == "png":
-        rep.render_png(data, output)
-    else:
+    try:
+        page = None if fmt == "png" else rep.render_html(data)
+        if fmt == "png":
+            rep.render_png(data, output)
+    except ImportError as exc:
+        raise AutotuneError(f"the {fmt} report needs {exc.name}: pip install 'autotune[report]'") from None
+    if page is not None:
         with open(output, "w", encoding="utf-8") as f:
-            f.write(rep.render_html(data))
+            f.write(page)
     click.echo(f"wrote {output}: {len(data.rows)} trials of study {data.study}")
 
 

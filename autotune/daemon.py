@@ -101,7 +101,7 @@ class Worker:
         from .spec import SearchSpec
 
         job = queue.get_job(self.store, job_id)
-        spec = SearchSpec.from_dict(job.spec, self.target)
+        spec = SearchSpec.from_dict(job.search_spec, self.target)
         spec.study_name = job.study_name
         storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
         # under the job lock: the first worker creates the rows and measures the baseline, the rest reuse them
@@ -178,7 +178,7 @@ def reverify(store, target, optimizations) -> list[tuple[int, str]]:
     for row in queries.chosen_with_other_versions(store, target.hardware_key, target.versions_key):
         speed = row.tokens_per_s
         ev = evaluate(resolve_model(row.model.name, row.model.config_only), row.recipe.recipe,
-                      Workload.from_dict(row.workload.spec), target, optimizations)
+                      Workload.from_dict(row.workload.definition), target, optimizations)
         stale = not ev.ok or ev.figures.get("tokens_per_s", 0) < 0.9 * (speed or 0)
         if stale:
             writes.mark_stale(store, row.id)

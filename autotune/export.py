@@ -36,7 +36,7 @@ def recipe_document(*, model: str, config_only: bool, recipe: dict, workload: di
 def document_of(row) -> dict:
     """The recipe document of a stored measurement (see :func:`autotune.store.queries.get_measurement`)."""
     return recipe_document(model=row.model.name, config_only=row.model.config_only, recipe=row.recipe.recipe,
-                           workload=row.workload.spec, target=row.target.fingerprint, figures=row.figures or {},
+                           workload=row.workload.definition, target=row.target.fingerprint, figures=row.figures or {},
                            baseline=getattr(row, "baseline_figures", None), measurement_id=row.id, study=row.study)
 
 

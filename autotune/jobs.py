@@ -45,7 +45,7 @@ def hardware_matches(hw: dict, target) -> bool:
 def submit(store, spec, hardware: dict) -> int:
     """Queue a tuning job; returns its id."""
     store.optuna_storage()  # create Optuna's tables now, not in a race between the first workers
-    return queue.add_job(store, model=spec.source.name, spec=spec.to_dict(), hardware=hardware,
+    return queue.add_job(store, model=spec.source.name, search_spec=spec.to_dict(), hardware=hardware,
                          study_name=spec.study_name, trials=spec.trials, submitted_from=socket.gethostname())
 
 

@@ -73,10 +73,10 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None) ->
         doc = stored_document(Store(db), str(recipe), current_target(device), optimizations)
     target = current_target(device)
     _check_target(doc, target, strict)
+    source = resolve_model(doc["model"], config_only=bool(doc.get("config_only")))
     reason = impossible(doc["recipe"], optimizations, target)
     if reason:
         raise RecipeError(f"recipe cannot run on this machine: {reason}")
-    source = resolve_model(doc["model"], config_only=bool(doc.get("config_only")))
     workload = Workload.from_dict(doc["workload"])
     ctx = ApplyContext(target, target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size,
                        doc["recipe"])

@@ -13,10 +13,22 @@ from typing import Any, Callable, Mapping
 
 from optuna.distributions import CategoricalDistribution
 
-#: options of one plugin, as resolved in a recipe: option name -> value
-Options = Mapping[str, Any]
-#: a whole recipe: plugin name -> its options
-RecipeDict = Mapping[str, Options]
+#: the choices one plugin makes in a recipe: option name -> value
+Choices = Mapping[str, Any]
+#: a whole recipe: plugin name -> its choices
+RecipeDict = Mapping[str, Choices]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a plugin may know of the model before anything is loaded: its ``config.json``."""
+
+    config: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the checkpoint is stored in (what ``dtype="auto"`` loads)."""
+        return str(self.config.get("dtype") or self.config.get("torch_dtype") or "float32")
 
 
 @dataclass(frozen=True)
@@ -31,13 +43,13 @@ class Option:
     choices: tuple
     default: Any
     help: str = ""
-    active: Callable[[Options], bool] | None = None
+    active: Callable[[Choices], bool] | None = None
 
     @property
     def distribution(self) -> CategoricalDistribution:
         return CategoricalDistribution(list(self.choices))
 
-    def is_active(self, chosen: Options) -> bool:
+    def is_active(self, chosen: Choices) -> bool:
         return self.active is None or bool(self.active(chosen))
 
 
@@ -73,38 +85,51 @@ class Optimization:
         """The knobs this optimization contributes to the search space."""
         return []
 
-    def unavailable(self, target) -> dict[str, str]:
-        """``"option=choice" -> reason`` for every choice impossible on ``target`` whatever else is chosen."""
+    def unavailable(self, target, model: ModelInfo | None = None) -> dict[str, str]:
+        """``"option=choice" -> reason`` for every choice that cannot run on ``target`` — or would run
+        the same program as another choice there (a duplicate wastes the user's trials) — whatever
+        else is chosen. ``model`` (when known) lets a plugin judge by the checkpoint, e.g. a dtype
+        choice equal to the checkpoint's own is ``auto``."""
         return {}
 
     def conflicts(self, recipe: RecipeDict, target) -> str | None:
         """A reason why this plugin's choice cannot work together with the rest of ``recipe``, or None."""
         return None
 
-    def load_kwargs(self, opts: Options, ctx: ApplyContext) -> dict:
+    def load_kwargs(self, opts: Choices, ctx: ApplyContext) -> dict:
         """Keyword arguments merged into ``from_pretrained``."""
         return {}
 
-    def after_load(self, model, opts: Options, ctx: ApplyContext):
-        """Transform the loaded model (e.g. compile). Return the model (or None to keep it).
-
-        Contract: numerics must not change here beyond float reassociation — quality is measured
-        on the model as loaded, before these stages, so that compilation is not paid twice."""
+    def after_load(self, model, opts: Choices, ctx: ApplyContext):
+        """Transform the loaded model (e.g. compile). Return the model (or None to keep it)."""
         return model
 
-    def generate_kwargs(self, opts: Options, ctx: ApplyContext) -> dict:
+    def generate_kwargs(self, opts: Choices, ctx: ApplyContext) -> dict:
         """Keyword arguments merged into every ``generate`` call."""
         return {}
 
-    def wrap_generate(self, generate: GenerateFn, model, opts: Options, ctx: ApplyContext) -> GenerateFn:
-        """Replace or wrap the generate callable (e.g. a compiled decode loop)."""
+    def wrap_generate(self, generate: GenerateFn, model, opts: Choices, ctx: ApplyContext) -> GenerateFn:
+        """Replace or wrap the generate callable (e.g. a compiled decode loop).
+
+        Contract: the callable honours ``min_new_tokens`` and ``logits_processor`` exactly as
+        ``model.generate`` does — quality is scored through it, one forced token at a time."""
         return generate
 
-    def runtime_context(self, opts: Options, ctx: ApplyContext) -> contextlib.AbstractContextManager:
+    def runtime_context(self, opts: Choices, ctx: ApplyContext) -> contextlib.AbstractContextManager:
         """A context entered around every forward/generate call (e.g. a forced SDPA backend)."""
         return contextlib.nullcontext()
 
-    def transformers_export(self, opts: Options) -> dict:
+    def transformers_export(self, opts: Choices) -> dict:
         """What plain transformers can persist for these options:
         ``{"config": {...}, "generation_config": {...}, "load_kwargs": {...}, "steps": ["..."]}``."""
         return {}
+
+
+def unavailable_for(optimization: Optimization, target, model: ModelInfo | None) -> dict[str, str]:
+    """``optimization.unavailable`` with the model when the plugin accepts it (older plugins take
+    the target only)."""
+    import inspect
+
+    if model is not None and "model" in inspect.signature(optimization.unavailable).parameters:
+        return optimization.unavailable(target, model=model)
+    return optimization.unavailable(target)

@@ -5,7 +5,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from .errors import PluginError, RecipeError
-from .optimization import Optimization, RecipeDict
+from .optimization import ModelInfo, Optimization, RecipeDict, unavailable_for
 
 Recipe = dict[str, dict[str, Any]]
 
@@ -65,10 +65,11 @@ def resolve(partial: Mapping[str, Mapping[str, Any]], optimizations: Mapping[str
     return recipe
 
 
-def impossible(recipe: RecipeDict, optimizations: Mapping[str, Optimization], target) -> str | None:
+def impossible(recipe: RecipeDict, optimizations: Mapping[str, Optimization], target,
+               model: ModelInfo | None = None) -> str | None:
     """Why this recipe cannot run on ``target`` (a plugin rule), or None if it can."""
     for name, optimization in optimizations.items():
-        unavailable = optimization.unavailable(target)
+        unavailable = unavailable_for(optimization, target, model)
         for option, value in recipe.get(name, {}).items():
             reason = unavailable.get(f"{option}={value}")
             if reason:

@@ -82,12 +82,12 @@ def gather(store, ref: str, target) -> ReportData:
     doc = None
     if chosen is not None:
         doc = recipe_document(model=st.model.name, config_only=st.model.config_only, recipe=chosen.recipe,
-                              workload=st.workload.spec, target=st.target.fingerprint, figures=chosen.figures,
+                              workload=st.workload.definition, target=st.target.fingerprint, figures=chosen.figures,
                               baseline=baseline, measurement_id=chosen.measurement_id, study=st.name)
         doc["figures"].pop("output_ids", None)
         if doc.get("baseline"):
             doc["baseline"].pop("output_ids", None)
-    return ReportData(st.name, st.model.name, budget, st.objective, st.target.fingerprint, st.workload.spec, rows,
+    return ReportData(st.name, st.model.name, budget, st.objective, st.target.fingerprint, st.workload.definition, rows,
                       baseline, chosen, binding, doc)
 
 

@@ -159,8 +159,8 @@ def measurement_row(r) -> dict:
             "recipe": r.recipe.recipe, "study": r.study,
             "target": r.target.name, "tokens_per_s": r.tokens_per_s, "tpot_ms_p50": r.tpot_ms_p50,
             "ttft_ms_p50": r.ttft_ms_p50, "peak_memory_bytes": r.peak_memory_bytes, "quality": r.quality,
-            "error": r.error, "stale": r.stale, "workload": r.workload.spec and {
-                k: v for k, v in r.workload.spec.items() if k != "prompts"}}
+            "error": r.error, "stale": r.stale, "workload": r.workload.definition and {
+                k: v for k, v in r.workload.definition.items() if k != "prompts"}}
 
 
 def recipes_text(rows, target) -> str:
@@ -189,7 +189,7 @@ def show_text(r) -> str:
              f"study: {r.study}",
              f"target: {r.target.name} ({r.target.device}); versions: " +
              ", ".join(f"{k} {v}" for k, v in r.target.fingerprint.get("versions", {}).items()),
-             f"workload: " + ", ".join(f"{k}={v}" for k, v in r.workload.spec.items() if k != "prompts"),
+             f"workload: " + ", ".join(f"{k}={v}" for k, v in r.workload.definition.items() if k != "prompts"),
              "recipe:", _json.dumps(r.recipe.recipe, indent=2)]
     if r.error:
         lines.append(f"error: {r.error}")

@@ -25,7 +25,7 @@ from .figures import Figures, Status
 from .optimization import Optimization
 from .recipe import describe, impossible, recipe_key, resolve
 from .registry import get_seeds
-from .spec import BASELINE_TIMEOUT_S, SearchSpec
+from .spec import BASELINE_TIMEOUT_S, SAMPLERS, SearchSpec
 from .store import Store, queries, writes
 
 #: objectives whose candidates can be judged hopeless by their speed alone
@@ -90,7 +90,7 @@ def make_sampler(name: str, seed, space):
     if name == "grid":
         grid = {f"{p}.{o.name}": list(o.choices) for p, opts in space.items() for o in opts if len(o.choices) > 1}
         return optuna.samplers.GridSampler(grid, seed=seed)
-    raise UsageError(f"unknown sampler {name!r}; choose from tpe, grid, nsga2, random")
+    raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
 def reuse_key(spec: SearchSpec, optimizations: Mapping[str, Optimization]) -> str:
@@ -107,7 +107,8 @@ class Search:
     def __init__(self, spec: SearchSpec, store: Store, optimizations: Mapping[str, Optimization]):
         self.spec, self.store, self.optimizations = spec, store, optimizations
         self.budget = spec.budget
-        self.space = spaces.build_space(optimizations, spec.target, spec.restrict)
+        self.model_info = spec.source.info()
+        self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)
         self.seeds = self._seed_recipes()
@@ -118,14 +119,15 @@ class Search:
             store, model=spec.source.name, config_only=spec.source.config_only,
             target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
             versions_key=spec.target.versions_key, workload_key=spec.workload.key,
-            workload_spec=spec.workload.to_dict())
+            workload_definition=spec.workload.to_dict())
 
     def _seed_recipes(self) -> list[dict]:
         out: list[dict] = []
         for seed in get_seeds(self.spec.target, self.optimizations):
-            recipe = resolve(seed.recipe, self.optimizations)
+            recipe = spaces.canonical(resolve(seed.recipe, self.optimizations), self.optimizations,
+                                      self.spec.target, self.model_info)
             if recipe != self.baseline_recipe and recipe not in out and \
-                    impossible(recipe, self.optimizations, self.spec.target) is None and \
+                    impossible(recipe, self.optimizations, self.spec.target, self.model_info) is None and \
                     spaces.contains(self.space, recipe):
                 out.append(recipe)
         return [self.baseline_recipe] + out

@@ -32,6 +32,19 @@ class ModelSource:
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "config_only": self.config_only}
 
+    def info(self):
+        """What plugins may know of the model before loading it (its config.json)."""
+        from .optimization import ModelInfo
+
+        folder = Path(self.path)
+        if not folder.is_dir():
+            folder = _hub_snapshot(self.path) or folder
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        return ModelInfo(config if isinstance(config, dict) else {})
+
     @property
     def fingerprint(self) -> str:
         """The model's identity beyond its name: the config's text and every weight file's name,

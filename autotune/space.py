@@ -7,20 +7,21 @@ from dataclasses import replace
 from typing import Any, Iterator, Mapping
 
 from .errors import PluginError
-from .optimization import Optimization, Option
+from .optimization import ModelInfo, Optimization, Option, unavailable_for
 from .recipe import Recipe, resolve
 
 Space = dict[str, list[Option]]
 
 
 def build_space(optimizations: Mapping[str, Optimization], target,
-                restrict: Mapping[str, list] | None = None) -> Space:
-    """``restrict``: ``{"plugin.option": [choices]}`` narrows an option (a study file's ``space``)."""
+                restrict: Mapping[str, list] | None = None, model: ModelInfo | None = None) -> Space:
+    """``restrict``: ``{"plugin.option": [choices]}`` narrows an option (a study file's ``space``);
+    ``model`` lets plugins leave out choices that duplicate another for this checkpoint."""
     restrict_in = dict(restrict or {})
     restrict = dict(restrict_in)
     space: Space = {}
     for name, opt in optimizations.items():
-        unavailable = opt.unavailable(target)
+        unavailable = unavailable_for(opt, target, model)
         options = []
         for o in opt.options():
             choices = [c for c in o.choices if f"{o.name}={c}" not in unavailable]
@@ -64,6 +65,19 @@ def params_for(recipe: Recipe, space: Space) -> dict[str, Any]:
     """The Optuna params that :func:`suggest` would produce for ``recipe`` (for enqueue_trial)."""
     return {f"{p}.{o.name}": recipe[p][o.name] for p, options in space.items() for o in options
             if o.name in recipe.get(p, {}) and len(o.choices) > 1 and recipe[p][o.name] in o.choices}
+
+
+def canonical(recipe: Recipe, optimizations: Mapping[str, Optimization], target, model: ModelInfo | None) -> Recipe:
+    """``recipe`` with every choice that duplicates another for this model (a dtype equal to the
+    checkpoint's is ``auto``) replaced by the option's default."""
+    out = {p: dict(c) for p, c in recipe.items()}
+    for name, opt in optimizations.items():
+        duplicates = set(unavailable_for(opt, target, model)) - set(opt.unavailable(target))
+        defaults = {o.name: o.default for o in opt.options()}
+        for option, value in recipe.get(name, {}).items():
+            if f"{option}={value}" in duplicates:
+                out[name][option] = defaults[option]
+    return resolve(out, optimizations)
 
 
 def contains(space: Space, recipe: Recipe) -> bool:

@@ -24,7 +24,7 @@ class Attention(Optimization):
                    active=lambda o: o.get("implementation") == "sdpa"),
         ]
 
-    def unavailable(self, target):
+    def unavailable(self, target, model=None):
         out = {}
         why = []
         if importlib.util.find_spec("flash_attn") is None:
@@ -36,6 +36,8 @@ class Attention(Optimization):
         if why:
             out["implementation=flash_attention_2"] = " / ".join(why)
         if not target.has_cuda:
+            out["sdpa_backend=flash"] = ("on CPU, auto already runs the flash kernel "
+                                         "(_scaled_dot_product_flash_attention_for_cpu) for unpadded batches")
             out["sdpa_backend=efficient"] = "the memory-efficient SDPA kernel exists only on CUDA"
             out["sdpa_backend=cudnn"] = "the cuDNN SDPA kernel exists only on CUDA"
         return out

@@ -41,7 +41,7 @@ class Cache(Optimization):
             Option("nbits", (2, 4), 4, "quantized-cache bits", active=_quantized),
         ]
 
-    def unavailable(self, target):
+    def unavailable(self, target, model=None):
         out = {}
         if not target.has_cuda:
             reason = "offloading moves the KV cache from an accelerator to CPU memory; this target has none"

@@ -4,7 +4,7 @@
 - ``decode``: compile a decode-one-token step and drive it from our own loop over a StaticCache;
 - ``generate``: compile the whole ``generate`` call.
 
-with the compile mode, fullgraph, and inductor's CPU options (freezing, cpp_wrapper).
+with the compile mode and inductor's CPU options (freezing, cpp_wrapper).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def compile_kwargs(opts) -> dict:
         options["freezing"] = True
     if opts.get("cpp_wrapper"):
         options["cpp_wrapper"] = True
-    return {"fullgraph": opts["fullgraph"], "options": options}
+    return {"options": options}
 
 
 def _decode_one_token(model, cur_token, cache_position, past_key_values):
@@ -119,18 +119,22 @@ class Compile(Optimization):
         return [
             Option("target", ("off", "forward", "decode", "generate"), "off", "what to compile"),
             Option("mode", MODES, "default", "torch.compile mode", active=_on),
-            Option("fullgraph", (False, True), False, "fail instead of falling back on graph breaks", active=_on),
             Option("freezing", (False, True), False, "inductor freezing: fold weights as constants", active=_on),
             Option("cpp_wrapper", (False, True), False, "inductor C++ wrapper: less Python launch overhead",
                    active=_on),
         ]
 
-    def unavailable(self, target):
+    def unavailable(self, target, model=None):
         import shutil
 
-        if target.has_cuda or shutil.which("gcc") or shutil.which("cc") or shutil.which("g++"):
-            return {}
-        return {f"target={t}": "inductor on CPU needs a C++ compiler (gcc)" for t in ("forward", "decode", "generate")}
+        out = {}
+        if not target.has_cuda:
+            out["mode=reduce-overhead"] = "CUDA graphs only: on CPU it compiles the same program as default"
+            out["mode=max-autotune"] = "on CPU it is max-autotune-no-cudagraphs (CUDA graphs only on CUDA)"
+            if not (shutil.which("gcc") or shutil.which("cc") or shutil.which("g++")):
+                for t in ("forward", "decode"):
+                    out[f"target={t}"] = "inductor on CPU needs a C++ compiler (gcc)"
+        return out
 
     def conflicts(self, recipe, target):
         mine = recipe.get(self.name, {})
@@ -162,7 +166,7 @@ class Compile(Optimization):
     def transformers_export(self, opts):
         if opts["target"] == "off":
             return {}
-        kw = f"mode={opts['mode']!r}, fullgraph={opts['fullgraph']}"
+        kw = f"mode={opts['mode']!r}"
         step = {
             "forward": f"model.forward = torch.compile(model.forward, {kw})",
             "generate": f"model.generate = torch.compile(model.generate, {kw})",
@@ -182,7 +186,8 @@ def register_optimizations(register):
 @autotune.hookimpl
 def register_seeds(register, target):
     """The Transformers guide's static-cache recipe as the guide writes it: bf16 weights, a static
-    cache, the forward pass compiled with fullgraph — and CUDA graphs where there are any."""
+    cache, the forward pass compiled — with CUDA graphs where there are any. (The guide's fullgraph=True
+    only turns a graph break into an error; it runs the same program, so it is no option here.)"""
     mode = "reduce-overhead" if target.has_cuda else "default"
     register("transformers guide", {"dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
-                                    "compile": {"target": "forward", "mode": mode, "fullgraph": True}}, rank=10)
+                                    "compile": {"target": "forward", "mode": mode}}, rank=10)

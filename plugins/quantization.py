@@ -31,14 +31,14 @@ class Quantization(Optimization):
                    "dtype bitsandbytes 4-bit matmuls compute in", active=_is_4bit),
         ]
 
-    def unavailable(self, target):
+    def unavailable(self, target, model=None):
         out = {}
         if _missing("bitsandbytes"):
             for m in ("bnb-int8", "bnb-4bit"):
-                out[f"method={m}"] = "bitsandbytes is not installed"
+                out[f"method={m}"] = "bitsandbytes is not installed (pip install 'autotune[quant]')"
         if _missing("torchao"):
             for m in ("torchao-int8-weight", "torchao-int4-weight"):
-                out[f"method={m}"] = "torchao is not installed"
+                out[f"method={m}"] = "torchao is not installed (pip install 'autotune[quant]')"
         elif not target.has_cuda:
             out["method=torchao-int4-weight"] = "torchao int4 weight-only needs CUDA (tinygemm kernels) on this torchao"
         return out

@@ -8,33 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from autotune.testing import build_tiny_model  # noqa: F401 - tests import it from here too
+
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # so spawned trial processes can import tests' own plugin modules
-
-
-def build_tiny_model(out: Path, hidden: int = 64, layers: int = 2) -> Path:
-    """A tiny Llama with a real (trained byte-level BPE) tokenizer, saved like any checkpoint."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from autotune.workload import shipped_text
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([shipped_text("reference.txt"), shipped_text("prompts.txt")], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=fast.vocab_size,
-                         max_position_embeddings=512, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, bos_token_id=fast.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")

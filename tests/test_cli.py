@@ -28,9 +28,12 @@ def test_bench_json_reports_recipe_baseline_and_ratio(tiny_model):
 
 @pytest.mark.slow
 def test_bench_compiled_decode_loop(tiny_model):
-    """The issue's recipe: static cache + compiled decode step (reduce-overhead), text output."""
+    """Static cache + compiled decode step, text output (on CUDA with CUDA graphs)."""
+    import torch
+
+    mode = "reduce-overhead" if torch.cuda.is_available() else "default"
     result = CliRunner().invoke(cli, ["bench", tiny_model, "--set", "cache.implementation=static",
-                                      "--set", "compile.target=decode", "--set", "compile.mode=reduce-overhead",
+                                      "--set", "compile.target=decode", "--set", f"compile.mode={mode}",
                                       *FAST_BENCH])
     assert result.exit_code == 0, result.output
     assert "ratio:" in result.output and "tokens/s" in result.output
@@ -43,6 +46,17 @@ def test_config_only_says_quality_is_not_valid(tiny_model):
     result = CliRunner().invoke(cli, ["bench", tiny_model, "--config-only", *FAST_BENCH])
     assert result.exit_code == 0, result.output
     assert "config-only model (random weights)" in result.output
+
+
+def test_a_choice_that_is_the_same_program_here_is_refused_with_the_reason(tiny_model):
+    result = CliRunner().invoke(cli, ["bench", tiny_model, "--set", "cache.implementation=static",
+                                      "--set", "compile.target=decode", "--set", "compile.mode=reduce-overhead",
+                                      *FAST_BENCH])
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA graphs exist here")
+    assert result.exit_code == 1 and "CUDA graphs only" in result.output
 
 
 @pytest.mark.parametrize("args,code,text", [

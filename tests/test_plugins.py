@@ -13,7 +13,7 @@ import autotune
 from autotune import hookspecs
 from autotune.apply import finish, load_model, load_tokenizer
 from autotune.cli import cli
-from autotune.optimization import ApplyContext, Optimization
+from autotune.optimization import ApplyContext, Optimization, Option
 from autotune.registry import get_model_aliases, get_optimizations, pm
 from autotune.recipe import resolve
 from autotune.target import current_target
@@ -45,33 +45,59 @@ def test_env_var_restricts_plugins():
 
 @pytest.mark.parametrize("name", sorted(get_optimizations()))
 def test_plugin_contract(name, tiny_model):
-    """Declares well-formed options and rules, and applies cleanly with its defaults."""
-    opt = get_optimizations()[name]
-    assert isinstance(opt, Optimization) and opt.name == name and opt.description
-    options = opt.options()
-    assert options, f"{name} declares no options"
-    for o in options:
-        assert o.default in o.choices, f"{name}.{o.name} default not among its choices"
-        assert o.distribution.choices == tuple(o.choices)
-        assert len(set(map(repr, o.choices))) == len(o.choices)
-    target = current_target("cpu")
-    by_name = {o.name: o for o in options}
-    for key, reason in opt.unavailable(target).items():
-        option, _, choice = key.partition("=")
-        assert option in by_name, f"{name}: unavailable names unknown option {key}"
-        assert choice in {str(c) for c in by_name[option].choices}
-        assert reason.strip()
-    optimizations = get_optimizations()
-    recipe = resolve({}, optimizations)
-    assert opt.conflicts(recipe, target) is None, "the defaults must be allowed together"
-    ctx = ApplyContext(target, "cpu", 4, 8, 1, recipe)
-    model = load_model(tiny_model, {name: opt}, recipe, ctx)
-    applied = finish(model, load_tokenizer(tiny_model), {name: opt}, recipe, ctx)
-    import torch
+    """The contract every plugin ships with (autotune.testing): declaration, application, and every
+    available choice of every option changes what runs."""
+    from autotune.testing import check_plugin
 
-    out = applied.generate_ids(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]), max_new_tokens=4, min_new_tokens=4)
-    assert out.shape == (1, 12)
-    assert isinstance(opt.transformers_export(recipe[name]), dict)
+    check_plugin(get_optimizations()[name], tiny_model, current_target("cpu"), get_optimizations())
+
+
+def test_contract_catches_a_choice_that_changes_nothing(tiny_model):
+    class Idle(Optimization):
+        name, description = "idle", "a knob wired to nothing"
+
+        def options(self):
+            return [Option("level", ("low", "high"), "low")]
+
+    from autotune.testing import check_choices_change_what_runs
+
+    with pytest.raises(AssertionError, match="idle.level=high runs the same program"):
+        check_choices_change_what_runs(Idle(), tiny_model)
+
+
+def test_dtype_equal_to_the_checkpoint_is_auto(tiny_model):
+    """The tiny checkpoint is float32: float32 is auto there, and the search space says so."""
+    from autotune.sources import resolve_model
+    from autotune.space import build_space
+
+    space = build_space(get_optimizations(), current_target("cpu"), model=resolve_model(tiny_model).info())
+    choices = next(o.choices for o in space["dtype"] if o.name == "dtype")
+    assert "float32" not in choices and "auto" in choices and "bfloat16" in choices
+
+
+def test_sdpa_math_runs_another_kernel_than_auto(tiny_model):
+    """What the runtime flags mean on this CPU: the profiler sees a different attention kernel."""
+    import contextlib
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from autotune.plugins.attention import Attention
+
+    model = load_model(tiny_model, {}, {}, ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, {}))
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+
+    def kernels(ctx):
+        with torch.inference_mode(), ctx, profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        return {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
+
+    att, ctx = Attention(), ApplyContext(current_target("cpu"), "cpu", 3, 8, 1, {})
+    auto = kernels(contextlib.nullcontext())
+    math = kernels(att.runtime_context({"implementation": "sdpa", "sdpa_backend": "math"}, ctx))
+    assert auto and math and auto != math
+    if not torch.cuda.is_available():  # why sdpa_backend=flash is left out on CPU
+        assert auto == kernels(att.runtime_context({"implementation": "sdpa", "sdpa_backend": "flash"}, ctx))
 
 
 def test_every_hookspec_is_exercised():
@@ -124,3 +150,26 @@ def test_plugins_text_lists_reasons():
     result = CliRunner().invoke(cli, ["plugins"])
     assert result.exit_code == 0
     assert "unavailable: implementation=flash_attention_2" in result.output
+
+
+def _without(modules: tuple, *argv: str) -> subprocess.CompletedProcess:
+    """Run the CLI as if the optional packages were not installed (``sys.modules[name] = None`` makes
+    both ``import`` and ``importlib.util.find_spec`` see them missing)."""
+    code = (f"import sys\nfor m in {modules!r}: sys.modules[m] = None\n"
+            f"from autotune.cli import main\nsys.argv = ['autotune', *{list(argv)!r}]\nmain()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_without_extras_plugins_names_the_extra_to_install():
+    out = _without(("bitsandbytes", "torchao", "psycopg", "plotly", "matplotlib"), "plugins", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    reasons = rows["quantization"]["unavailable"]
+    for method in ("bnb-int8", "bnb-4bit", "torchao-int8-weight"):
+        assert "pip install 'autotune[quant]'" in reasons[f"method={method}"]
+
+
+def test_without_the_postgres_extra_the_error_names_it():
+    out = _without(("psycopg", "psycopg2"), "recipes", "--db", "postgresql+psycopg://u@127.0.0.1:1/x")
+    assert out.returncode == 1 and "autotune[postgres]" in out.stderr and "Traceback" not in out.stderr
+    # the report's extra: tests/test_report.py::test_report_without_the_report_extra_names_it

@@ -14,8 +14,8 @@ OPTS = get_optimizations()
 
 
 def test_sets_parse_and_coerce():
-    partial = parse_sets(["cache.implementation=static", "cache.max_cache_len=512", "compile.fullgraph=true"], OPTS)
-    assert partial == {"cache": {"implementation": "static", "max_cache_len": 512}, "compile": {"fullgraph": True}}
+    partial = parse_sets(["cache.implementation=static", "cache.max_cache_len=512", "compile.freezing=true"], OPTS)
+    assert partial == {"cache": {"implementation": "static", "max_cache_len": 512}, "compile": {"freezing": True}}
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -33,7 +33,7 @@ def test_impossible_value_and_types():
     with pytest.raises(PluginError, match="not one of"):
         resolve({"cache": {"implementation": "huge"}}, OPTS)
     with pytest.raises(PluginError, match="not one of"):
-        resolve({"compile": {"fullgraph": 1}}, OPTS)  # 1 is not True
+        resolve({"compile": {"freezing": 1}}, OPTS)  # 1 is not True
     with pytest.raises(RecipeError):
         resolve({"cache": "static"}, OPTS)
 

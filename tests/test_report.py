@@ -84,3 +84,12 @@ def test_report_unknown_study(study_db, tmp_path):
     result = CliRunner().invoke(cli, ["report", "nope", "-o", str(tmp_path / "x.html"), "--db", db])
     assert result.exit_code == 1 and "no study, job or model 'nope'" in result.output
     assert not (tmp_path / "x.html").exists()
+
+
+def test_report_without_the_report_extra_names_it(study_db, tmp_path):
+    from test_plugins import _without
+
+    db, _ = study_db
+    out = _without(("plotly",), "report", "rep", "-o", str(tmp_path / "r.html"), "--db", db)
+    assert out.returncode == 1 and "pip install 'autotune[report]'" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "r.html").exists()

@@ -72,7 +72,10 @@ class Store:
             self._check_sqlite_file(Path(parsed.database.removeprefix("file:").split("?")[0]))
         try:
             self.engine = create_engine(self.url, pool_pre_ping=True)
-        except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+        except ImportError as exc:
+            hint = " (pip install 'autotune[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+            raise StoreError(f"cannot use database {self.display_url}: {exc}{hint}") from None
+        except (ArgumentError, SQLAlchemyError) as exc:
             raise StoreError(f"cannot use database {self.display_url}: {_short(exc, self.url)}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._prepare(upgrade)

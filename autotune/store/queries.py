@@ -9,7 +9,7 @@ from . import tables as t
 
 
 def _loaded(row: t.Measurement) -> t.Measurement:
-    _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.spec)
+    _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.definition)
     return row
 
 
@@ -103,7 +103,7 @@ def find_study(store, ref: str, hardware_key: str) -> t.Study:
                              .order_by(t.Study.id.desc()))
         if study is None:
             raise NotFoundError(f"no study, job or model {ref!r} with results on this hardware")
-        _ = (study.model.name, study.target.fingerprint, study.workload.spec)
+        _ = (study.model.name, study.target.fingerprint, study.workload.definition)
         return study
 
 

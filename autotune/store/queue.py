@@ -42,10 +42,10 @@ def _guard(store):
     return _sqlite_lock(store) if is_sqlite(store) else contextlib.nullcontext()
 
 
-def add_job(store, *, model: str, spec: dict, hardware: dict, study_name: str | None, trials: int,
+def add_job(store, *, model: str, search_spec: dict, hardware: dict, study_name: str | None, trials: int,
             submitted_from: str) -> int:
     with store.session() as s:
-        job = t.Job(model=model, spec=spec, hardware=hardware, state="queued", study_name="",
+        job = t.Job(model=model, search_spec=search_spec, hardware=hardware, state="queued", study_name="",
                     trials_planned=trials, submitted_from=submitted_from)
         s.add(job)
         s.flush()

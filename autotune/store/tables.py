@@ -70,11 +70,11 @@ class Workload(Base):
     __tablename__ = "autotune_workloads"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(32), unique=True)
-    spec: Mapped[dict] = mapped_column(JSON)
+    definition: Mapped[dict] = mapped_column("spec", JSON)  # autotune.workload.Workload.to_dict()
 
     @classmethod
-    def get_or_create(cls, s: Session, key: str, spec: dict) -> "Workload":
-        return find_or_add(s, cls, {"key": key}, spec=spec)
+    def get_or_create(cls, s: Session, key: str, definition: dict) -> "Workload":
+        return find_or_add(s, cls, {"key": key}, definition=definition)
 
 
 class Recipe(Base):
@@ -162,7 +162,7 @@ class Job(Base):
     __tablename__ = "autotune_jobs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[str] = mapped_column(String(500))
-    spec: Mapped[dict] = mapped_column(JSON)
+    search_spec: Mapped[dict] = mapped_column("spec", JSON)  # autotune.spec.SearchSpec.to_dict()
     hardware: Mapped[dict] = mapped_column(JSON)
     study_name: Mapped[str] = mapped_column(String(300))
     state: Mapped[str] = mapped_column(String(16), index=True, default="queued")

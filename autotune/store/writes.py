@@ -20,12 +20,12 @@ class RowIds:
 
 
 def ensure_rows(store, *, model: str, config_only: bool, target_fingerprint: dict, hardware_key: str,
-                versions_key: str, workload_key: str, workload_spec: dict) -> RowIds:
+                versions_key: str, workload_key: str, workload_definition: dict) -> RowIds:
     """Find or add the model, target and workload rows (race-safe across processes)."""
     with store.session() as s:
         return RowIds(t.Model.get_or_create(s, model, config_only).id,
                       t.Target.get_or_create(s, target_fingerprint, hardware_key, versions_key).id,
-                      t.Workload.get_or_create(s, workload_key, workload_spec).id)
+                      t.Workload.get_or_create(s, workload_key, workload_definition).id)
 
 
 def key_hash(recipe_key: str) -> str:
@@ -44,7 +44,7 @@ def record_measurement(store, ids: RowIds, *, recipe_key: str, recipe: dict, stu
                             **{c: figures.get(c) for c in t.Measurement.FIGURE_COLUMNS})
         s.add(row)
         s.flush()
-        _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.spec)
+        _ = (row.model.name, row.target.fingerprint, row.recipe.recipe, row.workload.definition)
         return row
 
 
