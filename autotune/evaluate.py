@@ -34,15 +34,17 @@ class Evaluation:
 def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              optimizations: Mapping[str, Optimization], baseline: Evaluation | None = None,
              timeout: float | None = None, policy: MeasurePolicy | None = None,
-             abandon_above_s: float | None = None) -> Evaluation:
+             incumbent: Figures | None = None) -> Evaluation:
     """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
-    ``baseline=None`` means this *is* the baseline."""
+    ``baseline=None`` means this *is* the baseline; ``incumbent``: the best feasible figures so far,
+    against which a hopeless candidate is abandoned early."""
     reason = impossible(recipe, optimizations, target)
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
     request = TrialRequest(model_path=source.path, recipe=recipe, workload=workload.to_dict(), device=target.device,
                            policy=(policy or MeasurePolicy()).to_dict(), plugin_modules=plugin_modules(),
-                           abandon_above_s=abandon_above_s)
+                           incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
+                           incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S)
     figures = outcome.figures
     if outcome.status != Status.OK:

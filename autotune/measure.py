@@ -10,10 +10,16 @@ from dataclasses import asdict, dataclass
 
 class TimingStreamer:
     """A transformers streamer that timestamps every put: the first put is the prompt, the
-    second the first new token (TTFT), the rest one decode step each (TPOT)."""
+    second the first new token (TTFT), the rest one decode step each (TPOT).
 
-    def __init__(self, sync=None):
-        self.sync = sync
+    With ``tpot_limit_s``, once ``SETTLE`` decode steps have passed (the first may compile) and
+    three more were timed, a median step slower than the limit calls ``on_slow(tpot, limit)``
+    (which raises, to stop a hopeless candidate mid-call)."""
+
+    SETTLE = 3
+
+    def __init__(self, sync=None, tpot_limit_s: float | None = None, on_slow=None):
+        self.sync, self.limit, self.on_slow = sync, tpot_limit_s, on_slow
         self.times: list[float] = []
         self.start = time.perf_counter()
 
@@ -21,6 +27,10 @@ class TimingStreamer:
         if self.sync:
             self.sync()
         self.times.append(time.perf_counter())
+        if self.limit is not None and len(self.times) >= self.SETTLE + 5:
+            recent = statistics.median(self.tpots[self.SETTLE:][-5:])
+            if recent > self.limit:
+                self.on_slow(recent, self.limit)
 
     def end(self) -> None:
         pass

@@ -115,6 +115,7 @@ class Search:
         self.reuse_key = reuse_key(spec, optimizations)
         self.trial_limit_s = spec.trial_timeout
         self.baseline_record: TrialRecord | None = None
+        self._best_feasible: Figures | None = None
         self.ids = writes.ensure_rows(
             store, model=spec.source.name, config_only=spec.source.config_only,
             target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
@@ -201,7 +202,7 @@ class Search:
         base_eval = None if baseline is None else Evaluation(baseline.recipe, baseline.status, baseline.figures)
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
-                      abandon_above_s=None if is_baseline else self._abandon_above_s())
+                      incumbent=None if is_baseline else self._incumbent())
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
@@ -230,19 +231,18 @@ class Search:
         failed_in = {r.study for r in earlier if Status(r.status).failed}
         return newest if len(failed_in) >= 2 else None
 
-    def _abandon_above_s(self) -> float | None:
-        """A warm call slower than this abandons the candidate: ``abandon_factor`` times the best
-        feasible end-to-end latency so far (only when every objective is a speed)."""
+    def _incumbent(self) -> Figures | None:
+        """The figures a candidate is abandoned against (``abandon_factor`` times slower): the best
+        feasible so far — only when every objective is a speed (a slow candidate may win on memory)."""
         if not all(key in SPEED_KEYS for key, _ in self.spec.objectives):
             return None
-        best = getattr(self, "_incumbent_e2e_ms", None)
-        return None if best is None else self.spec.policy.abandon_factor * best / 1e3
+        return self._best_feasible
 
     def _note_incumbent(self, record: TrialRecord) -> None:
         e2e = record.figures.e2e_ms_p50
-        if record.feasible and e2e is not None:
-            best = getattr(self, "_incumbent_e2e_ms", None)
-            self._incumbent_e2e_ms = e2e if best is None else min(best, e2e)
+        if record.feasible and e2e is not None and record.figures.tpot_ms_p50 is not None:
+            if self._best_feasible is None or e2e < self._best_feasible.e2e_ms_p50:
+                self._best_feasible = record.figures
 
     def _record(self, number: int, row) -> TrialRecord:
         figures = Figures.from_dict(row.figures)

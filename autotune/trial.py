@@ -1,6 +1,10 @@
 """One trial, inside its own process: load, apply, warm up with the measured shapes, measure until
 stable, score quality through the served path.
 
+The two warm-up calls *are* quality calls: each prefills part of the shipped reference text and is
+forced through its continuation, with exactly the measured shapes (the first pays compilation). So
+quality costs one extra call, not three, and nothing is compiled twice.
+
 Runs in a spawned child (see :mod:`autotune.isolate`); takes a :class:`TrialRequest` and returns
 plain data. Each phase is announced through ``on_phase`` so that a trial killed at its time limit
 says where it was."""
@@ -26,8 +30,10 @@ class TrialRequest:
     device: str
     policy: dict  # autotune.spec.MeasurePolicy.to_dict()
     plugin_modules: list[str] = field(default_factory=list)
-    #: abandon (status pruned) when a warm call takes longer than this many seconds
-    abandon_above_s: float | None = None
+    #: the best feasible candidate so far: a warm call (e2e) or decode step (TPOT) slower than
+    #: ``policy.abandon_factor`` times these abandons the trial (status pruned); None: never
+    incumbent_e2e_s: float | None = None
+    incumbent_tpot_s: float | None = None
 
 
 @dataclass
@@ -40,7 +46,20 @@ class Outcome:
 
 
 class Abandoned(Exception):
-    """A warm call was far slower than the incumbent: not worth measuring to the end."""
+    """A warm call or decode step was far slower than the incumbent: not worth measuring to the end."""
+
+
+@dataclass
+class Limits:
+    """When to abandon a trial, in seconds (None: never)."""
+
+    e2e_s: float | None = None
+    tpot_s: float | None = None
+
+    @classmethod
+    def of(cls, request: TrialRequest, factor: float) -> "Limits":
+        return cls(request.incumbent_e2e_s and factor * request.incumbent_e2e_s,
+                   request.incumbent_tpot_s and factor * request.incumbent_tpot_s)
 
 
 def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda phase: None) -> Outcome:
@@ -51,15 +70,15 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     policy = MeasurePolicy.from_dict(request.policy)
     figures = Figures()
     on_phase("load")
-    run = _Run.prepare(request, figures)
+    run = _Run.prepare(request, figures, policy)
     try:
         on_phase("first call")
-        run.warm_up(figures, request.abandon_above_s, on_phase)
+        run.warm_up(figures, Limits.of(request, policy.abandon_factor), on_phase)
         on_phase("measure")
         run.measure(figures, policy)
-        if policy.quality:
+        if run.quality is not None:
             on_phase("quality")
-            run.score_quality(figures)
+            run.quality.finish(figures)
     except Abandoned as exc:
         figures.phase = "warm-up"
         return Outcome(Status.PRUNED, figures, str(exc))
@@ -69,9 +88,10 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
 class _Run:
     """The applied recipe and its fixed-shape inputs, with one method per phase."""
 
-    def __init__(self, applied, workload: Workload, input_ids, device: str):
+    def __init__(self, applied, workload: Workload, input_ids, device: str, quality: bool):
         self.applied, self.workload, self.input_ids, self.device = applied, workload, input_ids, device
         self.memory = measure.MemoryMeter(device)
+        self.quality = _Quality(applied, workload) if quality and applied.tokenizer is not None else None
         self.sync = None
         if device == "cuda":
             import torch
@@ -79,7 +99,7 @@ class _Run:
             self.sync = torch.cuda.synchronize
 
     @classmethod
-    def prepare(cls, request: TrialRequest, figures: Figures) -> "_Run":
+    def prepare(cls, request: TrialRequest, figures: Figures, policy) -> "_Run":
         from .apply import apply_recipe
         from .optimization import ApplyContext
         from .registry import get_optimizations, use_exactly
@@ -96,31 +116,41 @@ class _Run:
         figures.load_s = time.perf_counter() - t0
         model = applied.model
         input_ids = workload.input_ids(applied.tokenizer, model.config.get_text_config().vocab_size)
-        run = cls(applied, workload, input_ids, request.device)
+        run = cls(applied, workload, input_ids, request.device, policy.quality)
         run.memory.release_freed()
         figures.load_peak_bytes = run.memory.peak()
         figures.weights_bytes = measure.weights_bytes(model)
         return run
 
-    def one_call(self):
-        """One timed generate call with exactly the workload's shapes: (output ids, streamer, e2e s)."""
-        streamer = measure.TimingStreamer(self.sync)
-        out = self.applied.generate_ids(self.input_ids, max_new_tokens=self.workload.new_tokens, streamer=streamer,
-                                        min_new_tokens=self.workload.new_tokens)
+    def one_call(self, limits: Limits | None = None, call: int | None = None):
+        """One timed generate call with exactly the workload's shapes: (output ids, streamer, e2e s).
+        ``call``: a quality call (its reference window) instead of the workload's prompts."""
+        streamer = measure.TimingStreamer(self.sync, limits and limits.tpot_s, on_slow=_abandon_tpot)
+        inputs, extra = self.input_ids, {}
+        if call is not None:
+            inputs, extra = self.quality.inputs(call)
+        out = self.applied.generate_ids(inputs, max_new_tokens=self.workload.new_tokens, streamer=streamer,
+                                        min_new_tokens=self.workload.new_tokens, **extra)
         if self.sync:
             self.sync()
-        return out, streamer, time.perf_counter() - streamer.start
+        e2e = time.perf_counter() - streamer.start
+        if call is not None:
+            self.quality.check(call, out)
+        return out, streamer, e2e
 
-    def warm_up(self, figures: Figures, abandon_above_s: float | None, on_phase) -> None:
-        """Two calls with exactly the measured shapes: the first pays compilation. A second call
-        slower than ``abandon_above_s`` abandons the trial (figures so far are kept)."""
-        figures.first_call_s = self.one_call()[2]
+    def warm_up(self, figures: Figures, limits: Limits, on_phase) -> None:
+        """Two calls with exactly the measured shapes — the quality calls, when quality is scored;
+        the first pays compilation. A decode step slower than ``limits.tpot_s`` (after the first
+        few, which may compile) or a second call slower than ``limits.e2e_s`` abandons the trial,
+        keeping the figures so far."""
+        calls = (0, 1) if self.quality is not None else (None, None)
+        figures.first_call_s = self.one_call(limits, calls[0])[2]
         on_phase("warm-up")
-        second = self.one_call()[2]
+        second = self.one_call(limits, calls[1])[2]
         figures.warmup_s = second
         figures.e2e_ms_p50 = second * 1e3
-        if abandon_above_s is not None and second > abandon_above_s:
-            raise Abandoned(f"a warm call took {second:.2f} s, beyond the {abandon_above_s:.2f} s limit "
+        if limits.e2e_s is not None and second > limits.e2e_s:
+            raise Abandoned(f"a warm call took {second:.2f} s, beyond the {limits.e2e_s:.2f} s limit "
                             f"derived from the incumbent")
 
     def measure(self, figures: Figures, policy) -> None:
@@ -156,31 +186,58 @@ class _Run:
         figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * e2e.p50)
         figures.output_ids = out[:, prompt:].flatten().tolist()
 
-    def score_quality(self, figures: Figures) -> None:
-        """Teacher-forced top-1 and log-likelihood at every decode step, through the recipe's own
-        generate path and cache, with the measured shapes (so nothing is compiled again): each call
-        prefills ``prompt_tokens`` of the shipped reference text and is forced through the next
-        ``new_tokens`` of it. The parent compares the top-1s with the baseline's."""
+
+
+def _abandon_tpot(tpot: float, limit: float) -> None:
+    raise Abandoned(f"decode steps took {tpot * 1e3:.1f} ms, beyond the {limit * 1e3:.1f} ms limit derived from "
+                    f"the incumbent")
+
+
+class _Quality:
+    """Teacher-forced top-1 and log-likelihood at every decode step, through the recipe's own
+    generate path and cache, with the measured shapes: each call prefills ``prompt_tokens`` of the
+    shipped reference text and is forced through its next ``new_tokens``. The parent compares the
+    top-1s with the baseline's."""
+
+    def __init__(self, applied, workload: Workload):
         import torch
 
-        tokenizer = self.applied.tokenizer
-        if tokenizer is None:  # config-only without a tokenizer: nothing to read the text with
-            return
+        ids = applied.tokenizer(shipped_text("reference.txt"), add_special_tokens=False)["input_ids"]
+        windows = measure.reference_windows(ids, workload.prompt_tokens, workload.new_tokens,
+                                            QUALITY_CALLS * workload.batch_size)
+        b = workload.batch_size
+        self.calls = [(torch.tensor([c for c, _ in windows[i * b:(i + 1) * b]]),
+                       torch.tensor([f for _, f in windows[i * b:(i + 1) * b]])) for i in range(QUALITY_CALLS)]
+        self.applied, self.workload = applied, workload
+        self.forcers: dict[int, object] = {}
+        self.seconds = 0.0
+
+    def inputs(self, call: int):
+        context, forced = self.calls[call]
+        self.forcers[call] = measure.forcing_processor(forced)
+        return context, {"logits_processor": _processors(self.forcers[call])}
+
+    def check(self, call: int, out) -> None:
+        import torch
+
+        if not torch.equal(out[:, self.workload.prompt_tokens:].cpu(), self.calls[call][1]):
+            raise RuntimeError("the recipe's generate path ignored logits_processor: quality cannot be "
+                               "scored through it")
+
+    def finish(self, figures: Figures) -> None:
+        """The calls not yet made as warm-ups, then the figures."""
+        import torch
+
         start = time.perf_counter()
-        w = self.workload
-        ids = tokenizer(shipped_text("reference.txt"), add_special_tokens=False)["input_ids"]
-        windows = measure.reference_windows(ids, w.prompt_tokens, w.new_tokens, QUALITY_CALLS * w.batch_size)
+        for call in range(QUALITY_CALLS):
+            if call not in self.forcers:
+                context, extra = self.inputs(call)
+                out = self.applied.generate_ids(context, max_new_tokens=self.workload.new_tokens,
+                                                min_new_tokens=self.workload.new_tokens, **extra)
+                self.check(call, out)
         top1, nll = [], []
-        for i in range(QUALITY_CALLS):
-            batch = windows[i * w.batch_size:(i + 1) * w.batch_size]
-            context = torch.tensor([c for c, _ in batch])
-            forced = torch.tensor([f for _, f in batch])
-            force = measure.forcing_processor(forced)
-            out = self.applied.generate_ids(context, max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens,
-                                            logits_processor=_processors(force))
-            if not torch.equal(out[:, w.prompt_tokens:].cpu(), forced):
-                raise RuntimeError("the recipe's generate path ignored logits_processor: quality cannot be "
-                                   "scored through it")
+        for call in range(QUALITY_CALLS):
+            force = self.forcers[call]
             top1 += torch.stack(force.top1, 1).flatten().tolist()
             nll += torch.stack(force.nll, 1).flatten().tolist()
         figures.top1 = top1
@@ -188,7 +245,8 @@ class _Run:
         figures.quality_s = time.perf_counter() - start
 
 
-#: generate calls the quality phase makes (each with the workload's batch of reference windows)
+#: generate calls quality is scored on (each with the workload's batch of reference windows); the
+#: first two are the warm-up calls
 QUALITY_CALLS = 3
 
 

@@ -109,10 +109,23 @@ def test_hang_is_killed_at_the_wall_clock_limit_naming_the_phase(chaos, tiny_mod
 
 
 def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
-    ev = run(tiny_model, get_optimizations(), {}, abandon_above_s=1e-6)
+    from autotune.figures import Figures
+
+    ev = run(tiny_model, get_optimizations(), {}, incumbent=Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3))
     assert ev.status == Status.PRUNED
     assert ev.figures.phase == "warm-up" and ev.figures.e2e_ms_p50 > 0 and ev.figures.runs is None
     assert "limit derived from the incumbent" in ev.error
+
+
+def test_slow_decode_steps_abandon_mid_call(tiny_model):
+    """Decode steps far slower than the incumbent's stop the first call itself (a 4-bit CPU matmul
+    that takes seconds per token never gets to run 64 of them, twice)."""
+    from autotune.figures import Figures
+
+    long = Workload(prompt_tokens=8, new_tokens=40)
+    ev = run(tiny_model, get_optimizations(), {}, workload=long, incumbent=Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e-6))
+    assert ev.status == Status.PRUNED and "decode steps took" in ev.error
+    assert ev.figures.first_call_s is None  # stopped inside the first call
 
 
 def test_rule_pruned_before_launch(tiny_model):
