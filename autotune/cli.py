@@ -24,10 +24,54 @@ def handle_errors(fn):
         except AutotuneError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            # the database went away mid-run (Optuna's storage and SQLAlchemy raise their own types):
+            # every write is one unit of work, so nothing is half-written and the same command resumes
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.echo(f"Error: the tuning database failed ({type(exc).__name__}: {first}); nothing is "
+                       "half-written: run the same command again to resume", err=True)
+            sys.exit(1)
     return wrapper
 
 
-@click.group()
+def _is_database_error(exc: BaseException) -> bool:
+    names = {f"{c.__module__}.{c.__name__}" for c in type(exc).__mro__}
+    return bool(names & {"sqlalchemy.exc.SQLAlchemyError", "optuna.exceptions.StorageInternalError"})
+
+
+class _OneLine(click.ClickException):
+    """A command-line mistake as one line (click's own usage errors print the usage too)."""
+
+    exit_code = 2
+
+
+class OneLineGroup(click.Group):
+    """Every usage error, click's included (a bad option value, a directory where a file goes), is
+    one line and exit code 2."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    @staticmethod
+    def _one_line(exc: click.UsageError) -> click.ClickException:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return exc
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        return _OneLine(where + " ".join(exc.format_message().split()))
+
+
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name="autotune")
 def cli():
     """Find the fastest way to run an LLM on this machine within a latency / memory / quality budget."""
@@ -48,8 +92,7 @@ def workload_options(fn):
 
 
 def make_workload(**given):
-    from .workload import Workload
-
+    """A workload from the given fields (``None``: not given, the default applies)."""
     return Workload.from_dict({k: v for k, v in given.items() if v is not None})
 
 
@@ -82,27 +125,38 @@ def plugins(model, as_json):
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.OPTION=VALUE", help="a recipe choice (repeatable)")
+@click.option("--recipe", "recipe_file", default=None, metavar="FILE",
+              help="a recipe file (autotune export): its model, workload and choices; --set and options override")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help=f"seconds per measured recipe (default {BASELINE_TIMEOUT_S:.0f})")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
-def bench(model, sets, timeout, as_json, prompt_tokens, new_tokens, batch_size, device, config_only):
+def bench(model, sets, recipe_file, timeout, as_json, prompt_tokens, new_tokens, batch_size, device, config_only):
     """Measure one recipe against the HF-default baseline, side by side in one run."""
     from . import report_text
     from .evaluate import evaluate
+    from .export import read_recipe_file
     from .recipe import parse_sets, resolve
     from .registry import get_optimizations
     from .sources import resolve_model
     from .target import current_target
 
     optimizations = get_optimizations()
-    recipe = resolve(parse_sets(sets, optimizations), optimizations)
-    workload = make_workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size)
+    doc = read_recipe_file(recipe_file, optimizations) if recipe_file else {}
+    model = model or doc.get("model")
+    if not model:
+        raise UsageError("give a MODEL (or a --recipe file, which names one)")
+    chosen = {p: dict(c) for p, c in doc.get("recipe", {}).items()}
+    for plugin, choices in parse_sets(sets, optimizations).items():
+        chosen.setdefault(plugin, {}).update(choices)
+    recipe = resolve(chosen, optimizations)
+    workload = make_workload(**{**doc.get("workload", {}), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                                "batch_size": batch_size})
     target = current_target(device)
-    source = resolve_model(model, config_only=config_only)
+    source = resolve_model(model, config_only=config_only or bool(doc.get("config_only")))
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     say(f"target: {target.describe()}; workload: {workload.describe()}")
     say("measuring the HF-default baseline ...")

@@ -14,14 +14,26 @@ import threading
 import time
 from dataclasses import dataclass
 
+import random
+
 import optuna
-from sqlalchemy.exc import DBAPIError
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import jobs
 from .errors import AutotuneError, NoFeasibleRecipe, StoreError
 from .store import queries, queue, writes
 
 log = logging.getLogger("autotune.daemon")
+#: what a database outage raises: ours, SQLAlchemy's, and Optuna's storage (which wraps commit errors).
+#: A trial in flight when it happens is left running; its heartbeat stops and, after the grace
+#: period, whichever worker reaches the database first fails it and queues it again.
+DATABASE_ERRORS = (StoreError, SQLAlchemyError, StorageInternalError)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 class Abandon(BaseException):
@@ -83,16 +95,17 @@ class Worker:
                         continue
                     if self.work_on(job_id) == 0:  # others hold the remaining trials: look again later
                         time.sleep(self.opt.poll_s)
-                except (StoreError, DBAPIError) as exc:  # the database went away: retry with backoff
-                    log.warning("database error, retrying in %.0f s: %s", backoff, exc)
-                    time.sleep(backoff)
+                except DATABASE_ERRORS as exc:  # the database went away: retry with backoff and jitter
+                    wait = backoff * random.uniform(0.5, 1.5)
+                    log.warning("database unreachable, retrying in %.1f s: %s", wait, one_line(exc))
+                    time.sleep(wait)
                     backoff = min(backoff * 2, self.opt.max_backoff_s)
         except Abandon:
             log.info("abandoned; exiting")
         finally:
             try:
                 self.beat(state="stopped", job_id=None, current=None)
-            except AutotuneError:
+            except (AutotuneError, *DATABASE_ERRORS):
                 pass
 
     def work_on(self, job_id: int) -> int:
@@ -148,7 +161,7 @@ class Worker:
             try:
                 storage.record_heartbeat(trial_id)
             except Exception as exc:  # a missed beat is retried at the next interval
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat failed: %s", one_line(exc))
             if stop.wait(self.opt.heartbeat_s):
                 return
 

@@ -45,7 +45,7 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
                            policy=(policy or MeasurePolicy()).to_dict(), plugin_modules=plugin_modules(),
                            incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
                            incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
-    outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S)
+    outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, (policy or MeasurePolicy()).memory_cap_bytes)
     figures = outcome.figures
     if outcome.status != Status.OK:
         return Evaluation(recipe, outcome.status, figures, outcome.error)

@@ -62,12 +62,28 @@ def write_json(doc: dict, path: str) -> None:
     tmp.replace(out)
 
 
+#: a recipe is a few kilobytes; anything this large is not one (and is not read whole)
+MAX_RECIPE_BYTES = 4 * 2**20
+
+
 def read_recipe_file(path: str, optimizations: Mapping[str, Optimization]) -> dict:
-    """Read and validate a recipe JSON file; every problem is a :class:`RecipeError`."""
+    """Read and validate a recipe JSON file; every problem is a :class:`RecipeError`. Only regular
+    files are read (not directories, devices or pipes), and only up to :data:`MAX_RECIPE_BYTES`."""
+    import stat
+
     try:
-        doc = json.loads(Path(path).read_text())
+        st = Path(path).stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise RecipeError(f"recipe {path} is not a regular file")
+        if st.st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {path} is {st.st_size:,} bytes: too large to be a recipe")
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {path} is nested too deeply to be a recipe") from None
     except ValueError as exc:
         raise RecipeError(f"recipe {path} is not valid JSON: {exc}") from None
     return validate_document(doc, optimizations, where=str(path))
@@ -90,6 +106,8 @@ def validate_document(doc, optimizations: Mapping[str, Optimization], where: str
         raise RecipeError(f"{where}: {exc}") from None
     if not isinstance(doc.get("target", {}), dict):
         raise RecipeError(f"{where}: \"target\" must be an object")
+    if not isinstance(doc.get("config_only", False), bool):
+        raise RecipeError(f"{where}: \"config_only\" must be true or false")
     return doc
 
 

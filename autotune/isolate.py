@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from .figures import Figures, Status
 from .trial import Outcome, TrialRequest
 
 OOM_NAMES = ("OutOfMemoryError", "MemoryError")
+OOM_TEXTS = ("can't allocate memory", "not enough memory", "out of memory")
 #: imported once by the fork server, so a trial's process starts in milliseconds instead of paying
 #: torch's and transformers' import again (seconds, every trial)
 PRELOAD = ["torch", "transformers", "transformers.generation", "transformers.modeling_utils", "autotune.trial"]
@@ -26,28 +28,60 @@ PRELOAD = ["torch", "transformers", "transformers.generation", "transformers.mod
 
 def _context():
     """Trial processes fork from a server that has imported torch and nothing else (no model, no
-    thread pool started): each trial still runs in its own fresh process."""
+    thread pool started): each trial still runs in its own fresh process. The server's own output
+    (libraries' import chatter) goes nowhere; each trial sends its output to its log."""
+    from multiprocessing import forkserver
+
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        forkserver.ensure_running()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
     return ctx
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child when its parent dies (kill -9 included): no orphan
-    keeps burning the CPU after a killed search."""
-    try:
-        import ctypes
+def _die_with(parent_pid: int) -> None:
+    """Linux: this trial process dies when the process that asked for it dies (kill -9 included),
+    so no orphan keeps burning the CPU after a killed search. Its parent is the fork server, so a
+    parent-death signal alone is not enough: a thread waits on a pidfd of the asking process."""
+    import ctypes
+    import select
+    import threading
 
-        PR_SET_PDEATHSIG = 1
+    try:
+        PR_SET_PDEATHSIG = 1  # the fork server's death too
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-
-
-def _child(conn, request: TrialRequest, environ: dict, log_path: str) -> None:
-    _die_with_parent()
-    if os.getppid() == 1:  # the parent died before we could ask to die with it
+    try:
+        fd = os.pidfd_open(parent_pid)
+    except ProcessLookupError:  # already gone
         os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here: the parent-death signal is all we have
+        return
+
+    def watch():
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="autotune-parent-watch", daemon=True).start()
+
+
+def _child(conn, request: TrialRequest, environ: dict, parent_pid: int, log_path: str, cgroup: str | None) -> None:
+    _die_with(parent_pid)
+    if cgroup:  # join the memory cap before allocating anything
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
     os.environ.clear()  # the environment of the asking process now, not the fork server's at its start
     os.environ.update(environ)
     # the child's own output (compile logs, library warnings) goes to a log, not the user's terminal
@@ -60,7 +94,8 @@ def _child(conn, request: TrialRequest, environ: dict, log_path: str) -> None:
 
         conn.send(("done", run_trial(request, lambda phase: conn.send(("phase", phase)))))
     except BaseException as exc:  # report everything; the parent classifies
-        status = Status.OOM if type(exc).__name__ in OOM_NAMES else Status.ERROR
+        oom = type(exc).__name__ in OOM_NAMES or any(t in str(exc).lower() for t in OOM_TEXTS)
+        status = Status.OOM if oom else Status.ERROR
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         conn.send(("failed", (status, f"{type(exc).__name__}: {first}"[:500])))
     finally:
@@ -75,19 +110,21 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-400:]
 
 
-def run_isolated(request: TrialRequest, timeout: float) -> Outcome:
+def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 0) -> Outcome:
     """Run :func:`autotune.trial.run_trial` in a child; always returns an :class:`Outcome` whose
-    figures carry the trial's wall time (and the phase it ended in, when it did not finish)."""
+    figures carry the trial's wall time (and the phase it ended in, when it did not finish).
+    ``memory_cap_bytes``: the kernel kills the child beyond it (a memory cgroup)."""
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp, MemoryCap(memory_cap_bytes) as cap:
         log = Path(tmp) / "child.log"
-        proc = ctx.Process(target=_child, args=(child_conn, request, dict(os.environ), str(log)), daemon=True)
+        proc = ctx.Process(target=_child, args=(child_conn, request, dict(os.environ), os.getpid(), str(log),
+                                                cap.path), daemon=True)
         proc.start()
         child_conn.close()
         try:
-            outcome = _Watch(proc, parent_conn, log).wait(timeout)
+            outcome = _Watch(proc, parent_conn, log, cap).wait(timeout)
         finally:
             if proc.is_alive():
                 proc.kill()
@@ -97,11 +134,74 @@ def run_isolated(request: TrialRequest, timeout: float) -> Outcome:
     return outcome
 
 
+class MemoryCap:
+    """A memory cgroup (v1 memory controller or v2 ``memory.max``) that a trial process joins, so
+    the kernel's OOM killer — not Python — stops it at the cap, as it would in production."""
+
+    _count = 0
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.path, self.v1 = limit_bytes, None, False
+
+    def __enter__(self) -> "MemoryCap":
+        if not self.limit:
+            return self
+        from .errors import UsageError
+
+        MemoryCap._count += 1
+        name = f"autotune-trial-{os.getpid()}-{MemoryCap._count}"
+        for root, v1 in (("/sys/fs/cgroup/memory", True), ("/sys/fs/cgroup", False)):
+            limit_file = "memory.limit_in_bytes" if v1 else "memory.max"
+            if not v1 and "memory" not in _read(os.path.join(root, "cgroup.subtree_control")):
+                continue
+            try:
+                os.mkdir(os.path.join(root, name))
+                with open(os.path.join(root, name, limit_file), "w") as f:
+                    f.write(str(int(self.limit)))
+            except OSError:
+                _remove(os.path.join(root, name))
+                continue
+            self.path, self.v1 = os.path.join(root, name), v1
+            return self
+        raise UsageError("measure.memory_cap_bytes needs a memory cgroup autotune can create (root, or a "
+                         "delegated cgroup v2 with the memory controller)")
+
+    def killed(self) -> bool:
+        """Whether the kernel's OOM killer acted in this cgroup."""
+        if self.path is None:
+            return False
+        text = _read(os.path.join(self.path, "memory.oom_control" if self.v1 else "memory.events"))
+        return any(line.startswith("oom_kill ") and line.split()[1] != "0" for line in text.splitlines())
+
+    def __exit__(self, *exc) -> None:
+        if self.path is not None:
+            _remove(self.path)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _remove(path: str) -> None:
+    for _ in range(50):  # the killed process may take a moment to leave the cgroup
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 class _Watch:
     """Reads the child's messages (phases, then a result) until it ends or the limit passes."""
 
-    def __init__(self, proc, conn, log: Path):
-        self.proc, self.conn, self.log, self.phase = proc, conn, log, "start"
+    def __init__(self, proc, conn, log: Path, cap: MemoryCap):
+        self.proc, self.conn, self.log, self.cap, self.phase = proc, conn, log, cap, "start"
 
     def wait(self, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
@@ -131,6 +231,10 @@ class _Watch:
         figures = Figures(phase=self.phase)
         if code is not None and code < 0:
             sig = signal.Signals(-code).name
+            if -code == signal.SIGKILL and self.cap.killed():
+                return Outcome(Status.OOM, figures, f"killed by the kernel's OOM killer at the "
+                                                    f"{self.cap.limit / 2**30:.2f} GiB memory cap in the "
+                                                    f"{self.phase} phase")
             if -code == signal.SIGKILL:
                 return Outcome(Status.OOM, figures, f"child killed by SIGKILL in the {self.phase} phase "
                                                     f"(likely the OOM killer). {_tail(self.log)}".strip())

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -93,6 +95,16 @@ def make_sampler(name: str, seed, space):
     raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def reuse_key(spec: SearchSpec, optimizations: Mapping[str, Optimization]) -> str:
     """What must match, beyond target and workload, for an earlier measurement to stand for a new
     one: the measurement policy, the model's content, autotune's and every plugin's version."""
@@ -116,6 +128,7 @@ class Search:
         self.trial_limit_s = spec.trial_timeout
         self.baseline_record: TrialRecord | None = None
         self._best_feasible: Figures | None = None
+        self._measured_now: set[int] = set()  # measurement ids this run made
         self.ids = writes.ensure_rows(
             store, model=spec.source.name, config_only=spec.source.config_only,
             target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
@@ -131,7 +144,8 @@ class Search:
                     impossible(recipe, self.optimizations, self.spec.target, self.model_info) is None and \
                     spaces.contains(self.space, recipe):
                 out.append(recipe)
-        return [self.baseline_recipe] + out
+        first = [self.baseline_recipe] if spaces.contains(self.space, self.baseline_recipe) else []
+        return first + out
 
     # -- the study ---------------------------------------------------------------------------
     def open_study(self, storage=None) -> optuna.Study:
@@ -145,7 +159,21 @@ class Search:
             raise UsageError(f"study {self.study_name!r} exists with other objectives; pick another --study name")
         writes.ensure_study(self.store, self.study_name, self.ids, budget=self.budget.text,
                             objective=",".join(f"{k}:{d}" for k, d in self.spec.objectives))
+        self._retry_orphans(study, storage or self.store.optuna_storage())
         return study
+
+    def _retry_orphans(self, study: optuna.Study, storage) -> None:
+        """Trials left running by a process of this host that is gone (kill -9 of a search) are
+        failed and queued again. Other hosts' trials are left to their heartbeats."""
+        host = socket.gethostname()
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            owner_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            if storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
 
     def ask(self, study: optuna.Study) -> optuna.Trial:
         """The next trial: a waiting one first (e.g. the retry of a trial whose worker died), else
@@ -207,16 +235,20 @@ class Search:
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
             reuse_key=self.reuse_key, trial_limit_s=limit)
+        self._measured_now.add(row.id)
         return self._record(number, row)
 
     def _reusable(self, earlier: list, is_baseline: bool):
-        """Which earlier measurement, if any, stands for a new one. Successes always do. Failures are
+        """Which earlier measurement, if any, stands for a new one (with ``--remeasure``, only one this
+        run made). Successes always do. Failures are
         reused within the study that measured them; another study retries once (a config that failed
         in two studies stays failed) — except a failed baseline, always measured again, and a timeout
         under a shorter limit than today's, which says nothing about today's."""
-        if not earlier or self.spec.remeasure:
+        if not earlier:
             return None
         newest = earlier[0]
+        if self.spec.remeasure:  # only what this run itself measured
+            return newest if newest.id in self._measured_now else None
         status = Status(newest.status)
         if status == Status.OK:
             return newest
@@ -257,6 +289,7 @@ class Search:
     def step(self, study: optuna.Study, on_status=lambda s: None, trial: optuna.Trial | None = None) -> TrialRecord:
         """Ask (unless given an asked trial), check the rules, measure or reuse, store, tell."""
         trial = trial or self.ask(study)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             recipe = resolve(spaces.suggest(trial, self.space), self.optimizations)
             reason = impossible(recipe, self.optimizations, self.spec.target)

@@ -90,14 +90,32 @@ def resolve_model(arg: str, config_only: bool = False) -> ModelSource:
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"model directory {arg!r} has no config.json")
         _check_config(Path(path) / "config.json")
+        if not config_only and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
+            raise ModelError(f"model directory {arg!r} has no tokenizer: quality cannot be scored without one "
+                             "(add it, or measure speed only with --config-only)")
     elif HUB_ID.match(arg):
         path = arg
     else:
         known = ", ".join(aliases) or "none"
         raise ModelError(f"model {arg!r} is not a directory, a hub id (org/name) or a built-in name ({known})")
+    _load_config(arg, path)
     if config_only:
         path = _config_only_checkpoint(path)
     return ModelSource(arg, path, config_only)
+
+
+def _load_config(arg: str, path: str):
+    """The config as transformers reads it, checked here in the parent, before anything is measured
+    or stored: wrong types fail now, not in every trial. Remote code is never run: a config that
+    needs it is refused (``trust_remote_code`` is never taken from a config or a recipe)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:  # transformers raises OSError / ValueError / validation errors alike
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])
+        detail = " ".join(line.strip() for line in first[:2])[:300]
+        raise ModelError(f"model {arg!r}: its config does not load: {detail}") from None
 
 
 def _check_config(config_file: Path) -> None:

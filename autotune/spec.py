@@ -38,10 +38,15 @@ class MeasurePolicy:
     abandon_factor: float = 3.0
     #: the part of a derived trial limit set aside for compilation (seconds)
     compile_allowance_s: float = 180.0
+    #: the kernel kills a trial process whose memory passes this many bytes (a memory cgroup, where
+    #: the host lets autotune make one); 0: no cap. The trial then ends as ``oom``.
+    memory_cap_bytes: int = 0
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "memory_cap_bytes" and value == 0:
+                continue
             if f.type == "bool":
                 if not isinstance(value, bool):
                     raise UsageError(f"measure.{f.name} must be true or false, got {value!r}")
@@ -67,7 +72,8 @@ class MeasurePolicy:
     @property
     def key(self) -> str:
         """What changes a measurement's figures: part of the reuse key (abandoning changes none)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("abandon_factor", "compile_allowance_s")}
+        relevant = {k: v for k, v in self.to_dict().items()
+                    if k not in ("abandon_factor", "compile_allowance_s", "memory_cap_bytes")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:

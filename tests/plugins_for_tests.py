@@ -15,7 +15,7 @@ class Chaos(Optimization):
     description = "test-only: crash, hang, raise or run out of memory after load"
 
     def options(self):
-        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow"), "none")]
+        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog"), "none")]
 
     def after_load(self, model, opts, ctx):
         b = opts["behaviour"]
@@ -29,6 +29,10 @@ class Chaos(Optimization):
             raise RuntimeError("chaos plugin raised on purpose")
         if b == "oom":
             raise MemoryError("chaos plugin ran out of memory on purpose")
+        if b == "hog":  # really use memory: 3 GiB, every page touched
+            hog = bytearray(3 * 2**30)
+            hog[::4096] = b"x" * len(hog[::4096])
+            model._chaos_hog = hog
         return model
 
 

@@ -302,3 +302,36 @@ def test_ctrl_c_stops_after_the_current_trial_and_resumes(tmp_path, tiny_model):
     finished = [t for t in optuna.load_study(study_name="int", storage=db).trials
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
     assert len(finished) == 4  # resumed to the planned total, not 4 more
+
+
+def test_a_search_that_timed_out_everywhere_does_not_block_the_next(tmp_path, tiny_model):
+    """Failures are not reused forever: everything timed out under a 1 s limit (the baseline too),
+    then the same search with a sane limit measures again and succeeds, on the same database."""
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    f = study_file(tmp_path, tiny_model, trials=2)
+    first = CliRunner().invoke(cli, ["search", "--study-file", f, "--db", db, "--trial-timeout", "1"])
+    assert first.exit_code == 1 and "baseline itself failed (timeout)" in first.output, first.output
+    result, payload = search(["--study-file", f], db)
+    assert result.exit_code == 0, result.output
+    assert payload["baseline"]["status"] == "ok" and payload["best"]
+    with Store(db).session() as s:
+        statuses = [r.status for r in s.query(m.Measurement).order_by(m.Measurement.id)]
+    assert statuses[0] == "timeout" and statuses.count("timeout") == 1
+
+
+def test_remeasure_reuses_nothing(tmp_path, tiny_model):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    f = study_file(tmp_path, tiny_model, trials=2)
+
+    def measured():
+        with Store(db).session() as s:
+            return s.query(m.Measurement).filter(m.Measurement.status != "invalid").count()
+
+    assert search(["--study-file", f, "--study", "a"], db)[0].exit_code == 0
+    before = measured()
+    result, payload = search(["--study-file", f, "--study", "b"], db)
+    assert result.exit_code == 0 and measured() == before  # study b reuses all of a's measurements
+    assert all(t["reused"] for t in payload["trials"])
+    result, payload = search(["--study-file", f, "--study", "c", "--remeasure"], db)
+    assert result.exit_code == 0 and not any(t["reused"] for t in payload["trials"])
+    assert measured() >= before + len(payload["trials"])  # the baseline and every other trial, again

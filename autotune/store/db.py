@@ -3,6 +3,7 @@ that owns commit / rollback / close and turns driver errors into :class:`StoreEr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from ..errors import StoreError, UsageError
 from ..paths import data_dir
 
 ENV_DB = "AUTOTUNE_DB"
+SCHEMA_LOCK_ID = 0x6175746F74756E  # "autotun": one advisory lock for schema creation
+#: Optuna's own tables, which share the database with ours
+OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+                 "trial_params", "trial_values", "trial_intermediate_values", "trial_user_attributes",
+                 "trial_system_attributes", "trial_heartbeats", "version_info", "alembic_version"}
 VERSION_TABLE = "autotune_alembic_version"
 
 
@@ -78,6 +84,7 @@ class Store:
         except (ArgumentError, SQLAlchemyError) as exc:
             raise StoreError(f"cannot use database {self.display_url}: {_short(exc, self.url)}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._optuna = None
         self._prepare(upgrade)
 
     def _check_sqlite_file(self, path: Path) -> None:
@@ -85,8 +92,16 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         if not path.parent.is_dir():
             raise StoreError(f"database directory {path.parent} does not exist")
-        if path.exists() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
-            raise StoreError(f"{path} is not a SQLite database; refusing to touch it")
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a SQLite database")
+        if path.exists() and path.stat().st_size:
+            try:
+                with open(path, "rb") as f:
+                    header = f.read(16)
+            except OSError as exc:
+                raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+            if header != b"SQLite format 3\x00":
+                raise StoreError(f"{path} is not a SQLite database; refusing to touch it")
 
     def revision(self) -> str | None:
         with self._errors():
@@ -96,13 +111,58 @@ class Store:
                 return conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
 
     def _prepare(self, upgrade: bool) -> None:
-        current, head = self.revision(), head_revision()
-        if current == head:
+        head = head_revision()
+        if self.revision() == head:
             return
-        if current is not None and not upgrade:
-            raise StoreError(f"the tuning database {self.display_url} has schema {current}, this autotune "
-                             f"needs {head}: run `autotune db upgrade` (with the same --db)")
-        self.upgrade()
+        with self.schema_lock():  # another process may be creating the same schema right now
+            current = self.revision()
+            if current == head:
+                return
+            if current is None and not upgrade:
+                self._refuse_foreign_tables()
+            if current is not None and not upgrade:
+                raise StoreError(f"the tuning database {self.display_url} has schema {current}, this autotune "
+                                 f"needs {head}: run `autotune db upgrade` (with the same --db)")
+            self.upgrade()
+
+    def _refuse_foreign_tables(self) -> None:
+        """A database holding another application's tables is not ours to add a schema to."""
+        with self._errors(), self.engine.connect() as conn:
+            foreign = sorted(t for t in inspect(conn).get_table_names()
+                             if not t.startswith("autotune_") and t not in OPTUNA_TABLES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise StoreError(f"{self.display_url} holds other tables ({shown}): not an autotune database; "
+                             "refusing to touch it (`autotune db upgrade` adds autotune's tables anyway)")
+
+    @contextlib.contextmanager
+    def schema_lock(self):
+        """Serialise schema creation and migration (ours and Optuna's) across processes: a
+        PostgreSQL advisory lock, or an exclusive lock on a file beside a SQLite database. Without
+        it, two searches started at once on a fresh database both create the tables, and one fails."""
+        if self.engine.dialect.name == "postgresql":
+            with self._errors(), self.engine.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK_ID})")
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_ID})")
+            return
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+            yield
+            return
+        try:
+            handle = open(database.removeprefix("file:").split("?")[0] + ".schema-lock", "a")
+        except OSError:  # a read-only place: nobody can create a schema there anyway
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def upgrade(self) -> None:
         """Apply our migrations up to head, in one transaction."""
@@ -139,7 +199,12 @@ class Store:
         and retried (enqueued again) by whichever worker notices first."""
         import optuna
 
+        if heartbeat_interval is None and self._optuna is not None:
+            return self._optuna
         callback = optuna.storages.RetryFailedTrialCallback(max_retry=3) if heartbeat_interval else None
-        with self._errors():
-            return optuna.storages.RDBStorage(self.url, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, failed_trial_callback=callback)
+        with self._errors(), self.schema_lock():  # Optuna creates its tables on first use
+            storage = optuna.storages.RDBStorage(self.url, heartbeat_interval=heartbeat_interval,
+                                                 grace_period=grace_period, failed_trial_callback=callback)
+        if heartbeat_interval is None:
+            self._optuna = storage
+        return storage

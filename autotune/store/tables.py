@@ -20,20 +20,24 @@ class Base(DeclarativeBase):
 
 def find_or_add(s: Session, cls, unique: dict, **extra):
     """The row of ``cls`` whose ``unique`` columns equal these values, added (with ``extra``) if
-    absent. Race-safe: when another process adds the same row between our look and our insert, the
-    insert fails inside a savepoint and we read theirs."""
+    absent. Race-safe: ``INSERT ... ON CONFLICT DO NOTHING`` then a read, so when another process
+    adds the same row between our look and our insert, we read theirs instead of failing."""
     row = s.scalar(select(cls).filter_by(**unique))
     if row is not None:
         return row
-    try:
-        with s.begin_nested():
-            row = cls(**unique, **extra)
-            s.add(row)
-    except IntegrityError:
-        row = s.scalar(select(cls).filter_by(**unique))
-        if row is None:
-            raise
-    return row
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(cls)
+        s.execute(insert.values(**unique, **extra).on_conflict_do_nothing())
+    else:  # other databases: a savepoint, and the other process's row on a conflict
+        try:
+            with s.begin_nested():
+                s.add(cls(**unique, **extra))
+        except IntegrityError:
+            pass
+    return s.scalar(select(cls).filter_by(**unique))
 
 
 class Model(Base):

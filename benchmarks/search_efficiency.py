@@ -1,0 +1,121 @@
+"""Search efficiency: how many trials TPE and random search need to come within 5% of the best
+recipe of a fully measured grid (a benchmark, not a test; figures go to RESULTS.md).
+
+1. Measure every recipe of a CPU space once, with the repeat policy, through the real search (grid
+   sampler) into a tuning database — or reuse what the database already holds for it.
+2. Replay: for each sampler and seed, an Optuna study over the same space whose objective is the
+   stored measurement of the proposed recipe (what a real search would have measured). Rule-pruned
+   proposals do not count; no seed recipes are enqueued, so the samplers alone are compared.
+
+    python benchmarks/search_efficiency.py [--db sqlite:///bench.db] [--seeds 10] [--within 0.05]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import optuna
+
+from autotune.budget import parse_budget, parse_objectives
+from autotune.figures import Figures, Status
+from autotune.recipe import describe, impossible, recipe_key, resolve
+from autotune.registry import get_optimizations
+from autotune.search import Search, make_sampler
+from autotune.sources import resolve_model
+from autotune.space import build_space, count, suggest
+from autotune.spec import SearchSpec
+from autotune.store import Store
+from autotune.target import current_target
+from autotune.workload import Workload
+
+GRID = {  # the levers that matter on a CPU host, small enough to measure whole
+    "quantization.method": ["none", "torchao-int8-weight"],
+    "dtype.dtype": ["auto", "bfloat16"],
+    "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"],
+    "cache.implementation": ["dynamic", "static"], "cache.max_cache_len": ["auto"],
+    "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False],
+}
+
+
+def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, Figures | None]:
+    """Every recipe of the space measured once (or reused): recipe key -> figures (None: failed)."""
+    search = Search(spec, store, optimizations)
+    result_records = []
+    try:
+        search.run()
+    except Exception as exc:  # a grid where nothing fits is still a grid
+        print(f"grid: {exc}", file=sys.stderr)
+    study = search.open_study()
+    result_records = search.study_records(study)
+    return {recipe_key(r.recipe): (r.figures if r.status == Status.OK else None) for r in result_records}
+
+
+def replay(space, optimizations, target, table: dict, budget, sampler: str, seed: int, goal: float,
+           key: str, limit: int) -> int | None:
+    """Trials (rule-pruned proposals not counted) until a feasible recipe within the goal is found."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, seed, space))
+    counted = 0
+    for _ in range(limit * 5):
+        trial = study.ask()
+        recipe = resolve(suggest(trial, space), optimizations)
+        if impossible(recipe, optimizations, target):
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        counted += 1
+        figures = table.get(recipe_key(recipe))
+        if figures is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            for name, v in budget.violations(figures).items():
+                trial.set_constraint(name, v)
+            study.tell(trial, figures.get(key))
+            if budget.feasible(figures) and figures.get(key) <= goal:
+                return counted
+        if counted >= limit:
+            return None
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default="sqlite:///bench.db")
+    ap.add_argument("--budget", default="memory<=2GiB,quality>=0.95")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--within", type=float, default=0.05)
+    args = ap.parse_args()
+
+    store, optimizations, target = Store(args.db), get_optimizations(), current_target()
+    source, workload = resolve_model("smollm2-135m"), Workload()
+    budget, objectives = parse_budget(args.budget), parse_objectives("tpot", False)
+    space = build_space(optimizations, target, GRID, source.info())
+    spec = SearchSpec(source, workload, target, budget, objectives, trials=count(space), study_name="bench-grid",
+                      sampler="grid", restrict=GRID, trial_timeout=600)
+    table = measure_grid(store, spec, optimizations)
+    key = objectives[0][0]
+    feasible = {k: f for k, f in table.items() if f is not None and budget.feasible(f)}
+    best_key = min(feasible, key=lambda k: feasible[k].get(key))
+    goal = feasible[best_key].get(key) * (1 + args.within)
+    n_valid = len(table)
+    out = {"target": target.describe(), "workload": workload.describe(), "grid_recipes": count(space),
+           "grid_measured": n_valid, "grid_feasible": len(feasible),
+           "grid_best": describe(json.loads(best_key), optimizations), "grid_best_tpot_ms": feasible[best_key].get(key),
+           "within": args.within, "goal_tpot_ms": goal}
+    for sampler in ("tpe", "random"):
+        needed = [replay(space, optimizations, target, table, budget, sampler, seed, goal, key, n_valid)
+                  for seed in range(args.seeds)]
+        found = [n for n in needed if n is not None]
+        out[sampler] = {"trials_needed": needed,
+                        "median": statistics.median(found) if found else None,
+                        "median_share_of_grid": statistics.median(found) / n_valid if found else None}
+    print(json.dumps(out, indent=2))
+    Path("benchmarks/last-efficiency.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
