@@ -1,6 +1,11 @@
 """autotune: find the fastest way to run an LLM on this machine within a budget."""
 from __future__ import annotations
 
+import sys
+import types
+
+from .api import (BenchResult, TuningResult, VerifyResult, bench, export_results, import_results, search,
+                  verify)
 from .errors import (AutotuneError, BudgetError, ModelError, NoFeasibleRecipe, NotFoundError, PluginError,
                      RecipeError, StoreError, UsageError)
 from .hookspecs import hookimpl
@@ -9,10 +14,25 @@ from .paths import cache_dir, data_dir
 
 __version__ = "0.2.0"
 
+
+class _Package(types.ModuleType):
+    """``autotune.search`` is the API function. Importing the submodule of the same name (the
+    Optuna study, ``autotune/search.py``; reach it as ``from autotune.search import ...``) would
+    otherwise replace the function with the module."""
+
+    def __setattr__(self, name, value):
+        if name == "search" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 __all__ = [
     "AutotuneError", "BudgetError", "ModelError", "NoFeasibleRecipe", "NotFoundError", "PluginError",
     "RecipeError", "StoreError", "UsageError", "hookimpl", "ApplyContext", "Optimization", "Option",
     "cache_dir", "data_dir", "load", "__version__",
+    "search", "bench", "verify", "export_results", "import_results", "TuningResult", "BenchResult", "VerifyResult",
 ]
 
 

@@ -40,7 +40,10 @@ LIMIT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z/]
 #: objective name -> (result key, direction)
 OBJECTIVES = {"tpot": ("tpot_ms_p50", "minimize"), "ttft": ("ttft_ms_p50", "minimize"),
               "e2e": ("e2e_ms_p50", "minimize"), "throughput": ("tokens_per_s", "maximize"),
-              "memory": ("peak_memory_bytes", "minimize")}
+              "memory": ("peak_memory_bytes", "minimize"),
+              # at a fixed price per hour, cost per output token falls exactly as tokens/s rises: the
+              # same search as throughput, reported in dollars (see cost_per_mtok)
+              "cost": ("tokens_per_s", "maximize")}
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,61 @@ class Budget:
             parts.append(f"no candidate meets all limits at once; nearest ({label}) misses "
                          f"{', '.join(self.missed(f))}")
         return "no candidate meets the budget: " + "; ".join(parts)
+
+
+#: ``autotune verify --fail-under``'s default: a re-measured recipe may lose 5% of its stored speed
+DEFAULT_FAIL_UNDER = 0.95
+#: the speed figures a re-measured recipe is held to: (figure, higher is better)
+SPEED_CHECKS = (("tokens_per_s", True), ("tpot_ms_p50", False), ("ttft_ms_p50", False))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One figure of a re-measured recipe against its stored value (speed) or a floor (quality)."""
+
+    figure: str
+    stored: float | None
+    now: float | None
+    rule: str  # ">=0.95x stored" or "quality>=0.950"
+    ok: bool
+    ratio: float | None = None  # speed now / speed stored (latencies inverted: > 1 is faster)
+
+    def line(self) -> str:
+        shown = lambda v: "-" if v is None else format_value(self.figure, v)  # noqa: E731
+        ratio = f" = {self.ratio:.2f}x" if self.ratio is not None else ""
+        return (f"{'PASS' if self.ok else 'FAIL'} {self.figure}: stored {shown(self.stored)}, now "
+                f"{shown(self.now)}{ratio} (needs {self.rule})")
+
+    def to_dict(self) -> dict:
+        return {"figure": self.figure, "stored": self.stored, "now": self.now, "ratio": self.ratio,
+                "rule": self.rule, "ok": self.ok}
+
+
+def regression_checks(stored, now, fail_under: float, budget: "Budget") -> list[Check]:
+    """A re-measured recipe against its stored figures: each speed figure must keep at least
+    ``fail_under`` of its stored speed, and each quality floor of ``budget`` must still hold (a figure
+    that was not measured now fails; quality floors do not apply to config-only models)."""
+    checks = []
+    for key, higher in SPEED_CHECKS:
+        old, new = stored.get(key), now.get(key)
+        if old is None:  # nothing stored to compare with (an older row): not a claim we can check
+            continue
+        ratio = None if not new or not old else (new / old if higher else old / new)
+        checks.append(Check(key, old, new, f">={fail_under:g}x stored", ratio is not None and ratio >= fail_under,
+                            ratio))
+    for lim in budget.applicable(now):
+        if lim.key in QUALITY_KEYS:
+            missed = lim.violation(now)
+            checks.append(Check(lim.key, stored.get(lim.key), now.get(lim.key), str(lim),
+                                missed is not None and missed <= 0))
+    return checks
+
+
+def cost_per_mtok(tokens_per_s: float | None, price_per_hour: float | None) -> float | None:
+    """US dollars per million output tokens on a machine that costs ``price_per_hour``."""
+    if not tokens_per_s or price_per_hour is None:
+        return None
+    return price_per_hour / 3600.0 / tokens_per_s * 1e6
 
 
 def parse_budget(text: str | None, *, default_quality: bool = True) -> Budget:

@@ -78,8 +78,13 @@ def cli():
 
 
 def workload_options(fn):
+    from .workload import KINDS
+
+    fn = click.option("--workload", "workload_kind", type=click.Choice(list(KINDS)), default=None,
+                      help="the kind of traffic: chat (default), or input-grounded summarize / code-edit, "
+                           "where the answer repeats the input")(fn)
     fn = click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
-                      help=f"tokens in every prompt (default {Workload.prompt_tokens})")(fn)
+                      help="tokens in every prompt (default: the kind's, 32 for chat)")(fn)
     fn = click.option("--new-tokens", type=click.IntRange(min=1), default=None,
                       help=f"tokens generated per call, exactly (default {Workload.new_tokens})")(fn)
     fn = click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -134,41 +139,24 @@ def plugins(model, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
-def bench(model, sets, recipe_file, timeout, as_json, prompt_tokens, new_tokens, batch_size, device, config_only):
+def bench(model, sets, recipe_file, timeout, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
+           workload_kind=None):
     """Measure one recipe against the HF-default baseline, side by side in one run."""
-    from . import report_text
-    from .evaluate import evaluate
-    from .export import read_recipe_file
-    from .recipe import parse_sets, resolve
+    from . import api, report_text
     from .registry import get_optimizations
-    from .sources import resolve_model
-    from .target import current_target
 
-    optimizations = get_optimizations()
-    doc = read_recipe_file(recipe_file, optimizations) if recipe_file else {}
-    model = model or doc.get("model")
-    if not model:
+    if not model and not recipe_file:
         raise UsageError("give a MODEL (or a --recipe file, which names one)")
-    chosen = {p: dict(c) for p, c in doc.get("recipe", {}).items()}
-    for plugin, choices in parse_sets(sets, optimizations).items():
-        chosen.setdefault(plugin, {}).update(choices)
-    recipe = resolve(chosen, optimizations)
-    workload = make_workload(**{**doc.get("workload", {}), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                                "batch_size": batch_size})
-    target = current_target(device)
-    source = resolve_model(model, config_only=config_only or bool(doc.get("config_only")))
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
-    say(f"target: {target.describe()}; workload: {workload.describe()}")
-    say("measuring the HF-default baseline ...")
-    baseline = evaluate(source, resolve({}, optimizations), workload, target, optimizations, timeout=timeout)
-    say("measuring the recipe ...")
-    candidate = evaluate(source, recipe, workload, target, optimizations, baseline=baseline, timeout=timeout)
-    payload = report_text.bench_payload(candidate, baseline, target, workload, source)
+    result = api.bench(model, recipe_file, sets=sets, device=device, config_only=config_only, timeout=timeout,
+                       workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                                 "batch_size": batch_size},
+                       on_status=say)
     if as_json:
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json.dumps(result.payload, indent=2))
     else:
-        click.echo(report_text.bench_text(payload, optimizations))
-    if not candidate.ok:
+        click.echo(report_text.bench_text(result.payload, get_optimizations()))
+    if not result.ok:
         sys.exit(1)
 
 
@@ -212,50 +200,48 @@ def open_store(db_url):
               help="stop starting trials after this many seconds")
 @click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
+@click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True), default=None, metavar="USD",
+              help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @db_option
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
            remeasure, submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url):
+           db_url, workload_kind=None, price_per_hour=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
-    from . import report_text
-    from .search import Search
-    from .spec import build
+    from . import api, report_text
+    from .errors import NoFeasibleRecipe
 
-    spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
-                 timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name,
-                 prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, device=device,
-                 config_only=config_only or None, remeasure=remeasure)
-    store = open_store(db_url)
+    given = dict(study_file=study_file, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
+                 timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study=study_name, device=device,
+                 config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour,
+                 workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                           "batch_size": batch_size})
     if submit_job:
-        _submit(store, spec, hardware)
+        _submit(open_store(db_url), api.search_spec(model, **given), hardware)
         return
-    from .registry import get_optimizations
-
-    optimizations = get_optimizations()
-    run = Search(spec, store, optimizations)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    say(f"study {run.study_name}: {spec.source.name} on {spec.target.describe()}; {spec.workload.describe()}")
-    say(f"budget: {spec.budget.text}; space: {report_text.space_summary(run.space)}; db: {store.display_url}")
-    with report_text.Progress(spec.trials, enabled=not as_json) as progress:
-        result = run.run(progress)
+    result = api.search(model, db=db_url, progress=not as_json, on_status=say, **given)
+    if result.best is None:
+        raise NoFeasibleRecipe(result.binding)
     if as_json:
-        click.echo(json.dumps(report_text.search_payload(result, run), indent=2))
+        click.echo(json.dumps(report_text.search_payload(result.raw, result.run), indent=2))
     else:
-        click.echo(report_text.search_text(result, run))
+        click.echo(report_text.search_text(result.raw, result.run))
 
 
 @cli.command()
 @click.option("--model", default=None)
 @click.option("--best", "best_model", default=None, metavar="MODEL", help="only the best known recipe for MODEL")
 @click.option("--all-targets", is_flag=True, help="recipes measured on any hardware")
+@click.option("--hardware", "hardware_key", default=None, metavar="KEY",
+              help="answer for another machine's hardware key (e.g. from `autotune db import`), not this one's")
 @click.option("--failed", is_flag=True, help="include failed, pruned and invalid measurements")
 @click.option("--json", "as_json", is_flag=True)
 @db_option
 @handle_errors
-def recipes(model, best_model, all_targets, failed, as_json, db_url):
+def recipes(model, best_model, all_targets, failed, as_json, db_url, hardware_key=None):
     """Recipes known for this machine, best first."""
     from . import report_text
     from .store import queries
@@ -264,11 +250,12 @@ def recipes(model, best_model, all_targets, failed, as_json, db_url):
     from .budget import DEFAULT_QUALITY_FLOOR
 
     store, target = open_store(db_url), current_target()
+    hardware = hardware_key or target.hardware_key
     if best_model:
-        rows = [queries.best_for_model(store, best_model, target.hardware_key, DEFAULT_QUALITY_FLOOR,
-                                       target.describe())]
+        rows = [queries.best_for_model(store, best_model, hardware, DEFAULT_QUALITY_FLOOR,
+                                       target.describe() if hardware_key is None else f"hardware {hardware_key}")]
     else:
-        rows = queries.list_measurements(store, None if all_targets else target.hardware_key, model,
+        rows = queries.list_measurements(store, None if all_targets else hardware, model,
                                          include_failed=failed)
     if as_json:
         click.echo(json.dumps([report_text.measurement_row(r) for r in rows], indent=2))
@@ -319,32 +306,41 @@ def export(measurement_id, best_model, output, fmt, db_url):
 
 
 @cli.command()
-@click.argument("measurement_id", type=int)
+@click.argument("measurement_id", type=int, required=False)
+@click.option("--best", "best_model", default=None, metavar="MODEL",
+              help="the best stored recipe for MODEL on this hardware (the regression gate)")
+@click.option("--fail-under", type=click.FloatRange(min=0, min_open=True), default=None, metavar="RATIO",
+              help="exit 1 when a speed figure keeps less than RATIO of its stored value, or quality falls "
+                   "below its budget's floor (default 0.95 with --best or --json)")
+@click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help=f"seconds the re-measurement may take (default {BASELINE_TIMEOUT_S:.0f})")
+              help=f"seconds each re-measurement may take (default {BASELINE_TIMEOUT_S:.0f})")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @db_option
 @handle_errors
-def verify(measurement_id, timeout, db_url):
-    """Re-measure a stored recipe and report the ratio to its stored figures."""
-    from .evaluate import evaluate
-    from .registry import get_optimizations
-    from .sources import resolve_model
-    from .store import queries
-    from .target import current_target
-    from .workload import Workload
+def verify(measurement_id, best_model, fail_under, as_json, timeout, device, db_url):
+    """Re-measure a stored recipe beside the HF default and compare with its stored figures; with
+    --best / --fail-under, a regression gate for CI: one line per figure, exit 1 on a regression."""
+    from . import api
 
-    row = queries.get_measurement(open_store(db_url), measurement_id)
-    if row.status != "ok":
-        raise AutotuneError(f"measurement {measurement_id} did not run successfully ({row.status}): "
-                            "nothing to compare with")
-    source = resolve_model(row.model.name, config_only=row.model.config_only)
-    ev = evaluate(source, row.recipe.recipe, Workload.from_dict(row.workload.definition), current_target(),
-                  get_optimizations(), timeout=timeout)
-    if not ev.ok:
-        raise AutotuneError(f"re-measuring recipe {measurement_id} failed ({ev.status}): {ev.error}")
-    old, new = row.figures.get("tokens_per_s"), ev.figures.tokens_per_s
-    click.echo(f"recipe {measurement_id}: stored {old:.1f} tok/s, now {new:.1f} tok/s: ratio {new / old:.2f}x "
-               f"(TPOT {row.figures.get('tpot_ms_p50'):.2f} -> {ev.figures.tpot_ms_p50:.2f} ms)")
+    if (measurement_id is None) == (best_model is None):
+        raise UsageError("give a measurement id or --best MODEL (one of them)")
+    gate = best_model is not None or fail_under is not None or as_json
+    say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    result = api.verify(measurement_id if best_model is None else best_model, fail_under=fail_under, db=db_url,
+                        timeout=timeout, device=device, on_status=say)
+    if not gate:  # the plain report: one line, a failure to run is an error
+        if result.status != "ok":
+            raise AutotuneError(f"re-measuring recipe {result.measurement_id} failed ({result.status}): "
+                                f"{result.error}")
+        old, new = result.stored, result.now
+        click.echo(f"recipe {result.measurement_id}: stored {old['tokens_per_s']:.1f} tok/s, now "
+                   f"{new['tokens_per_s']:.1f} tok/s: ratio {new['tokens_per_s'] / old['tokens_per_s']:.2f}x "
+                   f"(TPOT {old.get('tpot_ms_p50'):.2f} -> {new.get('tpot_ms_p50'):.2f} ms)")
+        return
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else "\n".join(result.lines()))
+    if not result.passed:
+        sys.exit(1)
 
 
 def _submit(store, spec, hardware):
@@ -361,13 +357,14 @@ def _submit(store, spec, hardware):
 @db_option
 @handle_errors
 def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
-           prompt_tokens, new_tokens, batch_size, device, config_only, db_url):
+           prompt_tokens, new_tokens, batch_size, device, config_only,
+           db_url, workload_kind=None):
     """Queue a tuning job in the database; daemons on matching hardware work it off."""
     from .spec import build
 
     spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, prompt_tokens=prompt_tokens,
-                 new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None)
+                 kind=workload_kind, new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None)
     _submit(open_store(db_url), spec, hardware)
 
 
@@ -468,7 +465,34 @@ def report(ref, output, fmt, db_url):
 
 @cli.group()
 def db():
-    """The tuning database's schema."""
+    """The tuning database: its schema, and moving results between databases."""
+
+
+@db.command("export")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="a JSON-lines file")
+@click.option("--model", default=None, help="only this model's measurements")
+@click.option("--since", default=None, metavar="DATE", help="only measurements made on or after DATE (YYYY-MM-DD)")
+@db_option
+@handle_errors
+def db_export(output, model, since, db_url):
+    """Write measurements, with their targets, versions, workloads and recipes, to a file that
+    `autotune db import` reads into another database."""
+    from . import api
+
+    n = api.export_results(output, db=db_url, model=model, since=since)
+    click.echo(f"wrote {n} measurements to {output}")
+
+
+@db.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@db_option
+@handle_errors
+def db_import(path, db_url):
+    """Add the measurements of an exported file (one transaction; what the database holds is kept)."""
+    from . import api
+
+    added, skipped = api.import_results(path, db=db_url)
+    click.echo(f"imported {added} measurements from {path} ({skipped} already known, skipped)")
 
 
 @db.command()

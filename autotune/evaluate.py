@@ -50,9 +50,28 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     if outcome.status != Status.OK:
         return Evaluation(recipe, outcome.status, figures, outcome.error)
     figures.quality_valid = not source.config_only
+    bad_timing = place_on_roofline(figures, target)
+    if bad_timing:
+        return Evaluation(recipe, Status.INVALID, figures, bad_timing)
     score_quality(figures, baseline.figures if baseline is not None else figures,
                   comparable=baseline is None or baseline.ok)
     return Evaluation(recipe, Status.OK, figures)
+
+
+def place_on_roofline(figures: Figures, target) -> str | None:
+    """Set ``figures.mbu`` from the target's measured bandwidth; a reason when the timing is
+    impossible (a decode step faster than memory allows), else None."""
+    from . import roofline
+
+    if not figures.bytes_per_step or not figures.tpot_ms_p50:
+        return None
+    bandwidth = roofline.memory_bandwidth(target.device, target.hardware_key)
+    figures.mbu = roofline.mbu(figures.bytes_per_step, figures.tpot_ms_p50 / 1e3, bandwidth)
+    if roofline.impossible(figures.mbu, figures.bytes_per_step, figures.tokens_per_step or 1.0):
+        return (f"invalid measurement: a decode step of {figures.tpot_ms_p50:.2f} ms reads "
+                f"{figures.bytes_per_step / 2**20:.0f} MiB, {figures.mbu:.1f}x what this target's memory "
+                f"bandwidth ({bandwidth / 1e9:.1f} GB/s) allows")
+    return None
 
 
 def score_quality(figures: Figures, baseline: Figures, comparable: bool = True) -> None:

@@ -53,6 +53,12 @@ class Figures:
     peak_memory_bytes: int | None = None
     load_peak_bytes: int | None = None
     weights_bytes: int | None = None
+    # the memory roofline: bytes one decode step reads (weights as stored + KV so far, at the
+    # workload's mean context), output tokens per forward pass (above 1 when proposals are accepted),
+    # and MBU = bytes per step / TPOT / the target's measured read bandwidth
+    bytes_per_step: int | None = None
+    tokens_per_step: float | None = None
+    mbu: float | None = None
     # where the trial's time went (seconds)
     load_s: float | None = None
     first_call_s: float | None = None  # the first warm-up call: pays compilation

@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass
 
 class TimingStreamer:
     """A transformers streamer that timestamps every put: the first put is the prompt, the
-    second the first new token (TTFT), the rest one decode step each (TPOT).
+    second brings the first new token(s) (TTFT), each later one a decode step. A step may bring
+    several tokens per sequence (prompt lookup, assisted decoding put ``[1, k]``): its time is shared
+    among them, so TPOT stays time per output token.
 
     With ``tpot_limit_s``, once ``SETTLE`` decode steps have passed (the first may compile) and
-    three more were timed, a median step slower than the limit calls ``on_slow(tpot, limit)``
+    five more were timed, a median step slower than the limit calls ``on_slow(tpot, limit)``
     (which raises, to stop a hopeless candidate mid-call)."""
 
     SETTLE = 3
@@ -21,12 +23,15 @@ class TimingStreamer:
     def __init__(self, sync=None, tpot_limit_s: float | None = None, on_slow=None):
         self.sync, self.limit, self.on_slow = sync, tpot_limit_s, on_slow
         self.times: list[float] = []
+        self.tokens: list[int] = []  # tokens per sequence each put brought
         self.start = time.perf_counter()
 
     def put(self, value) -> None:
         if self.sync:
             self.sync()
         self.times.append(time.perf_counter())
+        # the prompt and multi-token steps come as [batch, k]; one-token steps as [batch]
+        self.tokens.append(int(value.shape[-1]) if len(self.times) > 1 and value.dim() == 2 else 1)
         if self.limit is not None and len(self.times) >= self.SETTLE + 5:
             recent = statistics.median(self.tpots[self.SETTLE:][-5:])
             if recent > self.limit:
@@ -41,7 +46,17 @@ class TimingStreamer:
 
     @property
     def tpots(self) -> list[float]:
-        return [b - a for a, b in zip(self.times[1:], self.times[2:])]
+        """Time per output token after the first put of new tokens: a step of ``k`` tokens counts
+        ``k`` times, at a ``k``-th of its time each."""
+        out = []
+        for a, b, k in zip(self.times[1:], self.times[2:], self.tokens[2:]):
+            out += [(b - a) / k] * k
+        return out
+
+    @property
+    def steps(self) -> int:
+        """Forward passes after the first new token (each put is one)."""
+        return max(0, len(self.times) - 2)
 
 
 @dataclass
@@ -180,22 +195,36 @@ def forcing_processor(forced):
     """A logits processor that records the model's own top-1 and the log-likelihood of the reference
     token at every generated position, then forces the reference token. Run through the recipe's
     generate path it scores every decode step exactly as served: through its KV cache, its compiled
-    forward or decode step, its generate wrapper."""
+    forward or decode step, its generate wrapper.
+
+    Positions are read from the sequence length, not counted: a path that verifies several proposed
+    tokens per forward pass (prompt lookup) scores a position again after a rejected proposal, and
+    the last score of each position — the one on the accepted prefix — is the one kept."""
     import torch
     from transformers import LogitsProcessor
 
     class Force(LogitsProcessor):
         def __init__(self):
-            self.step, self.top1, self.nll = 0, [], []
+            self.prompt: int | None = None
+            self.by_position: dict[int, tuple] = {}
 
         def __call__(self, input_ids, scores):
-            target = forced[:, self.step].to(scores.device)
-            self.top1.append(scores.argmax(-1).cpu())
+            if self.prompt is None:
+                self.prompt = input_ids.shape[1]
+            step = input_ids.shape[1] - self.prompt
+            target = forced[:, step].to(scores.device)
             logp = torch.log_softmax(scores.float(), dim=-1)
-            self.nll.append(-logp.gather(-1, target[:, None])[:, 0].cpu())
-            self.step += 1
+            self.by_position[step] = (scores.argmax(-1).cpu(), -logp.gather(-1, target[:, None])[:, 0].cpu())
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(-1, target[:, None], 0.0)
+
+        @property
+        def top1(self) -> list:
+            return [self.by_position[i][0] for i in sorted(self.by_position)]
+
+        @property
+        def nll(self) -> list:
+            return [self.by_position[i][1] for i in sorted(self.by_position)]
 
     return Force()
 

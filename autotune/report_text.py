@@ -1,7 +1,7 @@
 """Plain-text and JSON renderings of plugins, measurements and recipes for the terminal."""
 from __future__ import annotations
 
-from .budget import format_value
+from .budget import cost_per_mtok, format_value
 from .figures import Figures
 from .recipe import describe
 
@@ -127,7 +127,7 @@ class Progress:
 
     def __enter__(self):
         if self.enabled:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
 
             self.bar = tqdm(total=self.total, unit="trial", dynamic_ncols=True, leave=True)
         return self
@@ -157,7 +157,7 @@ class Progress:
 def measurement_row(r) -> dict:
     return {"id": r.id, "model": r.model.name, "config_only": r.model.config_only, "status": r.status,
             "recipe": r.recipe.recipe, "study": r.study,
-            "target": r.target.name, "tokens_per_s": r.tokens_per_s, "tpot_ms_p50": r.tpot_ms_p50,
+            "target": r.target.name, "hardware_key": r.target.hardware_key, "tokens_per_s": r.tokens_per_s, "tpot_ms_p50": r.tpot_ms_p50,
             "ttft_ms_p50": r.ttft_ms_p50, "peak_memory_bytes": r.peak_memory_bytes, "quality": r.quality,
             "error": r.error, "stale": r.stale, "workload": r.workload.definition and {
                 k: v for k, v in r.workload.definition.items() if k != "prompts"}}
@@ -217,15 +217,20 @@ SHOW_ROWS = (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", 
 
 def search_payload(result, search) -> dict:
     base = result.baseline.figures.shown() if result.baseline else {}
+    price = getattr(search.spec, "price_per_hour", None)
 
     def one(rec):
         shown = rec.figures.shown()
-        return {"measurement_id": rec.measurement_id, "number": rec.number, "recipe": rec.recipe,
-                "status": rec.status.value, "error": rec.error, "reused": rec.reused, "feasible": rec.feasible,
-                "missed": rec.missed, **shown, "output_ids": rec.figures.output_ids,
-                "speedup_tokens_per_s": ratio(shown, base, "tokens_per_s")}
+        row = {"measurement_id": rec.measurement_id, "number": rec.number, "recipe": rec.recipe,
+               "status": rec.status.value, "error": rec.error, "reused": rec.reused, "feasible": rec.feasible,
+               "missed": rec.missed, **shown, "output_ids": rec.figures.output_ids,
+               "speedup_tokens_per_s": ratio(shown, base, "tokens_per_s")}
+        if price is not None:
+            row["cost_per_mtok"] = cost_per_mtok(shown.get("tokens_per_s"), price)
+        return row
 
     return {"study": result.study_name, "budget": search.budget.text, "interrupted": result.interrupted,
+            "price_per_hour": price, "binding": result.binding,
             "trial_limit_s": result.trial_limit_s, "time": time_split(result.records),
             "best": [one(r) for r in result.best], "baseline": one(result.baseline) if result.baseline else None,
             "trials": [one(r) for r in result.records]}
@@ -262,11 +267,18 @@ def search_text(result, search) -> str:
         speed = ratio(f.shown(), base, "tokens_per_s")
         ratio_text = f" = {speed:.2f}x the HF default{noisy_note(base)}" if speed else ""
         lines.append(f"{'best' if i == 0 else 'front'}: recipe {r.measurement_id}: {describe(r.recipe, search.optimizations)}")
-        lines.append(f"  {fmt(f.tokens_per_s)} tok/s{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
+        lines.append(f"  {fmt(f.tokens_per_s)} tok/s{cost_text(f.tokens_per_s, search)}{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
                      f"TTFT p50 {fmt(f.ttft_ms_p50)} ms; memory {fmt_bytes(f.peak_memory_bytes)}; "
                      f"quality {fmt(f.quality, 3)}; greedy match {fmt(f.greedy_match, 3)}")
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)
+
+
+def cost_text(tokens_per_s, search) -> str:
+    """`` ($0.42 per 1M output tokens)`` when the search was given a price per hour."""
+    price = getattr(search.spec, "price_per_hour", None)
+    cost = cost_per_mtok(tokens_per_s, price)
+    return "" if cost is None else f" (${cost:,.2f} per 1M output tokens at ${price:g}/h)"
 
 
 def jobs_text(rows: list[dict]) -> str:

@@ -60,6 +60,8 @@ class SearchResult:
     baseline: TrialRecord | None
     interrupted: bool = False
     trial_limit_s: float | None = None
+    #: when nothing fits (``best`` empty): which limit binds and how close the nearest candidate came
+    binding: str | None = None
 
 
 class _StopFlag:
@@ -333,7 +335,9 @@ class Search:
         return self._record(number, row)
 
     # -- the whole run -----------------------------------------------------------------------
-    def run(self, progress=None) -> SearchResult:
+    def run(self, progress=None, strict: bool = True) -> SearchResult:
+        """The whole search; ``strict=False`` returns a result with an empty ``best`` and its
+        ``binding`` explanation when nothing fits, instead of raising :class:`NoFeasibleRecipe`."""
         study = self.open_study()
         deadline = time.monotonic() + self.spec.timeout if self.spec.timeout else None
         status = progress.set_status if progress else (lambda s: None)
@@ -358,7 +362,7 @@ class Search:
                     done += 1
                 if progress:
                     progress.trial_done(record, self)
-        return self.result(study, interrupted)
+        return self.result(study, interrupted, strict)
 
     @staticmethod
     def finished(study) -> int:
@@ -367,20 +371,24 @@ class Search:
 
         return counted_trials(study)[0]
 
-    def result(self, study, interrupted: bool = False) -> SearchResult:
+    def result(self, study, interrupted: bool = False, strict: bool = True) -> SearchResult:
         everything = self.study_records(study)
         by_id = {r.measurement_id: r for r in everything}
         best = [by_id[t.user_attrs["measurement_id"]] for t in study.best_trials
                 if t.user_attrs.get("measurement_id") in by_id]
         key, direction = self.spec.objectives[0]
         best.sort(key=lambda r: r.figures.get(key), reverse=direction == "maximize")
+        binding = None
         if not best:
-            raise NoFeasibleRecipe(self.budget.explain_miss(
-                (describe(r.recipe, self.optimizations), r.figures) for r in everything if r.status == Status.OK))
-        writes.set_study_result(self.store, self.study_name, best_id=best[0].measurement_id)
+            binding = self.budget.explain_miss(
+                (describe(r.recipe, self.optimizations), r.figures) for r in everything if r.status == Status.OK)
+            if strict:
+                raise NoFeasibleRecipe(binding)
+        else:
+            writes.set_study_result(self.store, self.study_name, best_id=best[0].measurement_id)
         base = self.baseline_record or next((r for r in everything if r.recipe == self.baseline_recipe
                                              and r.status == Status.OK), None)
-        return SearchResult(self.study_name, everything, best, base, interrupted, self.trial_limit_s)
+        return SearchResult(self.study_name, everything, best, base, interrupted, self.trial_limit_s, binding)
 
     def study_records(self, study) -> list[TrialRecord]:
         """Every trial of the study (this run's and earlier ones'), with its stored measurement."""

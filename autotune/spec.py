@@ -101,6 +101,8 @@ class SearchSpec:
     restrict: dict = field(default_factory=dict)  # {"plugin.option": [choices]}
     policy: MeasurePolicy = field(default_factory=MeasurePolicy)
     remeasure: bool = False  # measure even what the database already knows
+    #: what an hour of this machine costs (USD): figures then show cost per million output tokens
+    price_per_hour: float | None = None
 
     def default_study_name(self) -> str:
         raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
@@ -112,7 +114,8 @@ class SearchSpec:
         return {"model": self.source.name, "config_only": self.source.config_only, "workload": self.workload.to_dict(),
                 "budget": self.budget.text, "objectives": [list(o) for o in self.objectives], "trials": self.trials,
                 "trial_timeout": self.trial_timeout, "sampler": self.sampler, "seed": self.seed,
-                "restrict": self.restrict, "policy": self.policy.to_dict(), "study_name": self.study_name}
+                "restrict": self.restrict, "policy": self.policy.to_dict(), "study_name": self.study_name,
+                "price_per_hour": self.price_per_hour}
 
     @classmethod
     def from_dict(cls, d: dict, target) -> "SearchSpec":
@@ -121,7 +124,7 @@ class SearchSpec:
                    budget=parse_budget(d["budget"]), objectives=[tuple(o) for o in d["objectives"]],
                    trials=d["trials"], trial_timeout=d["trial_timeout"], sampler=d["sampler"], seed=d["seed"],
                    restrict=d["restrict"], policy=MeasurePolicy.from_dict(d.get("policy")),
-                   study_name=d.get("study_name"))
+                   study_name=d.get("study_name"), price_per_hour=d.get("price_per_hour"))
 
 
 # -- study files ---------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ STUDY_KEYS = {
     "workload": (lambda v: isinstance(v, dict), "a [workload] table"),
     "space": (lambda v: isinstance(v, dict), "a [space] table"),
     "measure": (lambda v: isinstance(v, dict), "a [measure] table"),
+    "price_per_hour": (_positive_number, "a positive number of US dollars per hour"),
 }
 
 
@@ -192,17 +196,24 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
     if not model:
         raise UsageError("give a MODEL (or a --study-file that names one)")
     workload = dict(data.get("workload", {}))
-    for key in ("prompt_tokens", "new_tokens", "batch_size"):
+    for key in ("prompt_tokens", "new_tokens", "batch_size", "kind"):
         if cli.get(key) is not None:
             workload[key] = cli[key]
-    space = {k: (v if isinstance(v, list) else [v]) for k, v in data.get("space", {}).items()}
+    space = {k: (v if isinstance(v, list) else [v])
+             for k, v in {**data.get("space", {}), **(cli.get("space") or {})}.items()}
     pareto = bool(pick("pareto", default=False))
+    objective = pick("objective", default="tpot")
+    price = pick("price_per_hour")
+    if price is not None and not _positive_number(price):
+        raise UsageError(f"--price-per-hour must be a positive number of US dollars, got {price!r}")
+    if price is None and "cost" in [n.strip() for n in objective.split(",")]:
+        raise UsageError("--objective cost needs a price: --price-per-hour USD (or price_per_hour in the study file)")
     return SearchSpec(
         source=resolve_model(model, config_only=bool(pick("config_only", default=False))),
         workload=Workload.from_dict(workload),
         target=current_target(pick("device")),
         budget=parse_budget(pick("budget", default="")),
-        objectives=parse_objectives(pick("objective", default="tpot"), pareto),
+        objectives=parse_objectives(objective, pareto),
         trials=pick("trials", default=SearchSpec.trials),
         timeout=pick("timeout"),
         trial_timeout=pick("trial_timeout"),
@@ -210,8 +221,9 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         sampler=pick("sampler", default=SearchSpec.sampler),
         seed=pick("seed", default=SearchSpec.seed),
         restrict=space,
-        policy=MeasurePolicy.from_dict(data.get("measure")),
+        policy=MeasurePolicy.from_dict({**data.get("measure", {}), **(cli.get("measure") or {})}),
         remeasure=bool(cli.get("remeasure")),
+        price_per_hour=price,
     )
 
 

@@ -74,7 +74,8 @@ class Target:
 
 
 def _cpu_flags() -> tuple[str, ...]:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16", "amx_fp16")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "avx512_fp16",
+              "amx_fp16")
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -124,11 +124,13 @@ def _recording_compile():
         torch.compile = real
 
 
-def _sdpa_flags() -> tuple:
+def _runtime_state() -> tuple:
+    """What a runtime context can change: the SDPA backends enabled, the intra-op threads."""
     import torch
 
     b = torch.backends.cuda
-    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
+    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled(),
+            torch.get_num_threads())
 
 
 def _weight_kind(p) -> tuple:
@@ -149,7 +151,7 @@ def program_of(opt: Optimization, choices: dict, model_dir, target=None) -> dict
         model = opt.after_load(model, mine, ctx) or model
         generate = opt.wrap_generate(hf_generate, model, mine, ctx)
     with opt.runtime_context(mine, ctx):
-        runtime = _sdpa_flags()
+        runtime = _runtime_state()
     return {
         "weights": sorted({_weight_kind(p) for p in model.parameters()}),
         "compute": sorted({str(m.compute_dtype) for m in model.modules() if getattr(m, "compute_dtype", None)}),
@@ -197,7 +199,7 @@ def _activating(opt: Optimization, option, unavailable: dict) -> dict | None:
 
     if option.active is None:
         return {}
-    others = [o for o in opt.options() if o is not option]
+    others = [o for o in opt.options() if o.name != option.name]
     available = [[c for c in o.choices if f"{o.name}={c}" not in unavailable] or [o.default] for o in others]
     for combo in itertools.product(*available):
         chosen = {o.name: c for o, c in zip(others, combo)}

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import measure
+from . import measure, roofline
 from .figures import Figures, Status
 from .paths import use_persistent_compile_cache
 from .workload import Workload, shipped_text
@@ -188,6 +188,10 @@ class _Run:
         figures.tokens_per_s = self.workload.batch_size * self.workload.new_tokens / e2e.p50
         figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * e2e.p50)
         figures.output_ids = out[:, prompt:].flatten().tolist()
+        steps = sum(r[1].steps for r in runs)
+        figures.tokens_per_step = sum(len(r[1].tpots) for r in runs) / steps if steps else None
+        figures.bytes_per_step = roofline.bytes_per_step(self.applied.model, self.workload.batch_size,
+                                                         prompt + self.workload.new_tokens / 2)
 
 
 

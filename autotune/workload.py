@@ -13,8 +13,19 @@ def shipped_text(name: str) -> str:
     return resources.files("autotune").joinpath("data", name).read_text(encoding="utf-8")
 
 
-def default_prompts() -> tuple[str, ...]:
-    return tuple(line for line in shipped_text("prompts.txt").splitlines() if line.strip())
+#: workload kinds: what the traffic looks like, so recipes are kept per kind. ``chat``: short free
+#: prompts (the answer owes little to the input); ``summarize`` and ``code-edit``: a document, then
+#: an instruction whose answer repeats much of it (where prompt lookup pays). Each kind's default
+#: prompt length fits its prompts.
+KINDS = {"chat": 32, "summarize": 256, "code-edit": 256}
+
+
+def default_prompts(kind: str = "chat") -> tuple[str, ...]:
+    """The shipped prompts of a kind: one a line for chat, documents separated by ``===`` lines."""
+    if kind == "chat":
+        return tuple(line for line in shipped_text("prompts.txt").splitlines() if line.strip())
+    text = shipped_text(f"workloads/{kind}.txt")
+    return tuple(p.strip("\n") for p in text.split("\n===\n") if p.strip())
 
 
 @dataclass(frozen=True)
@@ -22,15 +33,22 @@ class Workload:
     """Every measured generate call has exactly ``batch_size`` x ``prompt_tokens`` input tokens and
     produces exactly ``new_tokens`` (``min_new_tokens == max_new_tokens``)."""
 
-    prompt_tokens: int = 32
+    prompt_tokens: int = 0  # 0: the kind's default (KINDS)
     new_tokens: int = 64
     batch_size: int = 1
-    prompts: tuple[str, ...] = field(default_factory=default_prompts)
+    prompts: tuple[str, ...] = ()  # empty: the kind's shipped prompts
+    kind: str = "chat"
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise UsageError(f"unknown workload kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        if self.prompt_tokens == 0:
+            object.__setattr__(self, "prompt_tokens", KINDS[self.kind])
+        if self.prompts == ():
+            object.__setattr__(self, "prompts", default_prompts(self.kind))
         for name in ("prompt_tokens", "new_tokens", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"workload {name} must be a positive integer, got {value!r}")
         if not self.prompts:
             raise UsageError("workload needs at least one prompt")
@@ -42,13 +60,17 @@ class Workload:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Workload":
-        allowed = {"prompt_tokens", "new_tokens", "batch_size", "prompts"}
+        allowed = {"prompt_tokens", "new_tokens", "batch_size", "prompts", "kind"}
         unknown = set(d) - allowed
         if unknown:
             raise UsageError(f"unknown workload field(s): {', '.join(sorted(unknown))}")
         d = dict(d)
         if "prompts" in d:
-            d["prompts"] = tuple(d["prompts"])
+            if not isinstance(d["prompts"], (list, tuple)) or not all(isinstance(p, str) for p in d["prompts"]):
+                raise UsageError("workload prompts must be a list of strings")
+            d["prompts"] = tuple(d["prompts"]) or ()
+            if not d["prompts"]:
+                raise UsageError("workload needs at least one prompt")
         return cls(**d)
 
     @property
@@ -56,12 +78,14 @@ class Workload:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        return f"batch {self.batch_size}, {self.prompt_tokens} prompt tokens, {self.new_tokens} new tokens"
+        kind = "" if self.kind == "chat" else f"{self.kind}, "
+        return f"{kind}batch {self.batch_size}, {self.prompt_tokens} prompt tokens, {self.new_tokens} new tokens"
 
     def input_ids(self, tokenizer, vocab_size: int):
         """A ``[batch_size, prompt_tokens]`` tensor: each row a shipped prompt, its tokens repeated
-        to the exact length (so no padding and one shape). Without a tokenizer (config-only models),
-        deterministic pseudo-random ids."""
+        to the exact length (so no padding and one shape) — for a document kind, its last
+        ``prompt_tokens`` (the instruction and the start of the answer are at the end). Without a
+        tokenizer (config-only models), deterministic pseudo-random ids."""
         import torch
 
         rows = []
@@ -71,6 +95,7 @@ class Workload:
                 rows.append(torch.randint(0, vocab_size, (self.prompt_tokens,), generator=g))
                 continue
             ids = tokenizer(self.prompts[i % len(self.prompts)], add_special_tokens=False)["input_ids"] or [0]
-            ids = (ids * (self.prompt_tokens // len(ids) + 1))[: self.prompt_tokens]
+            ids = ids * (self.prompt_tokens // len(ids) + 1)
+            ids = ids[: self.prompt_tokens] if self.kind == "chat" else ids[-self.prompt_tokens:]
             rows.append(torch.tensor(ids))
         return torch.stack(rows)

@@ -1,4 +1,6 @@
-"""Weight quantization at load time: bitsandbytes 8-bit / 4-bit and torchao weight-only int8 / int4."""
+"""Weight quantization at load time: bitsandbytes 8-bit / 4-bit; torchao weight-only int8 / int4
+(CUDA's tinygemm layout, or the CPU's packed int4 layout) and int8 dynamic-activation + int8-weight
+(int8 matmuls: VNNI / AMX on CPU, int8 tensor cores on CUDA)."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,7 +8,12 @@ import importlib.util
 import autotune
 from autotune import Option, Optimization
 
-METHODS = ("none", "bnb-int8", "bnb-4bit", "torchao-int8-weight", "torchao-int4-weight")
+METHODS = ("none", "bnb-int8", "bnb-4bit", "torchao-int8-weight", "torchao-int4-weight", "torchao-int8-dynamic")
+TORCHAO = ("torchao-int8-weight", "torchao-int4-weight", "torchao-int8-dynamic")
+
+
+#: int4 weights share one scale per this many input features
+GROUP_SIZE = 128
 
 
 def _is_4bit(o):
@@ -15,6 +22,17 @@ def _is_4bit(o):
 
 def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
+
+
+def _missing_module(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is None
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
+
+
+#: torchao's CPU int4 weight-only workflow (the packed layout torch's CPU int4 matmul reads)
+CPU_INT4 = "torchao.prototype.quantization.int4.inference_workflow"
 
 
 class Quantization(Optimization):
@@ -37,20 +55,26 @@ class Quantization(Optimization):
             for m in ("bnb-int8", "bnb-4bit"):
                 out[f"method={m}"] = "bitsandbytes is not installed (pip install 'autotune[quant]')"
         if _missing("torchao"):
-            for m in ("torchao-int8-weight", "torchao-int4-weight"):
+            for m in TORCHAO:
                 out[f"method={m}"] = "torchao is not installed (pip install 'autotune[quant]')"
         elif not target.has_cuda:
-            out["method=torchao-int4-weight"] = "torchao int4 weight-only needs CUDA (tinygemm kernels) on this torchao"
+            if "avx512f" not in target.cpu_flags and "avx2" not in target.cpu_flags:
+                out["method=torchao-int4-weight"] = "torch's CPU int4 matmul (_weight_int4pack_mm_for_cpu) needs AVX2"
+            elif _missing_module(CPU_INT4):
+                out["method=torchao-int4-weight"] = "this torchao has no CPU int4 layout (Int4OpaqueTensor): upgrade it"
+            if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(target.cpu_flags):
+                out["method=torchao-int8-dynamic"] = ("no int8 dot-product instructions on this CPU (VNNI / AMX): "
+                                                       "int8 x int8 matmuls are emulated, slower than weight-only")
         return out
 
     def conflicts(self, recipe, target):
         method = recipe.get(self.name, {}).get("method")
         dtype = recipe.get("dtype", {}).get("dtype", "auto")
-        if method == "torchao-int4-weight" and dtype != "bfloat16":
-            return "torchao int4 weight-only needs dtype.dtype=bfloat16"
+        if method in ("torchao-int4-weight", "torchao-int8-dynamic") and dtype != "bfloat16":
+            return f"{method} computes in bf16: needs dtype.dtype=bfloat16"
         return None
 
-    def _config(self, opts):
+    def _config(self, opts, ctx):
         import torch
 
         method = opts["method"]
@@ -62,17 +86,26 @@ class Quantization(Optimization):
             return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=opts["quant_type"],
                                       bnb_4bit_use_double_quant=opts["double_quant"],
                                       bnb_4bit_compute_dtype=getattr(torch, opts["compute_dtype"]))
-        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+        from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
+                                          Int8WeightOnlyConfig)
         from transformers import TorchAoConfig
 
         if method == "torchao-int8-weight":
             return TorchAoConfig(Int8WeightOnlyConfig())
-        return TorchAoConfig(Int4WeightOnlyConfig(group_size=128))
+        if method == "torchao-int8-dynamic":
+            return TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
+        if ctx.device == "cpu":  # the CPU's packed int4 layout (Int4OpaqueTensor) and its own matmul kernel
+            from importlib import import_module
+
+            PrototypeInt4WeightOnlyConfig = import_module(CPU_INT4).PrototypeInt4WeightOnlyConfig
+
+            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=GROUP_SIZE))
+        return TorchAoConfig(Int4WeightOnlyConfig(group_size=GROUP_SIZE))
 
     def load_kwargs(self, opts, ctx):
         if opts["method"] == "none":
             return {}
-        return {"quantization_config": self._config(opts)}
+        return {"quantization_config": self._config(opts, ctx)}
 
     def transformers_export(self, opts):
         # the quantized weights and their quantization_config are written by save_pretrained itself

@@ -115,3 +115,11 @@ def chosen_with_other_versions(store, hardware_key: str, versions_key: str) -> l
              .where(t.Target.hardware_key == hardware_key, t.Target.versions_key != versions_key,
                     t.Measurement.stale.is_(False)))
         return [_loaded(r) for r in s.scalars(q).unique()]
+
+
+def study_budget(store, name: str | None) -> str | None:
+    """The budget text a study was run with (``None``: no such study here, e.g. imported rows)."""
+    if not name:
+        return None
+    with store.session() as s:
+        return s.scalar(select(t.Study.budget).where(t.Study.name == name))

@@ -1,0 +1,80 @@
+"""How far a recipe is from the memory roofline.
+
+Decoding one token reads every weight once plus the KV cache so far, so a decode step can never be
+faster than ``bytes per step / memory bandwidth``. MBU (model bandwidth utilisation) is the share of
+that limit a recipe reaches: ``bytes per step / TPOT / bandwidth``. A step faster than the roofline
+is a measurement bug, not a fast recipe.
+
+The target's read bandwidth is measured once (a large reduction, best of a few) and cached in
+autotune's cache dir per hardware key."""
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+
+from .paths import cache_dir
+
+#: bytes the bandwidth probe reads: far beyond any cache
+PROBE_BYTES = 1 << 30
+#: MBU above this (with ~one token per forward pass) means the timing cannot be right
+IMPOSSIBLE_MBU = 1.2
+#: below this many bytes per step the model may live in the CPU's caches, where MBU > 1 is real
+CACHE_RESIDENT_BYTES = 256 << 20
+
+
+@lru_cache(maxsize=None)
+def memory_bandwidth(device: str, hardware_key: str) -> float:
+    """Bytes per second this target reads from memory (cached on disk per hardware key)."""
+    path = cache_dir() / "bandwidth" / f"{hardware_key}.json"
+    try:
+        return float(json.loads(path.read_text())["bytes_per_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = _probe(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"bytes_per_s": value, "probe_bytes": PROBE_BYTES}))
+    tmp.replace(path)
+    return value
+
+
+def _probe(device: str) -> float:
+    import torch
+
+    x = torch.ones(PROBE_BYTES // 4, dtype=torch.float32, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        x.sum()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    del x
+    return PROBE_BYTES / best
+
+
+def bytes_per_step(model, batch_size: int, context_tokens: float) -> int:
+    """Bytes one decode step reads: the weights as stored (quantized ones at their size) and the
+    K and V of ``context_tokens`` positions for every layer and sequence."""
+    from .measure import weights_bytes
+
+    config = model.config.get_text_config()
+    layers = getattr(config, "num_hidden_layers", 0)
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = model.get_input_embeddings().weight.element_size()
+    kv = 2 * layers * kv_heads * head_dim * element * batch_size * context_tokens
+    return int(weights_bytes(model) + kv)
+
+
+def mbu(step_bytes: int, tpot_s: float, bandwidth: float) -> float:
+    return step_bytes / tpot_s / bandwidth
+
+
+def impossible(mbu_value: float, step_bytes: int, tokens_per_step: float) -> bool:
+    """Faster than memory allows: one token per forward pass (no proposals accepted), a model far
+    larger than any cache, and MBU well above 1."""
+    return tokens_per_step < 1.05 and step_bytes >= CACHE_RESIDENT_BYTES and mbu_value > IMPOSSIBLE_MBU

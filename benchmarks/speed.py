@@ -1,0 +1,122 @@
+"""Speed side by side: named recipes against the HF default on the embedded model, interleaved
+round by round in one run (drift on the machine hits every recipe alike), each in its own process
+with autotune's full measurement (repeat policy, quality through the served path, MBU).
+
+    python benchmarks/speed.py [--rounds 2] [--workload chat|summarize|code-edit] [--only NAME,...]
+                               [--recipe NAME=plugin.option=value,plugin.option=value ...]
+
+Prints one JSON object per round and a table at the end (figures for RESULTS.md); the CPU is named
+next to every figure, since ratios from different machines do not compare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from autotune.evaluate import evaluate
+from autotune.recipe import parse_sets, resolve
+from autotune.registry import get_optimizations
+from autotune.roofline import memory_bandwidth
+from autotune.sources import resolve_model
+from autotune.spec import MeasurePolicy
+from autotune.target import current_target
+from autotune.workload import Workload
+
+#: the levers of a CPU host, as --set strings (the HF default is always measured first)
+RECIPES = {
+    "bf16": "dtype.dtype=bfloat16",
+    "bf16+compile-forward": "dtype.dtype=bfloat16 compile.target=forward",
+    "bf16+static+decode-loop": "dtype.dtype=bfloat16 cache.implementation=static compile.target=decode",
+    "int8w+bf16+static+decode-loop": "quantization.method=torchao-int8-weight dtype.dtype=bfloat16 "
+                                     "cache.implementation=static compile.target=decode",
+    "int8dyn+bf16+static+decode-loop": "quantization.method=torchao-int8-dynamic dtype.dtype=bfloat16 "
+                                       "cache.implementation=static compile.target=decode",
+    "int4w+bf16+static+decode-loop": "quantization.method=torchao-int4-weight dtype.dtype=bfloat16 "
+                                     "cache.implementation=static compile.target=decode",
+    "bf16+prompt-lookup": "dtype.dtype=bfloat16 decoding.method=prompt-lookup",
+}
+
+
+def parse_recipe(text: str, optimizations) -> dict:
+    return resolve(parse_sets(text.split(), optimizations), optimizations)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workload", default="chat")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--only", default="", help="comma-separated names of RECIPES to measure")
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=SETS",
+                    help="an extra recipe: name=space-separated plugin.option=value")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", default="benchmarks/last-speed.json")
+    args = ap.parse_args()
+
+    optimizations, target = get_optimizations(), current_target()
+    source = resolve_model("smollm2-135m")
+    workload = Workload.from_dict({"kind": args.workload, "new_tokens": args.new_tokens})
+    chosen = {k: v for k, v in RECIPES.items() if not args.only or k in args.only.split(",")}
+    chosen.update(dict(r.split("=", 1) for r in args.recipe))
+    recipes = {"hf-default": resolve({}, optimizations)}
+    recipes.update({name: parse_recipe(sets, optimizations) for name, sets in chosen.items()})
+    policy = MeasurePolicy()
+    bandwidth = memory_bandwidth(target.device, target.hardware_key)
+    print(f"# {target.describe()}; flags {' '.join(target.cpu_flags)}; read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"{workload.describe()}", flush=True)
+
+    runs: dict[str, list] = {name: [] for name in recipes}
+    for round_ in range(args.rounds):
+        base = None
+        for name, recipe in recipes.items():
+            ev = evaluate(source, recipe, workload, target, optimizations, baseline=base, timeout=args.timeout,
+                          policy=policy)
+            if name == "hf-default":
+                base = ev
+            f = ev.figures
+            row = {"round": round_, "recipe": name, "status": str(ev.status), "error": ev.error,
+                   "tokens_per_s": f.tokens_per_s, "tpot_ms_p50": f.tpot_ms_p50, "mbu": f.mbu,
+                   "quality": f.quality, "greedy_match": f.greedy_match, "cv": f.cv,
+                   "peak_memory_mib": f.peak_memory_bytes and f.peak_memory_bytes / 2**20,
+                   "tokens_per_step": f.tokens_per_step, "compile_s": f.compile_s, "wall_s": f.wall_s}
+            runs[name].append(row)
+            print(json.dumps(row), flush=True)
+
+    table = summarize(runs)
+    print(f"\n{target.describe()}; {workload.describe()}; median of {args.rounds} interleaved rounds")
+    print(f"{'recipe':36} {'tok/s':>7} {'x HF':>6} {'TPOT ms':>8} {'MBU':>6} {'quality':>8} {'greedy':>7} "
+          f"{'peak MiB':>9}")
+    for name, r in table.items():
+        print(f"{name:36} {fmt(r['tokens_per_s'], 7, 1)} {fmt(r['ratio'], 6, 2)} {fmt(r['tpot_ms_p50'], 8, 1)} "
+              f"{fmt(r['mbu'], 6, 3)} {fmt(r['quality'], 8, 3)} {fmt(r['greedy_match'], 7, 3)} "
+              f"{fmt(r['peak_memory_mib'], 9, 0)} {r['status'] if r['status'] != 'ok' else ''}")
+    Path(args.out).write_text(json.dumps({"target": target.to_dict(), "bandwidth_bytes_s": bandwidth,
+                                          "workload": workload.describe(), "runs": runs, "table": table}, indent=2))
+    return 0
+
+
+def summarize(runs: dict) -> dict:
+    def med(rows, key):
+        values = [r[key] for r in rows if r["status"] == "ok" and r[key] is not None]
+        return statistics.median(values) if values else None
+
+    base = med(runs["hf-default"], "tokens_per_s")
+    out = {}
+    for name, rows in runs.items():
+        speed = med(rows, "tokens_per_s")
+        out[name] = {k: med(rows, k) for k in ("tokens_per_s", "tpot_ms_p50", "mbu", "quality", "greedy_match",
+                                               "peak_memory_mib", "tokens_per_step")}
+        out[name]["ratio"] = speed / base if speed and base else None
+        out[name]["status"] = ",".join(sorted({r["status"] for r in rows}))
+    return out
+
+
+def fmt(value, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

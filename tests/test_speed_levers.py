@@ -1,0 +1,145 @@
+"""The speed levers of the speed issue, each checked against what would make its figure wrong:
+prompt lookup keeps greedy output and is scored through its own multi-token verification path,
+TPOT counts tokens (not streamer puts), threads reach the calls, workloads have kinds, and a decode
+step faster than the memory roofline is refused as a measurement bug."""
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAST
+
+from autotune import roofline
+from autotune.cli import cli
+from autotune.evaluate import evaluate, place_on_roofline
+from autotune.figures import Figures
+from autotune.measure import TimingStreamer, forcing_processor
+from autotune.recipe import resolve
+from autotune.registry import get_optimizations
+from autotune.sources import resolve_model
+from autotune.spec import MeasurePolicy
+from autotune.target import current_target
+from autotune.workload import KINDS, Workload
+
+POLICY = MeasurePolicy(**FAST)
+
+
+def measure(model, partial, workload, baseline=None):
+    opts = get_optimizations()
+    return evaluate(resolve_model(model), resolve(partial, opts), workload, current_target("cpu"), opts,
+                    baseline=baseline, timeout=180, policy=POLICY)
+
+
+def test_prompt_lookup_keeps_greedy_output_and_is_scored_through_its_own_path(tiny_model):
+    """Prompt lookup verifies several proposed tokens per forward pass. Its greedy tokens must equal
+    plain greedy's, and the forced quality calls must go through the same verification (the
+    processor sees positions again after a rejected proposal): quality equal to the baseline's."""
+    workload = Workload(kind="code-edit", prompt_tokens=48, new_tokens=16)
+    base = measure(tiny_model, {}, workload)
+    lookup = measure(tiny_model, {"decoding": {"method": "prompt-lookup", "num_tokens": 5, "max_ngram": 1}},
+                     workload, baseline=base)
+    assert base.ok and lookup.ok, (base.error, lookup.error)
+    assert lookup.figures.greedy_match == 1.0 and lookup.figures.first_divergence is None
+    assert lookup.figures.quality == 1.0
+    assert len(lookup.figures.top1) == len(base.figures.top1)
+    assert lookup.figures.tokens_per_step >= 1.0 and base.figures.tokens_per_step == pytest.approx(1.0)
+
+
+def test_forcing_processor_keeps_the_last_score_of_each_position():
+    forced = torch.tensor([[5, 6, 7]])
+    force = forcing_processor(forced)
+    vocab = 10
+
+    def scores(best):
+        s = torch.zeros(1, vocab)
+        s[0, best] = 1.0
+        return s
+
+    out = force(torch.zeros(1, 4, dtype=torch.long), scores(1))  # position 0 (prompt of 4)
+    assert out.argmax(-1).item() == 5
+    force(torch.zeros(1, 5, dtype=torch.long), scores(2))  # position 1, on a proposal later rejected
+    force(torch.zeros(1, 6, dtype=torch.long), scores(3))  # position 2, likewise
+    force(torch.zeros(1, 5, dtype=torch.long), scores(6))  # position 1 again, on the accepted prefix
+    force(torch.zeros(1, 6, dtype=torch.long), scores(7))
+    assert [t.item() for t in force.top1] == [1, 6, 7]
+
+
+def test_tpot_is_per_token_when_a_step_brings_several():
+    s = TimingStreamer()
+    s.start = 0.0
+    for t, value in ((0.01, torch.zeros(1, 8)), (0.10, torch.zeros(1)), (0.20, torch.zeros(1)),
+                     (0.50, torch.zeros(1, 3))):  # the last put: three accepted tokens in 0.3 s
+        s.put(value)
+        s.times[-1] = t
+    assert s.ttft == pytest.approx(0.10)
+    assert s.tpots == pytest.approx([0.10, 0.10, 0.10, 0.10])
+    assert s.steps == 2 and len(s.tpots) == 4
+
+
+def test_threads_reach_every_call(tiny_model):
+    from autotune.apply import apply_recipe
+    from autotune.optimization import ApplyContext
+
+    opts = get_optimizations()
+    recipe = resolve({"runtime": {"threads": 1}}, opts)
+    applied = apply_recipe(tiny_model, opts, recipe, ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe))
+    seen = []
+    real = applied.generate_fn
+    applied.generate_fn = lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1]
+    before = torch.get_num_threads()
+    applied.generate_ids(torch.tensor([[1, 2, 3]]), max_new_tokens=2, min_new_tokens=2)
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_threads_equal_to_the_default_or_above_the_cores_are_unavailable():
+    unavailable = get_optimizations()["runtime"].unavailable(current_target("cpu"))
+    assert f"threads={torch.get_num_threads()}" in unavailable
+    assert "threads=128" in unavailable and "cores" in unavailable["threads=128"]
+
+
+def test_workload_kinds():
+    chat, summary = Workload(), Workload(kind="summarize")
+    assert chat.prompt_tokens == KINDS["chat"] and summary.prompt_tokens == KINDS["summarize"]
+    assert chat.key != summary.key and Workload.from_dict(summary.to_dict()) == summary
+    assert "Summary:" in summary.prompts[0] and len(summary.prompts) >= 3
+    assert Workload.from_dict({"kind": "code-edit", "prompt_tokens": 40}).prompt_tokens == 40
+    with pytest.raises(Exception, match="unknown workload kind"):
+        Workload(kind="poetry")
+
+
+def test_document_kinds_keep_the_end_of_the_prompt(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    w = Workload(kind="summarize", prompt_tokens=40)
+    ids = w.input_ids(tok, tok.vocab_size)
+    assert ids.shape == (1, 40)
+    assert tok.decode(ids[0]).endswith(w.prompts[0][-20:])  # the instruction and the answer's start
+
+
+def test_unknown_workload_kind_is_one_line(tiny_model):
+    result = CliRunner().invoke(cli, ["bench", tiny_model, "--workload", "poetry"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_step_faster_than_memory_allows_is_an_invalid_measurement():
+    target = current_target("cpu")
+    bandwidth = roofline.memory_bandwidth(target.device, target.hardware_key)
+    assert 1e9 < bandwidth < 1e13  # a plausible memory, measured once per machine
+    step = 2 * 2**30
+    honest = Figures(tpot_ms_p50=step / bandwidth * 1e3 * 2, bytes_per_step=step, tokens_per_step=1.0)
+    assert place_on_roofline(honest, target) is None and honest.mbu == pytest.approx(0.5)
+    too_fast = Figures(tpot_ms_p50=step / bandwidth * 1e3 / 3, bytes_per_step=step, tokens_per_step=1.0)
+    assert "invalid measurement" in place_on_roofline(too_fast, target)
+    # several tokens per forward pass (prompt lookup) legitimately beat the one-token roofline
+    lookup = Figures(tpot_ms_p50=step / bandwidth * 1e3 / 3, bytes_per_step=step, tokens_per_step=4.0)
+    assert place_on_roofline(lookup, target) is None
+
+
+def test_measured_trials_report_their_roofline(tiny_model):
+    ev = measure(tiny_model, {}, Workload(prompt_tokens=8, new_tokens=6))
+    assert ev.ok, ev.error
+    f = ev.figures
+    assert f.bytes_per_step > f.weights_bytes  # the weights plus the KV cache read
+    assert 0 < f.mbu < 1
