@@ -12,7 +12,7 @@ from .hookspecs import hookimpl
 from .optimization import ApplyContext, Optimization, Option
 from .paths import cache_dir, data_dir
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 class _Package(types.ModuleType):

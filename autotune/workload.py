@@ -82,20 +82,33 @@ class Workload:
         return f"{kind}batch {self.batch_size}, {self.prompt_tokens} prompt tokens, {self.new_tokens} new tokens"
 
     def input_ids(self, tokenizer, vocab_size: int):
-        """A ``[batch_size, prompt_tokens]`` tensor: each row a shipped prompt, its tokens repeated
-        to the exact length (so no padding and one shape) — for a document kind, its last
-        ``prompt_tokens`` (the instruction and the start of the answer are at the end). Without a
-        tokenizer (config-only models), deterministic pseudo-random ids."""
+        """A ``[batch_size, prompt_tokens]`` tensor, one shape and no padding. Row ``i`` ends with
+        shipped prompt ``i`` whole and is filled, in front, with the prompts before it (a
+        conversation with its history), cut to the last ``prompt_tokens`` tokens — never one prompt
+        repeated, which would hand the model a loop to continue (and prompt lookup a free win).
+        Chat prompts go through the tokenizer's chat template when it has one (one user turn per
+        prompt, the assistant's turn opened), as a chat model is served. Without a tokenizer
+        (config-only models), deterministic pseudo-random ids."""
         import torch
 
         rows = []
+        n = len(self.prompts)
         for i in range(self.batch_size):
             if tokenizer is None:
                 g = torch.Generator().manual_seed(i)
                 rows.append(torch.randint(0, vocab_size, (self.prompt_tokens,), generator=g))
                 continue
-            ids = tokenizer(self.prompts[i % len(self.prompts)], add_special_tokens=False)["input_ids"] or [0]
-            ids = ids * (self.prompt_tokens // len(ids) + 1)
-            ids = ids[: self.prompt_tokens] if self.kind == "chat" else ids[-self.prompt_tokens:]
-            rows.append(torch.tensor(ids))
+            history = [self.prompts[(i - k) % n] for k in reversed(range(n))]  # prompt i last
+            ids = self._encode(tokenizer, history)
+            while len(ids) < self.prompt_tokens:  # a short prompt set: the history again, in front
+                ids = ids + ids
+            rows.append(torch.tensor(ids[-self.prompt_tokens:]))
         return torch.stack(rows)
+
+    def _encode(self, tokenizer, history: list[str]) -> list[int]:
+        if self.kind == "chat" and getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": p} for p in history]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(history)
+        return tokenizer(text, add_special_tokens=False)["input_ids"] or [0]

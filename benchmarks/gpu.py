@@ -1,0 +1,134 @@
+"""The CUDA path, side by side: on a CUDA host, measure SmolLM2-135M and a 7B-shaped Llama
+(config-only: random weights, real shapes, so speed is real and quality is not) under the CUDA
+levers — static cache + compile with CUDA graphs, SDPA backends, FlashAttention-2 when installed,
+bitsandbytes 8/4-bit, torchao int8/int4 — each against HF eager in the same run, with TPOT,
+tokens/s, MBU and peak GPU memory.
+
+    python benchmarks/gpu.py [--rounds 1] [--only smollm2|llama-7b-shape] [--out benchmarks/last-gpu.json]
+
+On a host without CUDA it says so in one line and exits 0 (CI runs it that way).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+#: the CUDA levers, as --set strings; HF eager (the transformers default: sdpa, fp32 / checkpoint dtype,
+#: dynamic cache, no compile) is measured first for each model
+RECIPES = {
+    "bf16 eager": "dtype.dtype=bfloat16 attention.implementation=eager",
+    "bf16 sdpa": "dtype.dtype=bfloat16",
+    "bf16 sdpa flash": "dtype.dtype=bfloat16 attention.sdpa_backend=flash",
+    "bf16 sdpa cudnn": "dtype.dtype=bfloat16 attention.sdpa_backend=cudnn",
+    "bf16 flash_attention_2": "dtype.dtype=bfloat16 attention.implementation=flash_attention_2",
+    "guide: bf16 static + compiled forward, CUDA graphs":
+        "dtype.dtype=bfloat16 cache.implementation=static compile.target=forward compile.mode=reduce-overhead",
+    "bf16 static + compiled decode loop, CUDA graphs":
+        "dtype.dtype=bfloat16 cache.implementation=static compile.target=decode compile.mode=reduce-overhead",
+    "bnb int8": "quantization.method=bnb-int8 dtype.dtype=bfloat16",
+    "bnb 4-bit nf4 bf16 compute": "quantization.method=bnb-4bit quantization.compute_dtype=bfloat16 dtype.dtype=bfloat16",
+    "torchao int8 weight + static + decode loop":
+        "quantization.method=torchao-int8-weight dtype.dtype=bfloat16 cache.implementation=static "
+        "compile.target=decode compile.mode=reduce-overhead",
+    "torchao int4 weight + static + decode loop":
+        "quantization.method=torchao-int4-weight dtype.dtype=bfloat16 cache.implementation=static "
+        "compile.target=decode compile.mode=reduce-overhead",
+}
+
+#: Llama-2/3 7B-class shapes (Llama-3.1-8B's attention and MLP widths, a 32k vocabulary)
+LLAMA_7B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, dtype="bfloat16")
+
+
+def seven_b_shaped(folder: Path) -> str:
+    """A directory with only a config.json of 7B shape (autotune --config-only builds the weights)."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(**LLAMA_7B_SHAPE).save_pretrained(folder)
+    return str(folder)
+
+
+def main() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("benchmarks/gpu.py: no CUDA device on this host; nothing measured (run it on a GPU host)")
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--out", default="benchmarks/last-gpu.json")
+    args = ap.parse_args()
+
+    from autotune.evaluate import evaluate
+    from autotune.recipe import impossible, parse_sets, resolve
+    from autotune.registry import get_optimizations
+    from autotune.roofline import memory_bandwidth
+    from autotune.sources import resolve_model
+    from autotune.target import current_target
+    from autotune.workload import Workload
+
+    optimizations, target = get_optimizations(), current_target("cuda")
+    bandwidth = memory_bandwidth(target.device, target.hardware_key)
+    print(f"# {target.describe()}; read bandwidth {bandwidth / 1e9:.0f} GB/s; torch {torch.__version__}", flush=True)
+    models = {"smollm2": lambda: resolve_model("smollm2-135m"),
+              "llama-7b-shape": lambda: resolve_model(seven_b_shaped(Path(tempfile.mkdtemp()) / "llama-7b-shape"),
+                                                     config_only=True)}
+    workload = Workload()
+    results = {}
+    for model_name, make in models.items():
+        if args.only and model_name not in args.only.split(","):
+            continue
+        source = make()
+        recipes = {"HF eager": resolve({}, optimizations)}
+        for name, sets in RECIPES.items():
+            recipe = resolve(parse_sets(sets.split(), optimizations), optimizations)
+            why = impossible(recipe, optimizations, target)
+            if why:
+                print(f"{model_name}: {name}: left out: {why}", flush=True)
+                continue
+            recipes[name] = recipe
+        rows = {name: [] for name in recipes}
+        for _ in range(args.rounds):
+            base = None
+            for name, recipe in recipes.items():
+                ev = evaluate(source, recipe, workload, target, optimizations, baseline=base, timeout=args.timeout)
+                base = ev if name == "HF eager" else base
+                f = ev.figures
+                rows[name].append({"status": str(ev.status), "error": ev.error, "tpot_ms": f.tpot_ms_p50,
+                                   "tokens_per_s": f.tokens_per_s, "mbu": f.mbu, "quality": f.quality,
+                                   "peak_gib": f.peak_memory_bytes and f.peak_memory_bytes / 2**30})
+                print(json.dumps({"model": model_name, "recipe": name, **rows[name][-1]}), flush=True)
+        results[model_name] = table(model_name, rows)
+    Path(args.out).write_text(json.dumps({"target": target.to_dict(), "bandwidth": bandwidth, "results": results},
+                                         indent=2))
+    return 0
+
+
+def table(model_name: str, rows: dict) -> dict:
+    def med(name, key):
+        values = [r[key] for r in rows[name] if r["status"] == "ok" and r[key] is not None]
+        return statistics.median(values) if values else None
+
+    base = med("HF eager", "tpot_ms")
+    out = {}
+    print(f"\n{model_name}: {'recipe':52} {'TPOT ms':>8} {'x eager':>8} {'tok/s':>8} {'MBU':>6} {'peak GiB':>9}")
+    for name in rows:
+        tpot = med(name, "tpot_ms")
+        out[name] = {k: med(name, k) for k in ("tpot_ms", "tokens_per_s", "mbu", "peak_gib", "quality")}
+        out[name]["speedup_tpot"] = base / tpot if base and tpot else None
+        status = ",".join(sorted({r["status"] for r in rows[name]}))
+        cells = [out[name]["tpot_ms"], out[name]["speedup_tpot"], out[name]["tokens_per_s"], out[name]["mbu"],
+                 out[name]["peak_gib"]]
+        print(f"{'':{len(model_name) + 2}}{name:52} " + " ".join(
+            f"{c:>8.2f}" if isinstance(c, float) else f"{'-':>8}" for c in cells) + ("" if status == "ok" else f" {status}"))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
