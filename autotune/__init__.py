@@ -36,10 +36,11 @@ __all__ = [
 ]
 
 
-def load(recipe, *, db=None, strict: bool = False, device: str | None = None):
+def load(recipe, *, db=None, strict: bool = False, device: str | None = None, workload: str | None = None):
     """Load a model with a recipe applied: ``recipe`` is a recipe JSON path, a stored recipe id,
-    or a model name (the best recipe known for this hardware in ``db``). Returns a
-    :class:`autotune.loader.TunedModel` with ``.model``, ``.tokenizer`` and ``.generate()``."""
+    or a model name (the best recipe known for this hardware in ``db``, for the ``workload`` kind
+    when given: chat, summarize, code-edit). Returns a :class:`autotune.loader.TunedModel` with
+    ``.model``, ``.tokenizer`` and ``.generate()``."""
     from .loader import load as _load
 
-    return _load(recipe, db=db, strict=strict, device=device)
+    return _load(recipe, db=db, strict=strict, device=device, workload=workload)

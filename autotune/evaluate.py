@@ -34,10 +34,11 @@ class Evaluation:
 def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              optimizations: Mapping[str, Optimization], baseline: Evaluation | None = None,
              timeout: float | None = None, policy: MeasurePolicy | None = None,
-             incumbent: Figures | None = None) -> Evaluation:
+             incumbent: Figures | None = None, first_call_cap_s: float | None = None) -> Evaluation:
     """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
     ``baseline=None`` means this *is* the baseline; ``incumbent``: the best feasible figures so far,
-    against which a hopeless candidate is abandoned early."""
+    against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
+    compilation (the first call), beyond which the candidate is pruned."""
     reason = impossible(recipe, optimizations, target)
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
@@ -45,7 +46,9 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
                            policy=(policy or MeasurePolicy()).to_dict(), plugin_modules=plugin_modules(),
                            incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
                            incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
-    outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, (policy or MeasurePolicy()).memory_cap_bytes)
+    policy = policy or MeasurePolicy()
+    outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
+                           None if baseline is None else first_call_cap_s)  # the baseline is never pruned
     figures = outcome.figures
     if outcome.status != Status.OK:
         return Evaluation(recipe, outcome.status, figures, outcome.error)

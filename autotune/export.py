@@ -40,16 +40,17 @@ def document_of(row) -> dict:
                            baseline=getattr(row, "baseline_figures", None), measurement_id=row.id, study=row.study)
 
 
-def stored_document(store, ref: str, target, optimizations) -> dict:
+def stored_document(store, ref: str, target, optimizations, workload_kind: str | None = None) -> dict:
     """A recipe document from a stored measurement id or a model name (the best known for this
-    hardware at the default quality floor)."""
+    hardware at the default quality floor, for ``workload_kind`` when given)."""
     from .budget import DEFAULT_QUALITY_FLOOR
     from .store import queries
 
     if ref.isdigit():
         row = queries.get_measurement(store, int(ref))
     else:
-        row = queries.best_for_model(store, ref, target.hardware_key, DEFAULT_QUALITY_FLOOR, target.describe())
+        row = queries.best_for_model(store, ref, target.hardware_key, DEFAULT_QUALITY_FLOOR, target.describe(),
+                                     workload_kind)
     if row.status != "ok":
         raise NotFoundError(f"measurement {row.id} did not run successfully ({row.status}): nothing to load")
     return validate_document(document_of(row), optimizations, where=f"stored recipe {row.id}")

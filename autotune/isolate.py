@@ -110,10 +110,12 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-400:]
 
 
-def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 0) -> Outcome:
+def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 0,
+                 first_call_cap_s: float | None = None) -> Outcome:
     """Run :func:`autotune.trial.run_trial` in a child; always returns an :class:`Outcome` whose
     figures carry the trial's wall time (and the phase it ended in, when it did not finish).
-    ``memory_cap_bytes``: the kernel kills the child beyond it (a memory cgroup)."""
+    ``memory_cap_bytes``: the kernel kills the child beyond it (a memory cgroup).
+    ``first_call_cap_s``: a first call (compilation) running longer is stopped: the trial is pruned."""
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     start = time.monotonic()
@@ -124,7 +126,7 @@ def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 
         proc.start()
         child_conn.close()
         try:
-            outcome = _Watch(proc, parent_conn, log, cap).wait(timeout)
+            outcome = _Watch(proc, parent_conn, log, cap, first_call_cap_s).wait(timeout)
         finally:
             if proc.is_alive():
                 proc.kill()
@@ -200,19 +202,25 @@ def _remove(path: str) -> None:
 class _Watch:
     """Reads the child's messages (phases, then a result) until it ends or the limit passes."""
 
-    def __init__(self, proc, conn, log: Path, cap: MemoryCap):
+    def __init__(self, proc, conn, log: Path, cap: MemoryCap, first_call_cap_s: float | None = None):
         self.proc, self.conn, self.log, self.cap, self.phase = proc, conn, log, cap, "start"
+        self.first_call_cap_s, self.phase_since = first_call_cap_s, time.monotonic()
 
     def wait(self, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._compile_too_long():
+                self.proc.kill()
+                return Outcome(Status.PRUNED, Figures(phase=self.phase),
+                               f"the first call (compilation) ran past {self.first_call_cap_s:.0f} s: pruned so the "
+                               "search can afford other candidates ([measure] max_first_call_s raises it)")
             if self.conn.poll(0.2):
                 try:
                     kind, payload = self.conn.recv()
                 except EOFError:  # closed without a result: the child died
                     return self._died()
                 if kind == "phase":
-                    self.phase = payload
+                    self.phase, self.phase_since = payload, time.monotonic()
                     continue
                 self.proc.join(30)  # let it exit on its own: a killed child leaks its semaphores
                 if kind == "done":
@@ -224,6 +232,10 @@ class _Watch:
         self.proc.kill()
         return Outcome(Status.TIMEOUT, Figures(phase=self.phase),
                        f"no result within {timeout:.0f} s (in the {self.phase} phase); child killed")
+
+    def _compile_too_long(self) -> bool:
+        return (self.first_call_cap_s is not None and self.phase == "first call"
+                and time.monotonic() - self.phase_since > self.first_call_cap_s)
 
     def _died(self) -> Outcome:
         self.proc.join(5)

@@ -49,7 +49,8 @@ class TunedModel:
         return texts[0] if isinstance(prompt, str) else texts
 
 
-def load(recipe, *, db=None, strict: bool = False, device: str | None = None) -> TunedModel:
+def load(recipe, *, db=None, strict: bool = False, device: str | None = None,
+         workload: str | None = None) -> TunedModel:
     from .apply import apply_recipe
     from .export import read_recipe_file
     from .sources import resolve_model
@@ -70,7 +71,9 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None) ->
         from .export import stored_document
         from .store import Store
 
-        doc = stored_document(Store(db), str(recipe), current_target(device), optimizations)
+        if workload is not None:
+            Workload(kind=workload)  # an unknown kind is a UsageError, not "nothing found"
+        doc = stored_document(Store(db), str(recipe), current_target(device), optimizations, workload)
     target = current_target(device)
     _check_target(doc, target, strict)
     source = resolve_model(doc["model"], config_only=bool(doc.get("config_only")))

@@ -112,7 +112,8 @@ def pareto_figure(data: ReportData):
         hover = [f"trial {r.number}: {html.escape(r.label)}<br>{status}" +
                  (f": {html.escape(str(r.error))[:200]}" if r.error else "") +
                  ("" if failed else f"<br>TPOT {r.figures['tpot_ms_p50']:.2f} ms, "
-                  f"{r.figures['peak_memory_bytes'] / 2**20:.0f} MiB, quality {r.figures.get('quality') or 0:.3f}")
+                  f"{r.figures['peak_memory_bytes'] / 2**20:.0f} MiB, quality {r.figures.get('quality') or 0:.3f}, "
+                  f"MBU {r.figures.get('mbu') or 0:.2f}")
                  for r in group]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{status} ({len(group)})", text=hover,
                                  hoverinfo="text", marker=dict(color=colour, size=11,
@@ -123,6 +124,10 @@ def pareto_figure(data: ReportData):
                                  text=[f"chosen: {html.escape(data.chosen.label)}"], hoverinfo="text",
                                  marker=dict(symbol="star", size=22, color="#2166ac",
                                              line=dict(width=2, color="white"))))
+    roof = roofline_ms(data.chosen)
+    if roof is not None:  # what memory bandwidth allows the chosen recipe: no step can be faster
+        fig.add_hline(y=roof, line_dash="dot", line_color="#555555",
+                      annotation_text=f"memory roofline of the chosen recipe ({roof:.2f} ms)")
     for lim in data.budget.limits:
         if lim.key == "tpot_ms_p50":
             fig.add_hline(y=lim.value, line_dash="dash", line_color="#b2182b", annotation_text=f"budget {lim}")
@@ -132,6 +137,15 @@ def pareto_figure(data: ReportData):
                       xaxis_title="peak memory (MiB)", yaxis_title="TPOT p50 (ms per token)", height=520,
                       legend=dict(orientation="h", y=-0.2), margin=dict(t=60, l=60, r=20))
     return fig
+
+
+def roofline_ms(row) -> float | None:
+    """The TPOT at 100% MBU for a measured row: its bytes per step at the target's bandwidth
+    (recovered from its own TPOT and MBU, per output token)."""
+    f = row.figures if row is not None else {}
+    if not (f.get("mbu") and f.get("tpot_ms_p50")):
+        return None
+    return f["tpot_ms_p50"] * f["mbu"]
 
 
 def speedup_figure(data: ReportData):
@@ -210,6 +224,7 @@ def trials_table(data: ReportData) -> str:
             ("tok/s", lambda r: r.figures.get("tokens_per_s")), ("TPOT p50 ms", lambda r: r.figures.get("tpot_ms_p50")),
             ("TTFT p50 ms", lambda r: r.figures.get("ttft_ms_p50")),
             ("memory MiB", lambda r: r.figures.get("peak_memory_bytes") and r.figures["peak_memory_bytes"] / 2**20),
+            ("MBU", lambda r: r.figures.get("mbu")),
             ("quality", lambda r: r.figures.get("quality")), ("why", lambda r: r.error or ", ".join(r.missed))]
     head = "".join(f"<th onclick='sortTable({i})'>{c}</th>" for i, (c, _) in enumerate(cols))
     body = []

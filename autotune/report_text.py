@@ -88,6 +88,8 @@ def bench_text(p: dict, optimizations) -> str:
              f"{fmt(p.get('ttft_ms_p50'))} / {fmt(p.get('ttft_ms_p95'))}"),
             ("e2e p50 ms", fmt(b.get("e2e_ms_p50")), fmt(p.get("e2e_ms_p50"))),
             ("CV / runs", f"{fmt(b.get('cv'), 3)} / {fmt(b.get('runs'))}", f"{fmt(p.get('cv'), 3)} / {fmt(p.get('runs'))}"),
+            ("MBU / tokens per step", f"{fmt(b.get('mbu'), 3)} / {fmt(b.get('tokens_per_step'), 2)}",
+             f"{fmt(p.get('mbu'), 3)} / {fmt(p.get('tokens_per_step'), 2)}"),
             ("peak memory (timed runs)", fmt_bytes(b.get("peak_memory_bytes")), fmt_bytes(p.get("peak_memory_bytes"))),
             ("peak memory (load) / weights", f"{fmt_bytes(b.get('load_peak_bytes'))} / {fmt_bytes(b.get('weights_bytes'))}",
              f"{fmt_bytes(p.get('load_peak_bytes'))} / {fmt_bytes(p.get('weights_bytes'))}"),
@@ -211,6 +213,7 @@ def show_text(r) -> str:
 SHOW_ROWS = (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", False),
              ("ttft_ms_p50", "TTFT p50 ms", False), ("peak_memory_bytes", "peak memory (timed)", False),
              ("load_peak_bytes", "peak memory (load)", None), ("weights_bytes", "weights", None),
+             ("mbu", "MBU (share of memory bandwidth)", None), ("tokens_per_step", "tokens per step", None),
              ("quality", "quality", None), ("greedy_match", "greedy match", None),
              ("perplexity", "perplexity", None))
 
@@ -268,7 +271,7 @@ def search_text(result, search) -> str:
         ratio_text = f" = {speed:.2f}x the HF default{noisy_note(base)}" if speed else ""
         lines.append(f"{'best' if i == 0 else 'front'}: recipe {r.measurement_id}: {describe(r.recipe, search.optimizations)}")
         lines.append(f"  {fmt(f.tokens_per_s)} tok/s{cost_text(f.tokens_per_s, search)}{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
-                     f"TTFT p50 {fmt(f.ttft_ms_p50)} ms; memory {fmt_bytes(f.peak_memory_bytes)}; "
+                     f"TTFT p50 {fmt(f.ttft_ms_p50)} ms; MBU {fmt(f.mbu, 2)}; memory {fmt_bytes(f.peak_memory_bytes)}; "
                      f"quality {fmt(f.quality, 3)}; greedy match {fmt(f.greedy_match, 3)}")
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)

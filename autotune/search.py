@@ -232,7 +232,8 @@ class Search:
         base_eval = None if baseline is None else Evaluation(baseline.recipe, baseline.status, baseline.figures)
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
-                      incumbent=None if is_baseline else self._incumbent())
+                      incumbent=None if is_baseline else self._incumbent(),
+                      first_call_cap_s=None if is_baseline else (policy or self.spec.policy).max_first_call_s)
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),

@@ -38,6 +38,10 @@ class MeasurePolicy:
     abandon_factor: float = 3.0
     #: the part of a derived trial limit set aside for compilation (seconds)
     compile_allowance_s: float = 180.0
+    #: a first call (where compilation happens) still running after this many seconds is stopped and
+    #: the trial pruned: a compile that costs minutes (max-autotune's GEMM benchmarking on a small CPU)
+    #: would eat the search's budget; raise it to measure such recipes anyway
+    max_first_call_s: float = 120.0
     #: the kernel kills a trial process whose memory passes this many bytes (a memory cgroup, where
     #: the host lets autotune make one); 0: no cap. The trial then ends as ``oom``.
     memory_cap_bytes: int = 0
@@ -73,7 +77,7 @@ class MeasurePolicy:
     def key(self) -> str:
         """What changes a measurement's figures: part of the reuse key (abandoning changes none)."""
         relevant = {k: v for k, v in self.to_dict().items()
-                    if k not in ("abandon_factor", "compile_allowance_s", "memory_cap_bytes")}
+                    if k not in ("abandon_factor", "compile_allowance_s", "memory_cap_bytes", "max_first_call_s")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:

@@ -38,6 +38,7 @@ GRID = {  # the levers that matter on a CPU host, small enough to measure whole
     "cache.implementation": ["dynamic", "static"], "cache.max_cache_len": ["auto"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False],
+    "runtime.threads": ["auto"], "decoding.method": ["greedy"],
 }
 
 

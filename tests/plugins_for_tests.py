@@ -15,7 +15,20 @@ class Chaos(Optimization):
     description = "test-only: crash, hang, raise or run out of memory after load"
 
     def options(self):
-        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog"), "none")]
+        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog", "slow-compile"), "none")]
+
+    def wrap_generate(self, generate, model, opts, ctx):
+        if opts["behaviour"] != "slow-compile":
+            return generate
+        calls = []
+
+        def first_call_compiles_forever(*args, **kwargs):  # like max-autotune benchmarking GEMM templates
+            if not calls:
+                calls.append(1)
+                time.sleep(float(os.environ.get("CHAOS_SLOW_S", "60")))
+            return generate(*args, **kwargs)
+
+        return first_call_compiles_forever
 
     def after_load(self, model, opts, ctx):
         b = opts["behaviour"]

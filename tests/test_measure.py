@@ -128,6 +128,26 @@ def test_slow_decode_steps_abandon_mid_call(tiny_model):
     assert ev.figures.first_call_s is None  # stopped inside the first call
 
 
+def test_a_compile_past_the_cap_is_pruned_not_waited_for(chaos, tiny_model, monkeypatch):
+    """A search stops a first call (where compilation happens) that runs past max_first_call_s and
+    prunes the trial, naming why, long before the trial's own limit; the baseline is never cut."""
+    import time
+
+    from autotune.spec import MeasurePolicy
+
+    monkeypatch.setenv("CHAOS_SLOW_S", "60")
+    base = run(tiny_model, chaos, {})
+    policy = MeasurePolicy(**{**FAST, "max_first_call_s": 3})
+    start = time.monotonic()
+    ev = evaluate(resolve_model(tiny_model), resolve({"chaos": {"behaviour": "slow-compile"}}, chaos), WORKLOAD,
+                  current_target("cpu"), chaos, baseline=base, timeout=120, policy=policy, first_call_cap_s=3)
+    assert ev.status == Status.PRUNED and "first call (compilation) ran past 3 s" in ev.error, ev.error
+    assert ev.figures.phase == "first call" and time.monotonic() - start < 30
+    # bench (no cap) waits for it: the same recipe measured to the end with a short sleep
+    monkeypatch.setenv("CHAOS_SLOW_S", "4")
+    assert run(tiny_model, chaos, {"chaos": {"behaviour": "slow-compile"}}, baseline=base).ok
+
+
 def test_rule_pruned_before_launch(tiny_model):
     ev = run(tiny_model, get_optimizations(), {"compile": {"target": "decode"}})
     assert ev.status == Status.INVALID

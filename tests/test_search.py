@@ -249,6 +249,24 @@ def test_load_by_model_name_uses_the_best_known(searched, tiny_model, db_url):
     assert tuned.document["measurement_id"] == searched["best"][0]["measurement_id"]
 
 
+def test_load_by_model_name_answers_per_workload_kind(searched, tiny_model, db_url, tmp_path):
+    """The searched recipes are for chat: a code-edit search stores its own, and each kind loads
+    its own winner; a kind nobody measured is a clear NotFoundError."""
+    from autotune.errors import NotFoundError
+
+    f = write_study(tmp_path, tiny_model, SPACE, trials=2)
+    result, payload = search(["--study-file", f, "--workload", "code-edit", "--prompt-tokens", "24",
+                              "--study", "edits"], db_url)
+    assert result.exit_code == 0, result.output
+    chat = autotune.load(tiny_model, db=db_url, workload="chat")
+    edits = autotune.load(tiny_model, db=db_url, workload="code-edit")
+    assert chat.document["workload"].get("kind", "chat") == "chat"
+    assert edits.document["workload"]["kind"] == "code-edit"
+    assert edits.document["measurement_id"] == payload["best"][0]["measurement_id"]
+    with pytest.raises(NotFoundError, match="summarize workload"):
+        autotune.load(tiny_model, db=db_url, workload="summarize")
+
+
 def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
     """Runs last in this module: it makes the stored target look like an older torch."""
     from autotune.daemon import reverify

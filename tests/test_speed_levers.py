@@ -143,3 +143,32 @@ def test_measured_trials_report_their_roofline(tiny_model):
     f = ev.figures
     assert f.bytes_per_step > f.weights_bytes  # the weights plus the KV cache read
     assert 0 < f.mbu < 1
+
+
+def test_gpu_benchmark_says_so_on_a_host_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA host runs the real benchmark")
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines() == ["benchmarks/gpu.py: no CUDA device on this host; nothing measured "
+                                                "(run it on a GPU host)"]
+
+
+@pytest.mark.parametrize("option,value,inductor_key", [
+    ("freezing", True, "freezing"), ("cpp_wrapper", True, "cpp_wrapper"),
+    ("mode", "max-autotune-no-cudagraphs", "max_autotune")])
+def test_inductor_options_reach_the_compiled_decode_step(tiny_model, option, value, inductor_key):
+    """What the decode loop hands torch.compile for its one-token step carries the chosen inductor
+    option (max-autotune's C++ GEMM templates, freezing's weight pre-packing, the C++ wrapper)."""
+    from autotune.testing import program_of
+
+    opts = get_optimizations()
+    base = program_of(opts["compile"], {"target": "decode"}, tiny_model)["compiled"]  # records, compiles nothing
+    chosen = program_of(opts["compile"], {"target": "decode", option: value}, tiny_model)["compiled"]
+    assert [name for name, _ in chosen] == ["_decode_one_token"]
+    assert f"'{inductor_key}': True" in chosen[0][1] and f"'{inductor_key}': True" not in base[0][1]

@@ -56,23 +56,31 @@ def by_ids(store, ids) -> dict[int, t.Measurement]:
         return {r.id: _loaded(r) for r in s.scalars(select(t.Measurement).where(t.Measurement.id.in_(ids)))}
 
 
-def best_for_model(store, model: str, hardware_key: str, quality_floor: float, describe_target: str = "") -> t.Measurement:
-    """The best recipe known for ``model`` on this hardware class: a study's chosen recipe when
-    one exists, else the fastest successful measurement at or above the quality floor."""
+def _kind(workload: t.Workload) -> str:
+    return (workload.definition or {}).get("kind", "chat")
+
+
+def best_for_model(store, model: str, hardware_key: str, quality_floor: float, describe_target: str = "",
+                   workload_kind: str | None = None) -> t.Measurement:
+    """The best recipe known for ``model`` on this hardware class (and, given one, this workload
+    kind): a study's chosen recipe when one exists, else the fastest successful measurement at or
+    above the quality floor."""
     with store.session() as s:
         chosen = s.scalars(
             select(t.Measurement).join(t.Study, t.Study.best_measurement_id == t.Measurement.id)
             .join(t.Target, t.Measurement.target_id == t.Target.id).join(t.Model, t.Measurement.model_id == t.Model.id)
             .where(t.Model.name == model, t.Target.hardware_key == hardware_key, t.Measurement.stale.is_(False))
-            .order_by(t.Measurement.tokens_per_s.desc())).first()
-        chosen_id = chosen.id if chosen is not None else None
+            .order_by(t.Measurement.tokens_per_s.desc())).all()
+        chosen_id = next((c.id for c in chosen if workload_kind is None or _kind(c.workload) == workload_kind), None)
     if chosen_id is not None:
         return get_measurement(store, chosen_id)
     rows = [r for r in list_measurements(store, hardware_key, model)
-            if not r.stale and (r.model.config_only or (r.quality or 0) >= quality_floor)]
+            if not r.stale and (r.model.config_only or (r.quality or 0) >= quality_floor)
+            and (workload_kind is None or _kind(r.workload) == workload_kind)]
     if not rows:
-        raise NotFoundError(f"no recipe for {model!r} measured on this hardware ({describe_target or hardware_key}) "
-                            f"in {store.display_url}")
+        kind = f" for the {workload_kind} workload" if workload_kind else ""
+        raise NotFoundError(f"no recipe for {model!r}{kind} measured on this hardware "
+                            f"({describe_target or hardware_key}) in {store.display_url}")
     return get_measurement(store, rows[0].id)
 
 
