@@ -9,7 +9,7 @@ import html
 import json
 from dataclasses import dataclass, field
 
-from .budget import Budget, parse_budget
+from .budget import Budget, cost_per_mtok, parse_budget
 from .export import recipe_document
 from .figures import Figures
 from .recipe import describe
@@ -45,6 +45,7 @@ class ReportData:
     chosen: Row | None
     binding: str | None
     document: dict | None
+    price_per_hour: float | None = None  # US dollars, when the study was given one
 
 
 def gather(store, ref: str, target) -> ReportData:
@@ -54,7 +55,8 @@ def gather(store, ref: str, target) -> ReportData:
     optimizations = get_optimizations()
     st = queries.find_study(store, ref, target.hardware_key)
     budget = parse_budget(st.budget)
-    trials = optuna.load_study(study_name=st.name, storage=store.optuna_storage()).get_trials(deepcopy=False)
+    study = optuna.load_study(study_name=st.name, storage=store.optuna_storage())
+    trials = study.get_trials(deepcopy=False)
     wanted = [t.user_attrs["measurement_id"] for t in trials if "measurement_id" in t.user_attrs]
     by_id = queries.by_ids(store, wanted + [i for i in (st.baseline_measurement_id,) if i])
     base = by_id.get(st.baseline_measurement_id)
@@ -88,7 +90,7 @@ def gather(store, ref: str, target) -> ReportData:
         if doc.get("baseline"):
             doc["baseline"].pop("output_ids", None)
     return ReportData(st.name, st.model.name, budget, st.objective, st.target.fingerprint, st.workload.definition, rows,
-                      baseline, chosen, binding, doc)
+                      baseline, chosen, binding, doc, study.user_attrs.get("price_per_hour"))
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -213,19 +215,25 @@ def headline(data: ReportData) -> str:
             for lim in r.missed:
                 why[lim.split("<=")[0].split(">=")[0]] = why.get(lim.split("<=")[0].split(">=")[0], 0) + 1
     lost = ", ".join(f"{n} missed {k}" for k, n in why.items())
+    cost = cost_per_mtok(f.get("tokens_per_s"), data.price_per_hour)
+    priced = f", ${cost:,.2f} per 1M output tokens at ${data.price_per_hour:g}/h" if cost is not None else ""
     return (f"<p class='win'>Winner: <b>{html.escape(data.chosen.label)}</b> — <b>{ratio}</b> "
-            f"({f['tokens_per_s']:.1f} vs {base.get('tokens_per_s', 0):.1f} tokens/s), TPOT p50 "
+            f"({f['tokens_per_s']:.1f} vs {base.get('tokens_per_s', 0):.1f} tokens/s{priced}), TPOT p50 "
             f"{f['tpot_ms_p50']:.2f} ms, {f['peak_memory_bytes'] / 2**20:.0f} MiB peak, quality "
             f"{(f.get('quality') or 0):.3f}.</p><p>{tried}{'; over budget: ' + lost if lost else ''}.</p>")
 
 
 def trials_table(data: ReportData) -> str:
     cols = [("#", lambda r: r.number), ("status", lambda r: r.status), ("recipe", lambda r: r.label),
-            ("tok/s", lambda r: r.figures.get("tokens_per_s")), ("TPOT p50 ms", lambda r: r.figures.get("tpot_ms_p50")),
+            ("tok/s", lambda r: r.figures.get("tokens_per_s")),
+            ("$ / 1M tokens", lambda r: cost_per_mtok(r.figures.get("tokens_per_s"), data.price_per_hour)),
+            ("TPOT p50 ms", lambda r: r.figures.get("tpot_ms_p50")),
             ("TTFT p50 ms", lambda r: r.figures.get("ttft_ms_p50")),
             ("memory MiB", lambda r: r.figures.get("peak_memory_bytes") and r.figures["peak_memory_bytes"] / 2**20),
             ("MBU", lambda r: r.figures.get("mbu")),
             ("quality", lambda r: r.figures.get("quality")), ("why", lambda r: r.error or ", ".join(r.missed))]
+    if data.price_per_hour is None:
+        cols = [c for c in cols if not c[0].startswith("$")]
     head = "".join(f"<th onclick='sortTable({i})'>{c}</th>" for i, (c, _) in enumerate(cols))
     body = []
     for r in data.rows:

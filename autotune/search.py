@@ -161,6 +161,8 @@ class Search:
             raise UsageError(f"study {self.study_name!r} exists with other objectives; pick another --study name")
         writes.ensure_study(self.store, self.study_name, self.ids, budget=self.budget.text,
                             objective=",".join(f"{k}:{d}" for k, d in self.spec.objectives))
+        if self.spec.price_per_hour is not None:  # the report prices every trial from it
+            study.set_user_attr("price_per_hour", self.spec.price_per_hour)
         self._retry_orphans(study, storage or self.store.optuna_storage())
         return study
 
@@ -233,13 +235,21 @@ class Search:
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
-                      first_call_cap_s=None if is_baseline else (policy or self.spec.policy).max_first_call_s)
+                      first_call_cap_s=None if is_baseline else self.first_call_cap_s(policy or self.spec.policy))
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
             reuse_key=self.reuse_key, trial_limit_s=limit)
         self._measured_now.add(row.id)
         return self._record(number, row)
+
+    def first_call_cap_s(self, policy) -> float:
+        """How long a candidate's first call (its compilation) may run before it is pruned: the
+        policy's cap, and within a time-boxed search at most a tenth of the search's time, so one
+        pathological compile cannot eat the budget of ten candidates."""
+        if self.spec.timeout:
+            return min(policy.max_first_call_s, max(30.0, self.spec.timeout / 10))
+        return policy.max_first_call_s
 
     def _reusable(self, earlier: list, is_baseline: bool):
         """Which earlier measurement, if any, stands for a new one (with ``--remeasure``, only one this

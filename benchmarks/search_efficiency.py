@@ -57,18 +57,21 @@ def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, Figures | 
 
 def replay(space, optimizations, target, table: dict, budget, sampler: str, seed: int, goal: float,
            key: str, limit: int) -> int | None:
-    """Trials (rule-pruned proposals not counted) until a feasible recipe within the goal is found."""
+    """Distinct recipes measured (rule-pruned proposals and repeats of a measured recipe not counted)
+    until a feasible recipe within the goal is found; None if the sampler never gets there."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, seed, space))
-    counted = 0
-    for _ in range(limit * 5):
+    seen: set[str] = set()
+    for _ in range(limit * 20):
         trial = study.ask()
         recipe = resolve(suggest(trial, space), optimizations)
         if impossible(recipe, optimizations, target):
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        counted += 1
-        figures = table.get(recipe_key(recipe))
+        key_ = recipe_key(recipe)
+        if key_ not in seen:  # a configuration proposed again is reused by a real search: it costs nothing
+            seen.add(key_)
+        figures = table.get(key_)
         if figures is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
@@ -76,8 +79,8 @@ def replay(space, optimizations, target, table: dict, budget, sampler: str, seed
                 trial.set_constraint(name, v)
             study.tell(trial, figures.get(key))
             if budget.feasible(figures) and figures.get(key) <= goal:
-                return counted
-        if counted >= limit:
+                return len(seen)
+        if len(seen) >= limit:
             return None
     return None
 

@@ -117,6 +117,16 @@ def test_cost_objective_reports_dollars_per_million_tokens(tuned, tiny_model, ap
     assert "per 1M output tokens at $3.6/h" in out.stdout
     bad = CliRunner().invoke(cli, ["search", tiny_model, "--objective", "cost", "--db", api_db])
     assert bad.exit_code == 2 and "needs a price" in bad.output and "Traceback" not in bad.output
+    # the report, from the database alone, prices the winner and every trial
+    from autotune.report import gather, headline, trials_table
+    from autotune.store import Store
+    from autotune.target import current_target
+
+    data = gather(Store(api_db), "cost", current_target("cpu"))
+    assert data.price_per_hour == 3.6
+    best_cost = 3.6 / 3600 / data.chosen.figures["tokens_per_s"] * 1e6
+    assert f"${best_cost:,.2f} per 1M output tokens at $3.6/h" in headline(data)
+    assert "$ / 1M tokens" in trials_table(data)
 
 
 # -- the regression gate -------------------------------------------------------------------------

@@ -74,6 +74,14 @@ def test_tpot_is_per_token_when_a_step_brings_several():
     assert s.ttft == pytest.approx(0.10)
     assert s.tpots == pytest.approx([0.10, 0.10, 0.10, 0.10])
     assert s.steps == 2 and len(s.tpots) == 4
+    # bursty steps: a slow one-token step and a fast ten-token one must not read as 10 ms per token
+    b = TimingStreamer()
+    b.start = 0.0
+    for t, value in ((0.0, torch.zeros(1, 8)), (0.1, torch.zeros(1)), (0.2, torch.zeros(1)),
+                     (0.3, torch.zeros(1)), (0.4, torch.zeros(1, 10))):
+        b.put(value)
+        b.times[-1] = t
+    assert b.tpots == pytest.approx([0.3 / 12] * 12)  # not a median of 0.01
 
 
 def test_threads_reach_every_call(tiny_model):
