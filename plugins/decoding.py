@@ -31,9 +31,14 @@ class Decoding(Optimization):
         ]
 
     def conflicts(self, recipe, target):
-        if recipe.get(self.name, {}).get("method") != "greedy" and \
-                recipe.get("compile", {}).get("target") == "decode":
+        if recipe.get(self.name, {}).get("method", "greedy") == "greedy":
+            return None
+        if recipe.get("compile", {}).get("target") == "decode":
             return "compile.target=decode runs its own one-token loop: it cannot verify several proposed tokens"
+        cache = recipe.get("cache", {})
+        if cache.get("implementation") in ("static", "offloaded_static") and cache.get("max_cache_len") == "auto":
+            return ("a static cache sized to the call (max_cache_len=auto) has no room for the proposed tokens "
+                    "verified past the last one: give cache.max_cache_len")
         return None
 
     def generate_kwargs(self, opts, ctx):

@@ -42,6 +42,9 @@ def db_url(tmp_path) -> str:
 
 #: fast measurement for tests: a few runs, no long CV wait
 FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5}
+#: choices a test study keeps fixed unless it names them: search-mechanics tests are not about threads
+#: or decoding, and a random pick of them (1 thread, prompt lookup) changes which trials get pruned
+PINNED = {"runtime.threads": ["auto"], "decoding.method": ["greedy"]}
 
 
 def write_study(folder: Path, model: str, space: dict, **top) -> str:
@@ -52,6 +55,7 @@ def write_study(folder: Path, model: str, space: dict, **top) -> str:
     lines = [f"model = {json.dumps(model)}"] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     lines += ["[workload]", "prompt_tokens = 8", "new_tokens = 6", "[measure]"]
     lines += [f"{k} = {v}" for k, v in FAST.items()]
+    space = {**PINNED, **space}
     lines += ["[space]"] + [f'"{k}" = {json.dumps(v)}' for k, v in space.items()]
     path = folder / "study.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -343,8 +343,8 @@ def _pg_cluster(action: str) -> None:
     version = sorted(os.listdir("/usr/lib/postgresql"), key=lambda v: [int(x) for x in v.split(".")])[-1]
     done = subprocess.run(["pg_ctlcluster", version, "main", action, *(["-m", "fast"] if action == "stop" else [])],
                           capture_output=True, text=True, timeout=60)
-    if done.returncode and "already running" not in done.stderr:
-        raise AssertionError(f"pg_ctlcluster {action}: {done.stderr.strip()}")
+    if done.returncode and "already running" not in done.stdout + done.stderr:
+        raise AssertionError(f"pg_ctlcluster {action}: {(done.stdout + done.stderr).strip()}")
     if action == "start":
         from sqlalchemy import create_engine, text
 

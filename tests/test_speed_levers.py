@@ -180,3 +180,15 @@ def test_inductor_options_reach_the_compiled_decode_step(tiny_model, option, val
     chosen = program_of(opts["compile"], {"target": "decode", option: value}, tiny_model)["compiled"]
     assert [name for name, _ in chosen] == ["_decode_one_token"]
     assert f"'{inductor_key}': True" in chosen[0][1] and f"'{inductor_key}': True" not in base[0][1]
+
+
+def test_prompt_lookup_needs_room_in_a_static_cache():
+    """Measured: a static cache sized to the call overflows when proposals are verified past the
+    last token (IndexError in index_copy_); with room (max_cache_len) it runs."""
+    from autotune.recipe import impossible
+
+    opts = get_optimizations()
+    lookup = {"decoding": {"method": "prompt-lookup"}, "cache": {"implementation": "static"}}
+    assert "max_cache_len" in impossible(resolve(lookup, opts), opts, current_target("cpu"))
+    roomy = {**lookup, "cache": {"implementation": "static", "max_cache_len": 256}}
+    assert impossible(resolve(roomy, opts), opts, current_target("cpu")) is None

@@ -121,7 +121,10 @@ def test_recipes_answer_for_hardware_you_do_not_have(exported, dest_db, tiny_mod
     there = run("recipes", "--best", tiny_model, "--hardware", OTHER_HW, "--db", dest_db, "--json")
     assert there.exit_code == 0, there.output
     [row] = json.loads(there.stdout)
-    candidates = [json.loads(x) for x in moved[1:]]
+    newest = {}  # an import keeps the newest of measurements that are the same one (a re-measured baseline)
+    for c in map(json.loads, moved[1:]):
+        newest[(c["recipe"]["key"], c["workload"]["key"], c["measurement"]["reuse_key"], c["measurement"]["status"])] = c
+    candidates = list(newest.values())
     fastest = max((c["measurement"]["figures"]["tokens_per_s"] for c in candidates
                    if c["measurement"]["status"] == "ok" and c["measurement"]["figures"].get("quality", 0) >= 0.95))
     assert row["hardware_key"] == OTHER_HW and row["target"] == "Other CPU"
