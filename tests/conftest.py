@@ -47,15 +47,16 @@ FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5}
 PINNED = {"runtime.threads": ["auto"], "decoding.method": ["greedy"]}
 
 
-def write_study(folder: Path, model: str, space: dict, **top) -> str:
+def write_study(folder: Path, model: str, space: dict, pin: bool = True, **top) -> str:
     """A study definition for a fast test: a short workload, the FAST measurement policy, ``space``
-    (``"plugin.option" -> [choices]``) and any top-level keys (trials, sampler, budget...)."""
+    (``"plugin.option" -> [choices]``, with :data:`PINNED` unless ``pin=False``) and any top-level keys
+    (trials, sampler, budget...)."""
     import json
 
     lines = [f"model = {json.dumps(model)}"] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     lines += ["[workload]", "prompt_tokens = 8", "new_tokens = 6", "[measure]"]
     lines += [f"{k} = {v}" for k, v in FAST.items()]
-    space = {**PINNED, **space}
+    space = {**(PINNED if pin else {}), **space}
     lines += ["[space]"] + [f'"{k}" = {json.dumps(v)}' for k, v in space.items()]
     path = folder / "study.toml"
     path.write_text("\n".join(lines) + "\n")

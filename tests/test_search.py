@@ -101,7 +101,8 @@ def test_search_with_only_some_plugins_loaded(tmp_path, tiny_model):
     """The README's AUTOTUNE_PLUGINS=cache,compile: seeds that name other plugins are left out."""
     import os
 
-    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"]}, trials=2)
+    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"]}, pin=False,
+                    trials=2)
     env = {**os.environ, "AUTOTUNE_PLUGINS": "cache,compile"}
     proc = subprocess.run([sys.executable, "-m", "autotune", "search", "--study-file", f, "--json",
                            "--db", f"sqlite:///{tmp_path / 'few.db'}"], env=env, capture_output=True, text=True,
