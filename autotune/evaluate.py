@@ -42,11 +42,11 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     reason = impossible(recipe, optimizations, target)
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
+    policy = policy or MeasurePolicy()
     request = TrialRequest(model_path=source.path, recipe=recipe, workload=workload.to_dict(), device=target.device,
-                           policy=(policy or MeasurePolicy()).to_dict(), plugin_modules=plugin_modules(),
+                           policy=policy.to_dict(), plugin_modules=plugin_modules(),
                            incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
                            incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
-    policy = policy or MeasurePolicy()
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
                            None if baseline is None else first_call_cap_s)  # the baseline is never pruned
     figures = outcome.figures

@@ -21,13 +21,9 @@ def _is_4bit(o):
 
 
 def _missing(module: str) -> bool:
-    return importlib.util.find_spec(module) is None
-
-
-def _missing_module(dotted: str) -> bool:
     try:
-        return importlib.util.find_spec(dotted) is None
-    except ModuleNotFoundError:  # a parent package is missing
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # a parent package of a dotted name is missing
         return True
 
 
@@ -60,7 +56,7 @@ class Quantization(Optimization):
         elif not target.has_cuda:
             if "avx512f" not in target.cpu_flags and "avx2" not in target.cpu_flags:
                 out["method=torchao-int4-weight"] = "torch's CPU int4 matmul (_weight_int4pack_mm_for_cpu) needs AVX2"
-            elif _missing_module(CPU_INT4):
+            elif _missing(CPU_INT4):
                 out["method=torchao-int4-weight"] = "this torchao has no CPU int4 layout (Int4OpaqueTensor): upgrade it"
             if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(target.cpu_flags):
                 out["method=torchao-int8-dynamic"] = ("no int8 dot-product instructions on this CPU (VNNI / AMX): "

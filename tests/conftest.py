@@ -36,6 +36,19 @@ def user_dirs(tmp_path, model_cache, monkeypatch):
 
 
 @pytest.fixture
+def chaos():
+    """The test plugins (tests/plugins_for_tests.py) registered for one test: the optimizations then."""
+    import plugins_for_tests
+    from autotune.registry import get_optimizations, pm
+
+    pm.register(plugins_for_tests, name="plugins_for_tests")
+    try:
+        yield get_optimizations()
+    finally:
+        pm.unregister(name="plugins_for_tests")
+
+
+@pytest.fixture
 def db_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'tune.db'}"
 

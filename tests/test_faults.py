@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -224,17 +223,6 @@ ONE_RECIPE = {"quantization.method": ["none"], "dtype.dtype": ["auto"], "attenti
               "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic"], "compile.target": ["off"],
               "corrupt.decode": ["clean"]}
 
-@pytest.fixture
-def chaos():
-    import plugins_for_tests
-    from autotune.registry import get_optimizations, pm
-
-    pm.register(plugins_for_tests, name="plugins_for_tests")
-    try:
-        yield get_optimizations()
-    finally:
-        pm.unregister(name="plugins_for_tests")
-
 
 def test_the_kernel_oom_killer_is_classified_oom(chaos, tiny_model):
     """A real kill: the trial joins a 1 GiB memory cgroup and touches 3 GiB; the kernel's OOM killer
@@ -375,10 +363,20 @@ def _env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(TESTS), "AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", **extra}
 
 
-def _completed(study) -> int:
+def _wait_for_a_completed_trial(study_name: str, timeout: float = 180) -> None:
+    """Poll the study until one trial is complete (the study may not exist yet)."""
     import optuna
 
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    storage = Store(PG).optuna_storage()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.3)
 
 
 def test_postgresql_down_30s_under_two_daemons(postgres_outage, tmp_path, tiny_model):
@@ -396,15 +394,7 @@ def test_postgresql_down_30s_under_two_daemons(postgres_outage, tmp_path, tiny_m
                                  "--heartbeat", "1", "--grace", "3", "--exit-when-idle"],
                                 env=_env(CHAOS_SLOW_S="4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True) for _ in range(2)]
-    storage = Store(PG).optuna_storage()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if _completed(optuna.load_study(study_name="outage", storage=storage)) >= 1:
-                break
-        except KeyError:
-            pass
-        time.sleep(0.5)
+    _wait_for_a_completed_trial("outage")
     postgres_outage("stop")
     time.sleep(30)
     postgres_outage("start")
@@ -440,15 +430,7 @@ def test_postgresql_down_under_a_search_then_resume(postgres_outage, tmp_path, t
     cmd = [sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", "down", "--db", PG]
     proc = subprocess.Popen(cmd, env=_env(CHAOS_SLOW_S="8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    storage = Store(PG).optuna_storage()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if _completed(optuna.load_study(study_name="down", storage=storage)) >= 1:
-                break
-        except KeyError:
-            pass
-        time.sleep(0.3)
+    _wait_for_a_completed_trial("down")
     postgres_outage("stop")
     out, err = proc.communicate(timeout=300)
     postgres_outage("start")

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 from conftest import FAST, build_tiny_model
 
-import plugins_for_tests
 from autotune.evaluate import evaluate
 from autotune.figures import Status
 from autotune.measure import Stats, cv, first_divergence, reference_windows, token_agreement
 from autotune.recipe import resolve
-from autotune.registry import get_optimizations, pm
+from autotune.registry import get_optimizations
 from autotune.sources import resolve_model
 from autotune.spec import MeasurePolicy
 from autotune.target import current_target
@@ -20,15 +19,6 @@ from autotune.workload import Workload
 
 WORKLOAD = Workload(prompt_tokens=8, new_tokens=6)
 POLICY = MeasurePolicy(**FAST)
-
-
-@pytest.fixture
-def chaos():
-    pm.register(plugins_for_tests, name="plugins_for_tests")
-    try:
-        yield get_optimizations()
-    finally:
-        pm.unregister(name="plugins_for_tests")
 
 
 def run(model, optimizations, partial, timeout=120.0, baseline=None, workload=WORKLOAD, **kw):
