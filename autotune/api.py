@@ -95,7 +95,7 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
            timeout: float | None = None, trial_timeout: float | None = None, sampler: str | None = None,
            study: str | None = None, device: str | None = None, config_only: bool | None = None,
            remeasure: bool = False, price_per_hour: float | None = None, measure: Mapping | None = None,
-           space: Mapping | None = None, progress: bool = True, on_status: Callable[[str], None] | None = None) -> TuningResult:
+           space: Mapping | None = None, draft: str | None = None, progress: bool = True, on_status: Callable[[str], None] | None = None) -> TuningResult:
     """Search the plugins' space for the best recipe for ``model`` within ``budget``, measuring every
     candidate, as ``autotune search`` does (same arguments; ``workload`` a dict of prompt_tokens,
     new_tokens, batch_size; ``measure`` overrides the measurement policy and ``space`` restricts the
@@ -111,7 +111,7 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
                        pareto=pareto, trials=trials, timeout=timeout, trial_timeout=trial_timeout, sampler=sampler,
                        study=study, device=device, config_only=config_only, remeasure=remeasure,
                        price_per_hour=price_per_hour, measure=dict(measure) if measure else None,
-                       space=dict(space) if space else None)
+                       space=dict(space) if space else None, draft=draft)
     store = Store(db)
     run = Search(spec, store, get_optimizations())
     say = on_status or _quiet
@@ -197,6 +197,9 @@ def bench(model: str | None = None, recipe=None, *, sets=(), workload=None, devi
     for plugin, choices in parse_sets(sets, optimizations).items():
         chosen.setdefault(plugin, {}).update(choices)
     resolved = resolve(chosen, optimizations)
+    draft = resolved.get("decoding", {}).get("draft")
+    if draft:  # a missing draft is a one-line error here, not a failed measurement in a child
+        resolve_model(draft, config_only=config_only, tokenizer=False)
     from .workload import Workload
 
     wl = Workload.from_dict({**doc.get("workload", {}), **_workload_fields(workload)})

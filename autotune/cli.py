@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 
 import click
 
@@ -103,9 +104,10 @@ def make_workload(**given):
 
 @cli.command()
 @click.option("--model", default=None, help="also leave out choices that duplicate another for this model")
+@click.option("--draft", default=None, metavar="MODEL", help="with --model: the draft assisted decoding would use")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 @handle_errors
-def plugins(model, as_json):
+def plugins(model, draft, as_json):
     """Every optimization, its options and choices, and what is unavailable here and why."""
     from . import report_text
     from .optimization import unavailable_for
@@ -114,13 +116,18 @@ def plugins(model, as_json):
     from .target import current_target
 
     target = current_target()
+    if draft and not model:
+        raise UsageError("--draft needs --model: whether a draft fits depends on the model")
     info = resolve_model(model).info() if model else None
+    if draft:
+        info = replace(info, draft=resolve_model(draft, tokenizer=False).info())
     rows = []
     for name, opt in get_optimizations().items():
         rows.append({
             "name": name, "order": opt.order, "version": opt.version, "description": opt.description,
             "options": {o.name: list(o.choices) for o in opt.options()},
             "defaults": {o.name: o.default for o in opt.options()},
+            "given": {o.name: o.default for o in opt.options() if o.given},
             "unavailable": unavailable_for(opt, target, info),
         })
     if as_json:
@@ -136,10 +143,12 @@ def plugins(model, as_json):
               help="a recipe file (autotune export): its model, workload and choices; --set and options override")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help=f"seconds per measured recipe (default {BASELINE_TIMEOUT_S:.0f})")
+@click.option("--draft", default=None, metavar="MODEL",
+              help="assisted decoding with this draft model (decoding.method=assisted, decoding.draft=MODEL)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
-def bench(model, sets, recipe_file, timeout, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
+def bench(model, sets, recipe_file, timeout, draft, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
            workload_kind=None):
     """Measure one recipe against the HF-default baseline, side by side in one run."""
     from . import api, report_text
@@ -147,6 +156,8 @@ def bench(model, sets, recipe_file, timeout, as_json, prompt_tokens, new_tokens,
 
     if not model and not recipe_file:
         raise UsageError("give a MODEL (or a --recipe file, which names one)")
+    if draft is not None:
+        sets = ("decoding.method=assisted", *sets, f"decoding.draft={draft}")
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     result = api.bench(model, recipe_file, sets=sets, device=device, config_only=config_only, timeout=timeout,
                        workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
@@ -178,6 +189,8 @@ def study_options(fn):
                      help="a study definition (see studies/); command-line options override it"),
         click.option("--hardware", default=None,
                      help="for a queued job: where it may run: this (default), any, cpu, cuda, cuda>=40GiB"),
+        click.option("--draft", default=None, metavar="MODEL",
+                     help="a smaller model with the same tokenizer: adds assisted decoding to the space"),
     ]):
         fn = decorator(fn)
     return fn
@@ -208,14 +221,14 @@ def open_store(db_url):
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
            remeasure, submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url, workload_kind=None, price_per_hour=None):
+           db_url, workload_kind=None, price_per_hour=None, draft=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import api, report_text
     from .errors import NoFeasibleRecipe
 
     given = dict(study_file=study_file, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study=study_name, device=device,
-                 config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour,
+                 config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour, draft=draft,
                  workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
                            "batch_size": batch_size})
     if submit_job:
@@ -358,13 +371,14 @@ def _submit(store, spec, hardware):
 @handle_errors
 def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
            prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url, workload_kind=None):
+           db_url, workload_kind=None, draft=None):
     """Queue a tuning job in the database; daemons on matching hardware work it off."""
     from .spec import build
 
     spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, prompt_tokens=prompt_tokens,
-                 kind=workload_kind, new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None)
+                 kind=workload_kind, new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None,
+                 draft=draft)
     _submit(open_store(db_url), spec, hardware)
 
 

@@ -24,6 +24,8 @@ class ModelInfo:
     """What a plugin may know of the model before anything is loaded: its ``config.json``."""
 
     config: dict = field(default_factory=dict)
+    #: the draft model the study gives (``--draft``) for assisted decoding, when it gives one
+    draft: "ModelInfo | None" = None
 
     @property
     def dtype(self) -> str:
@@ -44,6 +46,9 @@ class Option:
     default: Any
     help: str = ""
     active: Callable[[Choices], bool] | None = None
+    #: a value the study gives, not a choice the search makes (the draft model of assisted decoding,
+    #: from ``--draft``): any text, one value per study, never sampled. ``choices`` holds the default.
+    given: bool = False
 
     @property
     def distribution(self) -> CategoricalDistribution:

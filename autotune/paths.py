@@ -19,8 +19,24 @@ def data_dir() -> Path:
 
 def use_persistent_compile_cache() -> None:
     """One inductor / AOTAutograd cache for every trial on this machine, in autotune's cache dir and
-    keyed by the torch version, so a graph compiled by one trial costs seconds in the next (unless
-    the user points TORCHINDUCTOR_CACHE_DIR elsewhere)."""
+    keyed by the torch version, so a graph compiled by one trial costs seconds in the next — unless
+    the user points TORCHINDUCTOR_CACHE_DIR elsewhere. Torch writes its own default (a folder in
+    /tmp) into that variable the first time anything asks for the cache dir, so a value equal to
+    torch's default is not the user's choice and is replaced."""
     from importlib.metadata import version
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor" / version("torch")))
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or current == _torch_default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir(version("torch")))
+
+
+def compile_cache_dir(torch_version: str) -> Path:
+    return cache_dir() / "inductor" / torch_version
+
+
+def _torch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch: then only an unset variable is ours to set
+        return None
+    return os.path.abspath(default_cache_dir())

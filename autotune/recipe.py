@@ -27,7 +27,7 @@ def parse_sets(items: Iterable[str], optimizations: Mapping[str, Optimization]) 
         if not sep or not dot or not plugin or not option:
             raise PluginError(f"malformed --set {item!r}: expected plugin.option=value, e.g. cache.implementation=static")
         opt = _find_option(optimizations, plugin, option)
-        partial.setdefault(plugin, {})[option] = _coerce(value, opt.choices)
+        partial.setdefault(plugin, {})[option] = value.strip() if opt.given else _coerce(value, opt.choices)
     return partial
 
 
@@ -53,7 +53,10 @@ def resolve(partial: Mapping[str, Mapping[str, Any]], optimizations: Mapping[str
             raise RecipeError(f"recipe entry {plugin!r} must map option names to values")
         for option, value in opts.items():
             opt = _find_option(optimizations, plugin, option)
-            if not any(c == value and type(c) is type(value) for c in opt.choices):
+            if opt.given:
+                if value is not None and not (isinstance(value, str) and value.strip()):
+                    raise PluginError(f"{plugin}.{option} must be a name or a path, got {value!r}")
+            elif not any(c == value and type(c) is type(value) for c in opt.choices):
                 raise PluginError(f"{plugin}.{option}={value!r} is not one of {list(opt.choices)}")
     recipe: Recipe = {}
     for name, optimization in optimizations.items():

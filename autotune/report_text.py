@@ -11,6 +11,9 @@ def plugins_table(rows: list[dict], target) -> str:
     for row in rows:
         lines.append(f"{row['name']}  (order {row['order']}): {row['description']}")
         for option, choices in row["options"].items():
+            if option in row.get("given", {}):
+                lines.append(f"  {option}: given by the study, not searched")
+                continue
             shown = []
             for c in choices:
                 mark = "*" if c == row["defaults"][option] else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -84,6 +85,10 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._old)
 
 
+#: the most points a grid search may list (Optuna's GridSampler holds them all in memory)
+MAX_GRID_POINTS = 100_000
+
+
 def make_sampler(name: str, seed, space):
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, group=True)
@@ -93,6 +98,10 @@ def make_sampler(name: str, seed, space):
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         grid = {f"{p}.{o.name}": list(o.choices) for p, opts in space.items() for o in opts if len(o.choices) > 1}
+        points = math.prod(len(c) for c in grid.values())
+        if points > MAX_GRID_POINTS:  # Optuna lists every point up front: a whole space would exhaust memory
+            raise UsageError(f"--sampler grid over this space lists {points:,} points (at most {MAX_GRID_POINTS:,}): "
+                             "narrow the space in a study file's [space] table, or use tpe / random")
         return optuna.samplers.GridSampler(grid, seed=seed)
     raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
@@ -111,6 +120,7 @@ def reuse_key(spec: SearchSpec, optimizations: Mapping[str, Optimization]) -> st
     """What must match, beyond target and workload, for an earlier measurement to stand for a new
     one: the measurement policy, the model's content, autotune's and every plugin's version."""
     raw = {"policy": spec.policy.key, "model": spec.source.fingerprint, "autotune": __version__,
+           **({"draft": spec.draft.fingerprint} if spec.draft else {}),
            "plugins": {name: f"{type(o).__module__}:{o.version}" for name, o in optimizations.items()}}
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
@@ -122,6 +132,8 @@ class Search:
         self.spec, self.store, self.optimizations = spec, store, optimizations
         self.budget = spec.budget
         self.model_info = spec.source.info()
+        if spec.draft is not None:
+            self.model_info = replace(self.model_info, draft=spec.draft.info())
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)

@@ -76,8 +76,9 @@ def _hub_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def resolve_model(arg: str, config_only: bool = False) -> ModelSource:
-    """Turn a model argument into something ``from_pretrained`` can load, without loading weights."""
+def resolve_model(arg: str, config_only: bool = False, tokenizer: bool = True) -> ModelSource:
+    """Turn a model argument into something ``from_pretrained`` can load, without loading weights.
+    ``tokenizer=False``: a model that needs none of its own (a draft shares the served model's)."""
     from .registry import get_model_aliases
 
     aliases = get_model_aliases()
@@ -90,7 +91,7 @@ def resolve_model(arg: str, config_only: bool = False) -> ModelSource:
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"model directory {arg!r} has no config.json")
         _check_config(Path(path) / "config.json")
-        if not config_only and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
+        if tokenizer and not config_only and not any((Path(path) / name).exists() for name in TOKENIZER_FILES):
             raise ModelError(f"model directory {arg!r} has no tokenizer: quality cannot be scored without one "
                              "(add it, or measure speed only with --config-only)")
     elif HUB_ID.match(arg):

@@ -26,6 +26,12 @@ def build_space(optimizations: Mapping[str, Optimization], target,
         for o in opt.options():
             choices = [c for c in o.choices if f"{o.name}={c}" not in unavailable]
             key = f"{name}.{o.name}"
+            if o.given:  # the study's value (e.g. --draft), or the default: one choice, never sampled
+                given = restrict.pop(key, [o.default])
+                if len(given) != 1:
+                    raise PluginError(f"{key}: give one value, not {len(given)}")
+                options.append(replace(o, choices=tuple(given), default=given[0]))
+                continue
             if key in restrict:
                 wanted = restrict.pop(key)
                 bad = [c for c in wanted if c not in o.choices]

@@ -107,6 +107,8 @@ class SearchSpec:
     remeasure: bool = False  # measure even what the database already knows
     #: what an hour of this machine costs (USD): figures then show cost per million output tokens
     price_per_hour: float | None = None
+    #: the draft model assisted decoding may use (``--draft``); its name is the recipe's decoding.draft
+    draft: ModelSource | None = None
 
     def default_study_name(self) -> str:
         raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
@@ -119,7 +121,7 @@ class SearchSpec:
                 "budget": self.budget.text, "objectives": [list(o) for o in self.objectives], "trials": self.trials,
                 "trial_timeout": self.trial_timeout, "sampler": self.sampler, "seed": self.seed,
                 "restrict": self.restrict, "policy": self.policy.to_dict(), "study_name": self.study_name,
-                "price_per_hour": self.price_per_hour}
+                "price_per_hour": self.price_per_hour, "draft": self.draft.name if self.draft else None}
 
     @classmethod
     def from_dict(cls, d: dict, target) -> "SearchSpec":
@@ -128,7 +130,8 @@ class SearchSpec:
                    budget=parse_budget(d["budget"]), objectives=[tuple(o) for o in d["objectives"]],
                    trials=d["trials"], trial_timeout=d["trial_timeout"], sampler=d["sampler"], seed=d["seed"],
                    restrict=d["restrict"], policy=MeasurePolicy.from_dict(d.get("policy")),
-                   study_name=d.get("study_name"), price_per_hour=d.get("price_per_hour"))
+                   study_name=d.get("study_name"), price_per_hour=d.get("price_per_hour"),
+                   draft=resolve_model(d["draft"], tokenizer=False) if d.get("draft") else None)
 
 
 # -- study files ---------------------------------------------------------------------------------
@@ -158,7 +161,11 @@ STUDY_KEYS = {
     "space": (lambda v: isinstance(v, dict), "a [space] table"),
     "measure": (lambda v: isinstance(v, dict), "a [measure] table"),
     "price_per_hour": (_positive_number, "a positive number of US dollars per hour"),
+    "draft": (lambda v: isinstance(v, str) and v.strip() != "", "a draft model name or directory"),
 }
+
+#: the option a draft model (``--draft``) fills: the decoding plugin's, given by the study, never sampled
+DRAFT_OPTION = "decoding.draft"
 
 
 def read_study_file(path: str) -> dict:
@@ -205,6 +212,12 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
             workload[key] = cli[key]
     space = {k: (v if isinstance(v, list) else [v])
              for k, v in {**data.get("space", {}), **(cli.get("space") or {})}.items()}
+    draft = pick("draft")
+    if draft is not None:
+        if DRAFT_OPTION in space:
+            raise UsageError(f"give the draft model once: --draft (or draft in the study file), not {DRAFT_OPTION}")
+        draft = resolve_model(draft, config_only=bool(pick("config_only", default=False)), tokenizer=False)
+        space[DRAFT_OPTION] = [draft.name]
     pareto = bool(pick("pareto", default=False))
     objective = pick("objective", default="tpot")
     price = pick("price_per_hour")
@@ -228,6 +241,7 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         policy=MeasurePolicy.from_dict({**data.get("measure", {}), **(cli.get("measure") or {})}),
         remeasure=bool(cli.get("remeasure")),
         price_per_hour=price,
+        draft=draft,
     )
 
 

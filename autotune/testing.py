@@ -160,27 +160,47 @@ def program_of(opt: Optimization, choices: dict, model_dir, target=None) -> dict
         "compiled": compiled,
         "generate": "model.generate" if generate is hf_generate else type(generate).__name__,
         "generate_kwargs": repr(sorted(opt.generate_kwargs(mine, ctx).items())),
+        "assistant": _assistant_state(generate),
         "runtime": runtime,
     }
 
 
-def check_choices_change_what_runs(opt: Optimization, model_dir, target=None) -> list[str]:
+def _assistant_state(generate) -> dict | None:
+    """The draft model a generate callable passes as ``assistant_model`` (``generate.draft``), and
+    the proposal knobs transformers reads from its generation config."""
+    draft = getattr(generate, "draft", None)
+    if draft is None:
+        return None
+    gc = draft.generation_config
+    return {"draft": draft.config.name_or_path, "layers": draft.config.num_hidden_layers,
+            "tokens": gc.num_assistant_tokens, "schedule": gc.num_assistant_tokens_schedule,
+            "confidence": gc.assistant_confidence_threshold}
+
+
+def check_choices_change_what_runs(opt: Optimization, model_dir, target=None, given: dict | None = None) -> list[str]:
     """Every available choice of every option, set alone on top of the defaults (with the choices
     that make it active), runs something the default does not — on this checkpoint, so a choice
     that duplicates another for it (a dtype equal to the checkpoint's) must be marked unavailable.
+    ``given``: values of the plugin's given options (``{"draft": path}``), as a study gives them.
     Returns the choices it checked."""
     import json
 
     from .optimization import ModelInfo, unavailable_for
 
     target = _target(target)
+    given = dict(given or {})
     model = ModelInfo(json.loads((Path(model_dir) / "config.json").read_text()))
+    if given.get("draft"):
+        model = ModelInfo(model.config, draft=ModelInfo(json.loads((Path(given["draft"]) / "config.json").read_text())))
     unavailable = unavailable_for(opt, target, model)
     checked = []
     for option in opt.options():
+        if option.given:
+            continue  # the study's value, not a choice
         needed = _activating(opt, option, unavailable)
         if needed is None:
             continue  # no available choice makes it active here
+        needed = {**needed, **{k: v for k, v in given.items() if option.name != k}}
         base = program_of(opt, needed, model_dir, target)
         for choice in option.choices:
             if choice == option.default or f"{option.name}={choice}" in unavailable:

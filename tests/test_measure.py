@@ -3,6 +3,8 @@ quality through the served decode path, the child's own memory, every failure cl
 parent lives, early abandonment."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import FAST, build_tiny_model
 
@@ -153,3 +155,32 @@ def test_stats_agreement_and_windows():
     assert first_divergence([1, 2, 3], [1, 2, 4]) == 2 and first_divergence([1, 2], [1, 2]) is None
     windows = reference_windows(list(range(10)), 3, 2, 3)  # wraps around a short text
     assert windows == [([0, 1, 2], [3, 4]), ([5, 6, 7], [8, 9]), ([0, 1, 2], [3, 4])]
+
+
+def test_trials_compile_into_autotunes_persistent_cache(tiny_model, monkeypatch, tmp_path):
+    """Torch writes its /tmp default into TORCHINDUCTOR_CACHE_DIR the first time anything asks (the
+    search's parent does, building the space): trials must still compile into autotune's cache dir,
+    where the next trial and the next search find the graph (it went to /tmp before this was fixed)."""
+    from importlib.metadata import version
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from autotune.evaluate import evaluate
+    from autotune.paths import compile_cache_dir
+    from autotune.recipe import resolve
+    from autotune.registry import get_optimizations
+    from autotune.sources import resolve_model
+    from autotune.spec import MeasurePolicy
+    from autotune.target import current_target
+    from autotune.workload import Workload
+
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))  # empty: the graph is compiled, not found
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(default_cache_dir()))
+    ours = compile_cache_dir(version("torch"))
+    before: set = set()
+    opts = get_optimizations()
+    ev = evaluate(resolve_model(tiny_model), resolve({"compile": {"target": "forward"}}, opts),
+                  Workload(prompt_tokens=8, new_tokens=4), current_target("cpu"), opts, timeout=300,
+                  policy=MeasurePolicy(min_runs=2, max_runs=2, quality=False))
+    assert ev.ok, ev.error
+    assert any(p.is_file() for p in set(ours.rglob("*")) - before), f"nothing compiled into {ours}"

@@ -356,3 +356,11 @@ def test_remeasure_reuses_nothing(tmp_path, tiny_model):
     result, payload = search(["--study-file", f, "--study", "c", "--remeasure"], db)
     assert result.exit_code == 0 and not any(t["reused"] for t in payload["trials"])
     assert measured() >= before + len(payload["trials"])  # the baseline and every other trial, again
+
+
+def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
+    """Optuna's GridSampler lists every point up front: over the whole space (hundreds of thousands
+    of recipes, more in the product of choices) it took 24 GB and the kernel's OOM killer."""
+    result, _ = search([tiny_model, "--sampler", "grid", "--trials", "1"], db_url)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "narrow the space" in result.output and len(result.output.strip().splitlines()) == 1
