@@ -65,8 +65,9 @@ class Decoding(Optimization):
             return None
         if method == "assisted" and not opts.get("draft"):
             return "decoding.method=assisted needs a draft model: give --draft MODEL (or decoding.draft)"
-        if recipe.get("compile", {}).get("target") == "decode":
-            return "compile.target=decode runs its own one-token loop: it cannot verify several proposed tokens"
+        target = recipe.get("compile", {}).get("target")
+        if target in ("decode", "aoti"):
+            return f"compile.target={target} runs its own one-token loop: it cannot verify several proposed tokens"
         cache = recipe.get("cache", {})
         if cache.get("implementation") in ("static", "offloaded_static") and cache.get("max_cache_len") == "auto":
             return ("a static cache sized to the call (max_cache_len=auto) has no room for the proposed tokens "

@@ -123,3 +123,7 @@ def register_seeds(register, target):
         register("torchao int8 + decode loop", {"quantization": {"method": "torchao-int8-weight"},
                                                 "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
                                                 "compile": {"target": "decode", "mode": "default"}}, rank=25)
+        # the same program compiled ahead of time: no dynamo guards or Python between the tokens
+        register("torchao int8 + AOTInductor", {"quantization": {"method": "torchao-int8-weight"},
+                                                "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
+                                                "compile": {"target": "aoti", "mode": "default"}}, rank=22)
