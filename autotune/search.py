@@ -138,6 +138,7 @@ class Search:
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)
         self.seeds = self._seed_recipes()
+        self._seed_keys = {recipe_key(r) for r in self.seeds}
         self.reuse_key = reuse_key(spec, optimizations)
         self.trial_limit_s = spec.trial_timeout
         self.baseline_record: TrialRecord | None = None
@@ -247,7 +248,8 @@ class Search:
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
-                      first_call_cap_s=None if is_baseline else self.first_call_cap_s(policy or self.spec.policy))
+                      first_call_cap_s=None if is_baseline else self.first_call_cap_s(
+                          policy or self.spec.policy, seed=recipe_key(recipe) in self._seed_keys))
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
@@ -255,11 +257,12 @@ class Search:
         self._measured_now.add(row.id)
         return self._record(number, row)
 
-    def first_call_cap_s(self, policy) -> float:
+    def first_call_cap_s(self, policy, seed: bool = False) -> float:
         """How long a candidate's first call (its compilation) may run before it is pruned: the
         policy's cap, and within a time-boxed search at most a tenth of the search's time, so one
-        pathological compile cannot eat the budget of ten candidates."""
-        if self.spec.timeout:
+        pathological compile cannot eat the budget of ten candidates — except a seed's, the prior's
+        best bets, which get the policy's whole cap (an AOTInductor seed compiles for ~65 s cold)."""
+        if self.spec.timeout and not seed:
             return min(policy.max_first_call_s, max(30.0, self.spec.timeout / 10))
         return policy.max_first_call_s
 

@@ -133,7 +133,7 @@ def test_misspelled_hook_is_caught():
 def test_plugins_json_is_truthful_about_this_machine():
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.output)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert BUILTINS <= set(rows)
     att = rows["attention"]
     assert "flash_attention_2" in att["options"]["implementation"]
@@ -143,7 +143,7 @@ def test_plugins_json_is_truthful_about_this_machine():
         reason = att["unavailable"]["implementation=flash_attention_2"]
         assert "no CUDA device" in reason
         assert "cache" in rows and "implementation=offloaded" in rows["cache"]["unavailable"]
-    assert rows["compile"]["options"]["target"] == ["off", "forward", "decode", "generate"]
+    assert rows["compile"]["options"]["target"] == ["off", "forward", "decode", "generate", "aoti"]
 
 
 def test_plugins_text_lists_reasons():

@@ -364,3 +364,19 @@ def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
     result, _ = search([tiny_model, "--sampler", "grid", "--trials", "1"], db_url)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "narrow the space" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
+    """A time-boxed search caps a candidate's first call at a tenth of its time; the seeds (an
+    AOTInductor seed compiles ~65 s cold) keep the policy's cap."""
+    from autotune.recipe import recipe_key
+    from autotune.registry import get_optimizations
+    from autotune.search import Search
+    from autotune.spec import build
+
+    spec = build(model=tiny_model, timeout=600)
+    run = Search(spec, Store(db_url), get_optimizations())
+    assert run.first_call_cap_s(spec.policy) == 60
+    assert run.first_call_cap_s(spec.policy, seed=True) == spec.policy.max_first_call_s == 120
+    aoti = [r for r in run.seeds if r["compile"].get("target") == "aoti"]
+    assert aoti and recipe_key(aoti[0]) in run._seed_keys

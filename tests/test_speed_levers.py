@@ -192,3 +192,40 @@ def test_prompt_lookup_needs_room_in_a_static_cache():
     assert "max_cache_len" in impossible(resolve(lookup, opts), opts, current_target("cpu"))
     roomy = {**lookup, "cache": {"implementation": "static", "max_cache_len": 256}}
     assert impossible(resolve(roomy, opts), opts, current_target("cpu")) is None
+
+
+def test_aoti_decode_step_keeps_greedy_output_and_is_compiled_once(tiny_model):
+    """compile.target=aoti: the exported program's tokens are the model's greedy tokens (fp32: equal
+    to the baseline), scored through its own loop; the package is cached on disk, so a second trial
+    loads it (no new package, a far shorter first call) and another shape compiles its own."""
+    from autotune.paths import cache_dir
+
+    workload = Workload(prompt_tokens=8, new_tokens=6)
+    aoti = {"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}
+    base = measure(tiny_model, {}, workload)
+    packages = cache_dir() / "aoti"
+    before = set(packages.glob("*.pt2")) if packages.exists() else set()
+    first = measure(tiny_model, aoti, workload, baseline=base)
+    assert base.ok and first.ok, (base.error, first.error)
+    assert first.figures.greedy_match == 1.0 and first.figures.quality == 1.0
+    built = set(packages.glob("*.pt2")) - before
+    assert len(built) == 1
+    again = measure(tiny_model, aoti, workload, baseline=base)
+    assert again.ok and set(packages.glob("*.pt2")) - before == built
+    assert again.figures.first_call_s < first.figures.first_call_s / 2
+    longer = measure(tiny_model, aoti, Workload(prompt_tokens=8, new_tokens=10), baseline=None)
+    assert longer.ok and len(set(packages.glob("*.pt2")) - before) == 2
+
+
+def test_aoti_refuses_a_call_outside_its_compiled_shape(tiny_model):
+    from autotune.apply import apply_recipe
+    from autotune.errors import RecipeError
+    from autotune.optimization import ApplyContext
+
+    opts = get_optimizations()
+    recipe = resolve({"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}, opts)
+    applied = apply_recipe(tiny_model, opts, recipe, ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe))
+    with pytest.raises(RecipeError, match="compiled for batch 1 and 12 positions"):
+        applied.generate_ids(torch.ones(1, 20, dtype=torch.long), max_new_tokens=4)
+    with pytest.raises(RecipeError, match="padded"):
+        applied.generate_ids(torch.ones(1, 8, dtype=torch.long), torch.tensor([[0] + [1] * 7]), max_new_tokens=4)
