@@ -97,7 +97,7 @@ def make_sampler(name: str, seed, space):
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        grid = {f"{p}.{o.name}": list(o.choices) for p, opts in space.items() for o in opts if len(o.choices) > 1}
+        grid = spaces.sampled(space)
         points = math.prod(len(c) for c in grid.values())
         if points > MAX_GRID_POINTS:  # Optuna lists every point up front: a whole space would exhaust memory
             raise UsageError(f"--sampler grid over this space lists {points:,} points (at most {MAX_GRID_POINTS:,}): "

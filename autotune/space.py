@@ -113,6 +113,17 @@ def _plugin_choices(options: list[Option], chosen: dict | None = None, i: int = 
         yield from _plugin_choices(options, {**chosen, o.name: c}, i + 1)
 
 
+def sampled(space: Space) -> dict[str, list]:
+    """``"plugin.option" -> choices`` for every option a search can be asked to sample: more than one
+    choice, and active for at least one combination of its plugin's choices (a grid over the rest
+    would multiply points that are never visited)."""
+    out = {}
+    for plugin, options in space.items():
+        active = set().union(*(combo.keys() for combo in _plugin_choices(options)))
+        out.update({f"{plugin}.{o.name}": list(o.choices) for o in options if len(o.choices) > 1 and o.name in active})
+    return out
+
+
 def count(space: Space) -> int:
     """How many distinct recipes the space holds."""
     n = 1

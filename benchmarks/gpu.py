@@ -29,6 +29,7 @@ RECIPES = {
         "dtype.dtype=bfloat16 cache.implementation=static compile.target=forward compile.mode=reduce-overhead",
     "bf16 static + compiled decode loop, CUDA graphs":
         "dtype.dtype=bfloat16 cache.implementation=static compile.target=decode compile.mode=reduce-overhead",
+    "bf16 static + AOTInductor": "dtype.dtype=bfloat16 cache.implementation=static compile.target=aoti",
     "bnb int8": "quantization.method=bnb-int8 dtype.dtype=bfloat16",
     "bnb 4-bit nf4 bf16 compute": "quantization.method=bnb-4bit quantization.compute_dtype=bfloat16 dtype.dtype=bfloat16",
     "torchao int8 weight + static + decode loop":

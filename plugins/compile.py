@@ -256,6 +256,9 @@ class Compile(Optimization):
             if cache.get("implementation") != "static":
                 return (f"compile.target={mine['target']} drives its own StaticCache: needs "
                         "cache.implementation=static")
+        if mine.get("target") == "aoti" and str(recipe.get("quantization", {}).get("method", "")).startswith("bnb"):
+            return ("compile.target=aoti cannot export bitsandbytes layers (measured: torch.export fails on their "
+                    "parameters' set_)")
         return None
 
     def generate_kwargs(self, opts, ctx):

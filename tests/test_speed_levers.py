@@ -229,3 +229,16 @@ def test_aoti_refuses_a_call_outside_its_compiled_shape(tiny_model):
         applied.generate_ids(torch.ones(1, 20, dtype=torch.long), max_new_tokens=4)
     with pytest.raises(RecipeError, match="padded"):
         applied.generate_ids(torch.ones(1, 8, dtype=torch.long), torch.tensor([[0] + [1] * 7]), max_new_tokens=4)
+
+
+def test_aoti_rules():
+    """What cannot be exported ahead of time is a rule, not a trial that errors (measured: bnb's
+    parameters fail torch.export), and the loop needs its static cache."""
+    from autotune.recipe import impossible
+
+    opts, target = get_optimizations(), current_target("cpu")
+    aoti = {"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}
+    assert impossible(resolve(aoti, opts), opts, target) is None
+    assert "bitsandbytes" in impossible(resolve({**aoti, "quantization": {"method": "bnb-int8"}}, opts), opts, target)
+    assert "static" in impossible(resolve({"compile": {"target": "aoti"}}, opts), opts, target)
+    assert "cpp_wrapper" not in resolve(aoti, opts)["compile"]  # AOTInductor's wrapper is C++ anyway
