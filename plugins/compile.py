@@ -203,9 +203,12 @@ def _compile_package(model, opts, batch: int, length: int, path) -> None:
         dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}-{path.name}")
-    torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
-                                             inductor_configs=compile_kwargs(opts)["options"])
-    os.replace(tmp, path)  # whole or not at all: another trial may be reading it
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
+                                                 inductor_configs=compile_kwargs(opts)["options"])
+        os.replace(tmp, path)  # whole or not at all: another trial may be reading it
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def aoti_program(model, opts, ctx, batch: int, length: int):
