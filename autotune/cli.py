@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import replace
 
 import click
 
@@ -118,9 +117,7 @@ def plugins(model, draft, as_json):
     target = current_target()
     if draft and not model:
         raise UsageError("--draft needs --model: whether a draft fits depends on the model")
-    info = resolve_model(model).info() if model else None
-    if draft:
-        info = replace(info, draft=resolve_model(draft, tokenizer=False).info())
+    info = resolve_model(model).info(draft=resolve_model(draft, tokenizer=False) if draft else None) if model else None
     rows = []
     for name, opt in get_optimizations().items():
         rows.append({

@@ -131,9 +131,7 @@ class Search:
     def __init__(self, spec: SearchSpec, store: Store, optimizations: Mapping[str, Optimization]):
         self.spec, self.store, self.optimizations = spec, store, optimizations
         self.budget = spec.budget
-        self.model_info = spec.source.info()
-        if spec.draft is not None:
-            self.model_info = replace(self.model_info, draft=spec.draft.info())
+        self.model_info = spec.source.info(draft=spec.draft)
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)
@@ -242,6 +240,7 @@ class Search:
 
     def _measure(self, recipe, baseline: TrialRecord | None, is_baseline: bool, number: int = -1,
                  policy=None) -> TrialRecord:
+        key = recipe_key(recipe)
         limit = (self.trial_limit_s or BASELINE_TIMEOUT_S) if not is_baseline else \
             (self.spec.trial_timeout or BASELINE_TIMEOUT_S)
         base_eval = None if baseline is None else Evaluation(baseline.recipe, baseline.status, baseline.figures)
@@ -249,9 +248,9 @@ class Search:
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
                       first_call_cap_s=None if is_baseline else self.first_call_cap_s(
-                          policy or self.spec.policy, seed=recipe_key(recipe) in self._seed_keys))
+                          policy or self.spec.policy, seed=key in self._seed_keys))
         row = writes.record_measurement(
-            self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
+            self.store, self.ids, recipe_key=key, recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
             reuse_key=self.reuse_key, trial_limit_s=limit)
         self._measured_now.add(row.id)

@@ -32,8 +32,9 @@ class ModelSource:
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "config_only": self.config_only}
 
-    def info(self):
-        """What plugins may know of the model before loading it (its config.json)."""
+    def info(self, draft: "ModelSource | None" = None):
+        """What plugins may know of the model before loading it (its config.json), and of the
+        ``draft`` assisted decoding may use with it."""
         from .optimization import ModelInfo
 
         folder = Path(self.path)
@@ -43,7 +44,7 @@ class ModelSource:
             config = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError):
             config = {}
-        return ModelInfo(config if isinstance(config, dict) else {})
+        return ModelInfo(config if isinstance(config, dict) else {}, draft=draft.info() if draft else None)
 
     @property
     def fingerprint(self) -> str:

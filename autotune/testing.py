@@ -189,9 +189,8 @@ def check_choices_change_what_runs(opt: Optimization, model_dir, target=None, gi
 
     target = _target(target)
     given = dict(given or {})
-    model = ModelInfo(json.loads((Path(model_dir) / "config.json").read_text()))
-    if given.get("draft"):
-        model = ModelInfo(model.config, draft=ModelInfo(json.loads((Path(given["draft"]) / "config.json").read_text())))
+    draft = given.get("draft") and ModelInfo(json.loads((Path(given["draft"]) / "config.json").read_text()))
+    model = ModelInfo(json.loads((Path(model_dir) / "config.json").read_text()), draft=draft or None)
     unavailable = unavailable_for(opt, target, model)
     checked = []
     for option in opt.options():
@@ -200,7 +199,7 @@ def check_choices_change_what_runs(opt: Optimization, model_dir, target=None, gi
         needed = _activating(opt, option, unavailable)
         if needed is None:
             continue  # no available choice makes it active here
-        needed = {**needed, **{k: v for k, v in given.items() if option.name != k}}
+        needed = {**needed, **given}  # given options are skipped above: none is this option
         base = program_of(opt, needed, model_dir, target)
         for choice in option.choices:
             if choice == option.default or f"{option.name}={choice}" in unavailable:

@@ -47,6 +47,12 @@ def _decode_one_token(model, cur_token, cache_position, past_key_values):
     return logits[:, -1]
 
 
+def _max_cache_len(ctx) -> int | None:
+    """The recipe's cache.max_cache_len; None for ``auto`` (sized to the call)."""
+    max_len = ctx.recipe.get("cache", {}).get("max_cache_len", "auto")
+    return None if max_len == "auto" else max_len
+
+
 class DecodeLoop:
     """The guide's compiled decode loop: eager prefill, then one compiled step per new token over a
     StaticCache that is allocated once and reset between calls."""
@@ -57,8 +63,7 @@ class DecodeLoop:
         import torch
 
         self.compiled = torch.compile(_decode_one_token, **compile_kwargs(opts))
-        max_len = ctx.recipe.get("cache", {}).get("max_cache_len", "auto")
-        self.max_cache_len = None if max_len == "auto" else max_len
+        self.max_cache_len = _max_cache_len(ctx)
         self.cache = None
         self.cache_shape = None
         self.eos = model.generation_config.eos_token_id
@@ -142,8 +147,7 @@ class AheadOfTimeLoop(DecodeLoop):
     name = "compile.target=aoti"
 
     def __init__(self, model, opts, ctx):
-        max_len = ctx.recipe.get("cache", {}).get("max_cache_len", "auto")
-        self.length = ctx.prompt_tokens + ctx.max_new_tokens if max_len == "auto" else max_len
+        self.length = _max_cache_len(ctx) or ctx.prompt_tokens + ctx.max_new_tokens
         self.batch = ctx.batch_size
         self.opts, self.ctx = dict(opts), ctx
         self.runner = None
@@ -213,7 +217,6 @@ def _compile_package(model, opts, batch: int, length: int, path) -> None:
 
 def aoti_program(model, opts, ctx, batch: int, length: int):
     """The loaded AOTInductor program (compiled first, when no package is cached)."""
-
     import torch
 
     path = aoti_package_path(model, ctx, batch, length)

@@ -8,16 +8,15 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import FAST, write_study
+import test_speed_levers as speed_levers
+from conftest import write_study
 
 from autotune.cli import cli
 from autotune.errors import AutotuneError
-from autotune.evaluate import evaluate
 from autotune.optimization import ModelInfo
 from autotune.recipe import impossible, resolve
 from autotune.registry import get_optimizations
 from autotune.sources import resolve_model
-from autotune.spec import MeasurePolicy
 from autotune.target import current_target
 from autotune.testing import build_tiny_model
 from autotune.workload import Workload
@@ -32,9 +31,7 @@ def draft(tmp_path_factory) -> str:
 
 
 def measure(model, partial, baseline=None):
-    opts = get_optimizations()
-    return evaluate(resolve_model(model), resolve(partial, opts), WORKLOAD, current_target("cpu"), opts,
-                    baseline=baseline, timeout=180, policy=MeasurePolicy(**FAST))
+    return speed_levers.measure(model, partial, WORKLOAD, baseline)
 
 
 def test_assisted_decoding_keeps_the_models_greedy_output(tiny_model, draft):
