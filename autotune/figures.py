@@ -68,6 +68,7 @@ class Figures:
     quality_s: float | None = None
     wall_s: float | None = None  # the whole trial as the parent saw it: spawn, imports, everything
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
+    first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     # quality against the HF-default baseline, through the served generate path
     quality: float | None = None  # teacher-forced top-1 agreement in decode steps
     perplexity: float | None = None

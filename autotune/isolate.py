@@ -211,7 +211,7 @@ class _Watch:
         while time.monotonic() < deadline:
             if self._compile_too_long():
                 self.proc.kill()
-                return Outcome(Status.PRUNED, Figures(phase=self.phase),
+                return Outcome(Status.PRUNED, Figures(phase=self.phase, first_call_cap_s=self.first_call_cap_s),
                                f"the first call (compilation) ran past {self.first_call_cap_s:.0f} s: pruned so the "
                                "search can afford other candidates ([measure] max_first_call_s raises it)")
             if self.conn.poll(0.2):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import signal
 import socket
 import time
@@ -87,11 +88,15 @@ class _StopFlag:
 
 #: the most points a grid search may list (Optuna's GridSampler holds them all in memory)
 MAX_GRID_POINTS = 100_000
+#: TPE's random start: finished trials before it models them (and before refinements begin)
+TPE_STARTUP = 4
+#: the samplers whose proposals alternate with refinements of the leader (see :func:`refinement`)
+REFINED = ("tpe",)
 
 
 def make_sampler(name: str, seed, space):
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True, group=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
@@ -104,6 +109,37 @@ def make_sampler(name: str, seed, space):
                              "narrow the space in a study file's [space] table, or use tpe / random")
         return optuna.samplers.GridSampler(grid, seed=seed)
     raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def refinement(study: optuna.Study, space, optimizations, target, seed: int | None) -> dict | None:
+    """When it is refinement's turn, the params of an untried recipe one option away from the leader
+    (the study's best feasible trial; two options away once no one-option change is left), chosen
+    at random among those the rules allow; else None, and the sampler proposes.
+
+    Refinements take every other proposal once ``TPE_STARTUP`` trials have finished (never two in a
+    row: the sampler keeps exploring). The space's
+    good recipes share most choices (bf16, int8 weights, a static cache and a compiled loop), and
+    the best differs from the runners-up in one or two of them: measured over a full CPU grid, TPE
+    alone needed half the grid to come within 5% of its best, TPE with refinements well under a
+    third (benchmarks/RESULTS.md)."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(1 for t in trials if t.state.is_finished())
+    if finished < TPE_STARTUP or trials[-1].user_attrs.get("proposed_by") == "refinement":
+        return None
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                and all(v <= 0 for v in t.constraints.values())]
+    if not complete:
+        return None
+    best = (min if study.direction == optuna.study.StudyDirection.MINIMIZE else max)(complete, key=lambda t: t.value)
+    leader = spaces.recipe_for(best.params, space, optimizations)
+    tried = {recipe_key(spaces.recipe_for(t.params, space, optimizations)) for t in trials}
+    for changes in (1, 2):
+        untried = [r for r in spaces.neighbours(leader, space, optimizations, changes)
+                   if recipe_key(r) not in tried and impossible(r, optimizations, target) is None]
+        if untried:
+            pick = random.Random(None if seed is None else f"{seed}:{len(trials)}").choice(untried)
+            return spaces.params_for(pick, space)
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -192,14 +228,20 @@ class Search:
 
     def ask(self, study: optuna.Study) -> optuna.Trial:
         """The next trial: a waiting one first (e.g. the retry of a trial whose worker died), else
-        the next seed recipe not yet tried, else whatever the sampler proposes. Seeds are enqueued
-        one at a time, just before they are asked, so they never starve a retry."""
+        the next seed recipe not yet tried, else a refinement of the leader when it is its turn
+        (:func:`refinement`), else whatever the sampler proposes. Seeds and refinements are enqueued
+        one at a time, just before they are asked, so they never starve a retry; each trial's
+        ``proposed_by`` user attribute says which it was."""
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         if not waiting and self.spec.sampler != "grid":  # a grid visits everything anyway
             done = study.user_attrs.get("seeds_asked", 0)
             if done < len(self.seeds):
                 study.set_user_attr("seeds_asked", done + 1)
-                study.enqueue_trial(spaces.params_for(self.seeds[done], self.space))
+                study.enqueue_trial(spaces.params_for(self.seeds[done], self.space), user_attrs={"proposed_by": "seed"})
+            elif self.spec.sampler in REFINED and len(self.spec.objectives) == 1:
+                params = refinement(study, self.space, self.optimizations, self.spec.target, self.spec.seed)
+                if params is not None:
+                    study.enqueue_trial(params, user_attrs={"proposed_by": "refinement"})
         return study.ask()
 
     # -- measuring ---------------------------------------------------------------------------
@@ -228,7 +270,8 @@ class Search:
         return record
 
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
-        row = self._reusable(self._earlier(recipe), is_baseline=False)
+        cap = self.first_call_cap_s(self.spec.policy, seed=recipe_key(recipe) in self._seed_keys)
+        row = self._reusable(self._earlier(recipe), is_baseline=False, first_call_cap_s=cap)
         if row is not None:
             return self._record(number, row)
         on_status(describe(recipe, self.optimizations))
@@ -265,12 +308,17 @@ class Search:
             return min(policy.max_first_call_s, max(30.0, self.spec.timeout / 10))
         return policy.max_first_call_s
 
-    def _reusable(self, earlier: list, is_baseline: bool):
+    def _reusable(self, earlier: list, is_baseline: bool, first_call_cap_s: float | None = None):
         """Which earlier measurement, if any, stands for a new one (with ``--remeasure``, only one this
         run made). Successes always do. Failures are
         reused within the study that measured them; another study retries once (a config that failed
         in two studies stays failed) — except a failed baseline, always measured again, and a timeout
-        under a shorter limit than today's, which says nothing about today's."""
+        under a shorter limit than today's, which says nothing about today's. A candidate pruned as
+        hopeless was judged against its study's incumbent: another study measures it again; one
+        pruned because its first call (compilation) ran past a cap at least today's
+        (``first_call_cap_s``) would run past today's: compile time is the recipe's, the target's and
+        the versions', all in the key — so it is reused, and a larger cap (or ``--remeasure``)
+        measures it again."""
         if not earlier:
             return None
         newest = earlier[0]
@@ -285,8 +333,11 @@ class Search:
             return None
         if newest.study == self.study_name:
             return newest
-        if status == Status.PRUNED:  # judged against another study's incumbent
-            return None
+        if status == Status.PRUNED:
+            earlier_cap = Figures.from_dict(newest.figures).first_call_cap_s
+            if earlier_cap is not None and first_call_cap_s is not None and earlier_cap >= first_call_cap_s:
+                return newest
+            return None  # judged against another study's incumbent, or a shorter cap than today's
         failed_in = {r.study for r in earlier if Status(r.status).failed}
         return newest if len(failed_in) >= 2 else None
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Mapping
 
 from .errors import PluginError
 from .optimization import ModelInfo, Optimization, Option, unavailable_for
-from .recipe import Recipe, resolve
+from .recipe import Recipe, recipe_key, resolve
 
 Space = dict[str, list[Option]]
 
@@ -71,6 +71,41 @@ def params_for(recipe: Recipe, space: Space) -> dict[str, Any]:
     """The Optuna params that :func:`suggest` would produce for ``recipe`` (for enqueue_trial)."""
     return {f"{p}.{o.name}": recipe[p][o.name] for p, options in space.items() for o in options
             if o.name in recipe.get(p, {}) and len(o.choices) > 1 and recipe[p][o.name] in o.choices}
+
+
+class _Fixed:
+    """Answers :func:`suggest` from fixed params, as an Optuna trial would; an option the params do not
+    name (one that a change made active) takes the space's default."""
+
+    def __init__(self, params: Mapping[str, Any], space: Space):
+        self.params = params
+        self.defaults = {f"{p}.{o.name}": o.default for p, options in space.items() for o in options}
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        value = self.params.get(name, self.defaults[name])
+        return value if value in choices else self.defaults[name]
+
+
+def recipe_for(params: Mapping[str, Any], space: Space, optimizations: Mapping[str, Optimization]) -> Recipe:
+    """The recipe an Optuna trial with these params stands for (the inverse of :func:`params_for`)."""
+    return resolve(suggest(_Fixed(params, space), space), optimizations)
+
+
+def neighbours(recipe: Recipe, space: Space, optimizations: Mapping[str, Optimization],
+               changes: int = 1) -> list[Recipe]:
+    """Every distinct recipe of the space that differs from ``recipe`` in ``changes`` of the options a
+    search samples (an option a change makes active takes its default), in a stable order."""
+    params, options = params_for(recipe, space), sampled(space)
+    seen, out = {recipe_key(recipe)}, []
+    for names in itertools.combinations(options, changes):
+        alternatives = [[c for c in options[n] if c != params.get(n)] for n in names]
+        for values in itertools.product(*alternatives):
+            near = recipe_for({**params, **dict(zip(names, values))}, space, optimizations)
+            key = recipe_key(near)
+            if key not in seen:  # a change to an option the recipe leaves inactive changes nothing
+                seen.add(key)
+                out.append(near)
+    return out
 
 
 def canonical(recipe: Recipe, optimizations: Mapping[str, Optimization], target, model: ModelInfo | None) -> Recipe:

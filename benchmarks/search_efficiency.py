@@ -1,11 +1,14 @@
-"""Search efficiency: how many trials TPE and random search need to come within 5% of the best
-recipe of a fully measured grid (a benchmark, not a test; figures go to RESULTS.md).
+"""Search efficiency: how many trials autotune's search (TPE with refinements of the leader), TPE
+alone and random search need to come within 5% of the best recipe of a fully measured grid (a
+benchmark, not a test; figures go to RESULTS.md).
 
 1. Measure every recipe of a CPU space once, with the repeat policy, through the real search (grid
    sampler) into a tuning database — or reuse what the database already holds for it.
-2. Replay: for each sampler and seed, an Optuna study over the same space whose objective is the
-   stored measurement of the proposed recipe (what a real search would have measured). Rule-pruned
-   proposals do not count; no seed recipes are enqueued, so the samplers alone are compared.
+2. Replay: for each strategy and seed, an Optuna study over the same space whose objective is the
+   stored measurement of the proposed recipe (what a real search would have measured: an ok one
+   told with its budget constraints, a pruned one with its partial figure, a failed one as failed).
+   Rule-pruned proposals do not count; no seed recipes are enqueued, so the strategies alone are
+   compared.
 
     python benchmarks/search_efficiency.py [--db sqlite:///bench.db] [--seeds 10] [--within 0.05]
 """
@@ -23,7 +26,7 @@ from autotune.budget import parse_budget, parse_objectives
 from autotune.figures import Figures, Status
 from autotune.recipe import describe, impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
-from autotune.search import Search, make_sampler
+from autotune.search import Search, make_sampler, refinement
 from autotune.sources import resolve_model
 from autotune.space import build_space, count, suggest
 from autotune.spec import SearchSpec
@@ -42,8 +45,12 @@ GRID = {  # the levers that matter on a CPU host, small enough to measure whole
 }
 
 
-def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, Figures | None]:
-    """Every recipe of the space measured once (or reused): recipe key -> figures (None: failed)."""
+#: strategy -> (Optuna sampler, whether refinements of the leader take every other proposal)
+STRATEGIES = {"autotune": ("tpe", True), "tpe": ("tpe", False), "random": ("random", False)}
+
+
+def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, tuple[Status, Figures]]:
+    """Every recipe of the space measured once (or reused): recipe key -> (status, figures)."""
     search = Search(spec, store, optimizations)
     result_records = []
     try:
@@ -52,17 +59,21 @@ def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, Figures | 
         print(f"grid: {exc}", file=sys.stderr)
     study = search.open_study()
     result_records = search.study_records(study)
-    return {recipe_key(r.recipe): (r.figures if r.status == Status.OK else None) for r in result_records}
+    return {recipe_key(r.recipe): (r.status, r.figures) for r in result_records}
 
 
-def replay(space, optimizations, target, table: dict, budget, sampler: str, seed: int, goal: float,
+def replay(space, optimizations, target, table: dict, budget, strategy: str, seed: int, goal: float,
            key: str, limit: int) -> int | None:
     """Distinct recipes measured (rule-pruned proposals and repeats of a measured recipe not counted)
-    until a feasible recipe within the goal is found; None if the sampler never gets there."""
+    until a feasible recipe within the goal is found; None if the strategy never gets there."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler, refined = STRATEGIES[strategy]
     study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, seed, space))
     seen: set[str] = set()
     for _ in range(limit * 20):
+        params = refinement(study, space, optimizations, target, seed) if refined else None
+        if params is not None:  # as Search.ask does
+            study.enqueue_trial(params, user_attrs={"proposed_by": "refinement"})
         trial = study.ask()
         recipe = resolve(suggest(trial, space), optimizations)
         if impossible(recipe, optimizations, target):
@@ -71,8 +82,12 @@ def replay(space, optimizations, target, table: dict, budget, sampler: str, seed
         key_ = recipe_key(recipe)
         if key_ not in seen:  # a configuration proposed again is reused by a real search: it costs nothing
             seen.add(key_)
-        figures = table.get(key_)
-        if figures is None:
+        status, figures = table.get(key_, (Status.ERROR, Figures()))
+        if status == Status.PRUNED:  # as Search._tell does
+            if figures.get(key) is not None:
+                trial.report(figures.get(key), step=0)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif status != Status.OK:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             for name, v in budget.violations(figures).items():
@@ -91,32 +106,38 @@ def main() -> int:
     ap.add_argument("--budget", default="memory<=2GiB,quality>=0.95")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--within", type=float, default=0.05)
+    ap.add_argument("--study", default="bench-grid", help="the grid's study (another name measures the grid again, "
+                                                          "reusing the database's successes)")
     args = ap.parse_args()
 
     store, optimizations, target = Store(args.db), get_optimizations(), current_target()
     source, workload = resolve_model("smollm2-135m"), Workload()
     budget, objectives = parse_budget(args.budget), parse_objectives("tpot", False)
     space = build_space(optimizations, target, GRID, source.info())
-    spec = SearchSpec(source, workload, target, budget, objectives, trials=count(space), study_name="bench-grid",
+    spec = SearchSpec(source, workload, target, budget, objectives, trials=count(space), study_name=args.study,
                       sampler="grid", restrict=GRID, trial_timeout=600)
     table = measure_grid(store, spec, optimizations)
     key = objectives[0][0]
-    feasible = {k: f for k, f in table.items() if f is not None and budget.feasible(f)}
+    feasible = {k: f for k, (status, f) in table.items() if status == Status.OK and budget.feasible(f)}
     best_key = min(feasible, key=lambda k: feasible[k].get(key))
     goal = feasible[best_key].get(key) * (1 + args.within)
-    n_valid = len(table)
+    n_valid = sum(1 for status, _ in table.values() if status != Status.INVALID)  # what a grid measures
     out = {"target": target.describe(), "workload": workload.describe(), "grid_recipes": count(space),
            "grid_measured": n_valid, "grid_feasible": len(feasible),
            "grid_best": describe(json.loads(best_key), optimizations), "grid_best_tpot_ms": feasible[best_key].get(key),
            "within": args.within, "goal_tpot_ms": goal}
-    for sampler in ("tpe", "random"):
-        needed = [replay(space, optimizations, target, table, budget, sampler, seed, goal, key, n_valid)
+    out["grid_table"] = sorted(({"recipe": describe(json.loads(k), optimizations), "status": status.value,
+                                 key: f.get(key), "quality": f.get("quality"), "feasible": k in feasible}
+                                for k, (status, f) in table.items() if status != Status.INVALID),
+                               key=lambda row: (row["status"] != "ok", row[key] or 1e9))
+    for strategy in STRATEGIES:
+        needed = [replay(space, optimizations, target, table, budget, strategy, seed, goal, key, n_valid)
                   for seed in range(args.seeds)]
         found = [n for n in needed if n is not None]
-        out[sampler] = {"trials_needed": needed,
+        out[strategy] = {"trials_needed": needed,
                         "median": statistics.median(found) if found else None,
                         "median_share_of_grid": statistics.median(found) / n_valid if found else None}
-    print(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "grid_table"}, indent=2))
     Path("benchmarks/last-efficiency.json").write_text(json.dumps(out, indent=2))
     return 0
 

@@ -380,3 +380,48 @@ def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
     assert run.first_call_cap_s(spec.policy, seed=True) == spec.policy.max_first_call_s == 120
     aoti = [r for r in run.seeds if r["compile"].get("target") == "aoti"]
     assert aoti and recipe_key(aoti[0]) in run._seed_keys
+
+
+def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tmp_path, tiny_model, monkeypatch):
+    """Compile time is the recipe's, the target's and the versions' (all in the reuse key), not the
+    incumbent's: a candidate whose first call ran past a 2 s cap is not compiled again by another
+    study with a cap of at most 2 s; a larger cap measures it again."""
+    from autotune.search import Search
+    from autotune.spec import build, with_policy
+
+    monkeypatch.setenv("CHAOS_SLOW_S", "60")
+    store = Store(f"sqlite:///{tmp_path / 'cap.db'}")
+    f = study_file(tmp_path, tiny_model, trials=1, **{"chaos.behaviour": ["slow-compile"]})
+
+    def trial(study: str, cap: float):
+        spec = with_policy(build(study_file=f, study_name=study), max_first_call_s=cap)
+        records = Search(spec, store, chaos).run(strict=False).records
+        assert len(records) == 1 and records[0].status.value == "pruned", records
+        return records[0]
+
+    first = trial("a", 2.0)
+    assert not first.reused and first.figures.first_call_cap_s == 2.0
+    again = trial("b", 2.0)
+    assert again.reused and again.measurement_id == first.measurement_id
+    larger = trial("c", 3.0)
+    assert not larger.reused and larger.measurement_id != first.measurement_id
+    assert larger.figures.first_call_cap_s == 3.0
+
+
+def test_trials_say_what_proposed_them_and_refinements_are_untried(tmp_path, tiny_model, db_url):
+    """After the sampler's random start every other proposal refines the leader (an untried recipe
+    one option away); each trial's proposed_by says which it was."""
+    import optuna
+
+    from autotune.search import TPE_STARTUP
+
+    f = study_file(tmp_path, tiny_model, trials=6, **{"cache.implementation": ["dynamic", "static"]})
+    result, payload = search(["--study-file", f, "--study", "r"], db_url)
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="r", storage=db_url).get_trials()
+    kinds = [t.user_attrs.get("proposed_by", "sampler") for t in trials]
+    assert "refinement" in kinds and kinds.index("refinement") >= TPE_STARTUP, kinds
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    for i, kind in enumerate(kinds):
+        if kind == "refinement":  # never a repeat of an earlier trial (the sampler may repeat it later)
+            assert params[i] not in params[:i], (i, kinds, params)
