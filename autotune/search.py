@@ -92,6 +92,8 @@ MAX_GRID_POINTS = 100_000
 TPE_STARTUP = 4
 #: the samplers whose proposals alternate with refinements of the leader (see :func:`refinement`)
 REFINED = ("tpe",)
+#: a trial's user attribute: pruned because its first call (compilation) ran past the cap
+COMPILE_CAPPED = "compile_capped"
 
 
 def make_sampler(name: str, seed, space):
@@ -117,7 +119,9 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
     at random among those the rules allow; else None, and the sampler proposes.
 
     Refinements take every other proposal once ``TPE_STARTUP`` trials have finished (never two in a
-    row: the sampler keeps exploring). The space's
+    row: the sampler keeps exploring), and pause once a refinement of the leader was pruned at the
+    compile cap, until another leader appears: measured in the README's 10-minute search, each of
+    the AOTInductor seed's neighbours compiled past the cap (~65 s cold on 2 cores). The space's
     good recipes share most choices (bf16, int8 weights, a static cache and a compiled loop), and
     the best differs from the runners-up in one or two of them: measured over a full CPU grid, TPE
     alone needed half the grid to come within 5% of its best, TPE with refinements well under a
@@ -131,6 +135,9 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
     if not complete:
         return None
     best = (min if study.direction == optuna.study.StudyDirection.MINIMIZE else max)(complete, key=lambda t: t.value)
+    if any(t.number > best.number and t.user_attrs.get("proposed_by") == "refinement"
+           and t.user_attrs.get(COMPILE_CAPPED) for t in trials):
+        return None  # this leader's neighbours compile longer than the search affords: the sampler's turn
     leader = spaces.recipe_for(best.params, space, optimizations)
     tried = {recipe_key(spaces.recipe_for(t.params, space, optimizations)) for t in trials}
     for changes in (1, 2):
@@ -381,6 +388,8 @@ class Search:
         trial.set_user_attr("measurement_id", record.measurement_id)
         trial.set_user_attr("recipe", describe(recipe, self.optimizations))
         trial.set_user_attr("status", record.status.value)
+        if record.status == Status.PRUNED and record.figures.first_call_cap_s is not None:
+            trial.set_user_attr(COMPILE_CAPPED, True)
         self._tell(study, trial, record)
         self._note_incumbent(record)
         return record

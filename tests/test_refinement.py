@@ -10,7 +10,7 @@ import pytest
 from autotune import space as spaces
 from autotune.recipe import impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
-from autotune.search import TPE_STARTUP, make_sampler, refinement
+from autotune.search import COMPILE_CAPPED, TPE_STARTUP, make_sampler, refinement
 from autotune.target import current_target
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -143,3 +143,33 @@ def test_refinements_find_the_best_sooner_than_tpe_alone(world):
     alone = [_drive(world, seed, refined=False) for seed in range(8)]
     assert None not in refined
     assert statistics.median(refined) < statistics.median([n if n is not None else 99 for n in alone])
+
+
+def test_refinements_pause_when_a_neighbour_of_the_leader_ran_past_the_compile_cap(world):
+    """A refinement pruned at the compile cap says the leader's neighbours cost more than the search
+    affords: the sampler proposes until another leader appears."""
+    optimizations, target, space = world
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=make_sampler("tpe", 0, space))
+    base = {"quantization.method": "none", "dtype.dtype": "bfloat16", "attention.implementation": "sdpa",
+            "attention.sdpa_backend": "auto", "cache.implementation": "static", "compile.target": "off"}
+
+    def told(params, value=None, **attrs):
+        study.enqueue_trial(params, user_attrs=attrs)
+        trial = study.ask()
+        spaces.suggest(trial, space)
+        if value is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+
+    for i, backend in enumerate(["auto", "math"]):
+        told({**base, "attention.sdpa_backend": backend}, 30.0 + i)
+    told({**base, "compile.target": "forward"}, 20.0)  # the leader
+    told({**base, "dtype.dtype": "auto"}, 40.0)
+    assert refinement(study, space, optimizations, target, 0) is not None
+    told({**base, "compile.target": "decode"}, None, proposed_by="refinement", **{COMPILE_CAPPED: True})
+    told({**base, "quantization.method": "torchao-int8-weight"}, 35.0)  # the sampler's turn, no new leader
+    assert refinement(study, space, optimizations, target, 0) is None
+    told({**base, "attention.implementation": "eager"}, 15.0)  # a new leader: refinements resume
+    assert refinement(study, space, optimizations, target, 0) is not None

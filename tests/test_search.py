@@ -401,6 +401,12 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
 
     first = trial("a", 2.0)
     assert not first.reused and first.figures.first_call_cap_s == 2.0
+    import optuna
+
+    from autotune.search import COMPILE_CAPPED
+
+    told = optuna.load_study(study_name="a", storage=store.url).get_trials()
+    assert [t.user_attrs.get(COMPILE_CAPPED) for t in told] == [True]  # what pauses refinements
     again = trial("b", 2.0)
     assert again.reused and again.measurement_id == first.measurement_id
     larger = trial("c", 3.0)
