@@ -96,21 +96,27 @@ REFINED = ("tpe",)
 COMPILE_CAPPED = "compile_capped"
 
 
+def check_sampler(name: str, space) -> None:
+    """A usage error for a sampler that cannot search ``space``: an unknown name, or a grid too large
+    to list (checked when a search is set up, before anything is measured or drawn)."""
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if name == "grid":
+        points = math.prod(len(c) for c in spaces.sampled(space).values())
+        if points > MAX_GRID_POINTS:  # Optuna lists every point up front: a whole space would exhaust memory
+            raise UsageError(f"--sampler grid over this space lists {points:,} points (at most {MAX_GRID_POINTS:,}): "
+                             "narrow the space in a study file's [space] table, or use tpe / random")
+
+
 def make_sampler(name: str, seed, space):
+    check_sampler(name, space)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True, group=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        grid = spaces.sampled(space)
-        points = math.prod(len(c) for c in grid.values())
-        if points > MAX_GRID_POINTS:  # Optuna lists every point up front: a whole space would exhaust memory
-            raise UsageError(f"--sampler grid over this space lists {points:,} points (at most {MAX_GRID_POINTS:,}): "
-                             "narrow the space in a study file's [space] table, or use tpe / random")
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    raise UsageError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return optuna.samplers.GridSampler(spaces.sampled(space), seed=seed)
 
 
 def refinement(study: optuna.Study, space, optimizations, target, seed: int | None) -> dict | None:
@@ -139,7 +145,9 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
            and t.user_attrs.get(COMPILE_CAPPED) for t in trials):
         return None  # this leader's neighbours compile longer than the search affords: the sampler's turn
     leader = spaces.recipe_for(best.params, space, optimizations)
-    tried = {recipe_key(spaces.recipe_for(t.params, space, optimizations)) for t in trials}
+    # a trial asked but not yet suggested (another daemon worker's) holds its enqueued params aside
+    tried = {recipe_key(spaces.recipe_for({**t.system_attrs.get("fixed_params", {}), **t.params}, space,
+                                          optimizations)) for t in trials}
     for changes in (1, 2):
         untried = [r for r in spaces.neighbours(leader, space, optimizations, changes)
                    if recipe_key(r) not in tried and impossible(r, optimizations, target) is None]
@@ -176,6 +184,7 @@ class Search:
         self.budget = spec.budget
         self.model_info = spec.source.info(draft=spec.draft)
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
+        check_sampler(spec.sampler, self.space)
         self.study_name = spec.study_name or spec.default_study_name()
         self.baseline_recipe = resolve({}, optimizations)
         self.seeds = self._seed_recipes()
@@ -324,8 +333,9 @@ class Search:
         hopeless was judged against its study's incumbent: another study measures it again; one
         pruned because its first call (compilation) ran past a cap at least today's
         (``first_call_cap_s``) would run past today's: compile time is the recipe's, the target's and
-        the versions', all in the key — so it is reused, and a larger cap (or ``--remeasure``)
-        measures it again."""
+        the versions', all in the key — so it is reused (or an earlier success of it), and a larger
+        cap, in this study or another, or ``--remeasure`` measures it again. (Daemon workers that
+        share a host's cores compile slower: raise ``max_first_call_s`` for such a pool.)"""
         if not earlier:
             return None
         newest = earlier[0]
@@ -338,13 +348,15 @@ class Search:
             return None
         if status == Status.TIMEOUT and (newest.trial_limit_s or 0) < (self.trial_limit_s or BASELINE_TIMEOUT_S):
             return None
+        earlier_cap = Figures.from_dict(newest.figures).first_call_cap_s if status == Status.PRUNED else None
+        if earlier_cap is not None:  # stopped at the compile cap, in this study or another
+            if first_call_cap_s is None or earlier_cap < first_call_cap_s:
+                return None  # today's cap is larger: measure it again
+            return next((r for r in earlier if Status(r.status) == Status.OK), newest)  # it did compile once
         if newest.study == self.study_name:
             return newest
-        if status == Status.PRUNED:
-            earlier_cap = Figures.from_dict(newest.figures).first_call_cap_s
-            if earlier_cap is not None and first_call_cap_s is not None and earlier_cap >= first_call_cap_s:
-                return newest
-            return None  # judged against another study's incumbent, or a shorter cap than today's
+        if status == Status.PRUNED:  # judged against another study's incumbent
+            return None
         failed_in = {r.study for r in earlier if Status(r.status).failed}
         return newest if len(failed_in) >= 2 else None
 

@@ -83,7 +83,7 @@ class _Fixed:
 
     def suggest_categorical(self, name: str, choices: list) -> Any:
         value = self.params.get(name, self.defaults[name])
-        return value if value in choices else self.defaults[name]
+        return next((c for c in choices if c == value and type(c) is type(value)), self.defaults[name])
 
 
 def recipe_for(params: Mapping[str, Any], space: Space, optimizations: Mapping[str, Optimization]) -> Recipe:
@@ -94,7 +94,9 @@ def recipe_for(params: Mapping[str, Any], space: Space, optimizations: Mapping[s
 def neighbours(recipe: Recipe, space: Space, optimizations: Mapping[str, Optimization],
                changes: int = 1) -> list[Recipe]:
     """Every distinct recipe of the space that differs from ``recipe`` in ``changes`` of the options a
-    search samples (an option a change makes active takes its default), in a stable order."""
+    search samples (an option a change makes active takes its default), in a stable order. (A change
+    to an option the recipe leaves inactive changes nothing: with ``changes=2`` some results differ
+    in one option only.)"""
     params, options = params_for(recipe, space), sampled(space)
     seen, out = {recipe_key(recipe)}, []
     for names in itertools.combinations(options, changes):

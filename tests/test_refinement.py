@@ -173,3 +173,22 @@ def test_refinements_pause_when_a_neighbour_of_the_leader_ran_past_the_compile_c
     assert refinement(study, space, optimizations, target, 0) is None
     told({**base, "attention.implementation": "eager"}, 15.0)  # a new leader: refinements resume
     assert refinement(study, space, optimizations, target, 0) is not None
+
+
+def test_a_maximised_objective_refines_its_largest(world):
+    optimizations, target, space = world
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 0, space))
+    base = {"quantization.method": "none", "dtype.dtype": "auto", "attention.implementation": "sdpa",
+            "attention.sdpa_backend": "auto", "cache.implementation": "dynamic", "compile.target": "off"}
+    far = {"quantization.method": "torchao-int8-weight", "dtype.dtype": "bfloat16", "attention.implementation": "eager",
+           "cache.implementation": "static", "compile.target": "decode"}
+    for params, tokens_per_s in [(base, 90.0), (far, 30.0), ({**base, "attention.sdpa_backend": "math"}, 20.0),
+                                 ({**base, "compile.target": "forward"}, 40.0)]:
+        study.enqueue_trial(params)
+        trial = study.ask()
+        spaces.suggest(trial, space)
+        study.tell(trial, tokens_per_s)
+    near = {recipe_key(r) for r in spaces.neighbours(spaces.recipe_for(base, space, optimizations), space, optimizations)}
+    params = refinement(study, space, optimizations, target, 0)
+    assert recipe_key(spaces.recipe_for(params, space, optimizations)) in near

@@ -364,6 +364,13 @@ def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
     result, _ = search([tiny_model, "--sampler", "grid", "--trials", "1"], db_url)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "narrow the space" in result.output and len(result.output.strip().splitlines()) == 1
+    from autotune.errors import UsageError
+    from autotune.registry import get_optimizations
+    from autotune.search import Search
+    from autotune.spec import build
+
+    with pytest.raises(UsageError, match="narrow the space"):  # when the search is set up: before any bar is drawn
+        Search(build(model=tiny_model, sampler="grid"), Store(db_url), get_optimizations())
 
 
 def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
@@ -412,6 +419,10 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
     larger = trial("c", 3.0)
     assert not larger.reused and larger.measurement_id != first.measurement_id
     assert larger.figures.first_call_cap_s == 3.0
+    # the same study resumed with a larger cap measures it again too
+    spec = with_policy(build(study_file=f, study_name="c", trials=2), max_first_call_s=4.0)
+    records = Search(spec, store, chaos).run(strict=False).records
+    assert [r.figures.first_call_cap_s for r in records] == [3.0, 4.0], records
 
 
 def test_trials_say_what_proposed_them_and_refinements_are_untried(tmp_path, tiny_model, db_url):
