@@ -129,9 +129,9 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
     compile cap, until another leader appears: measured in the README's 10-minute search, each of
     the AOTInductor seed's neighbours compiled past the cap (~65 s cold on 2 cores). The space's
     good recipes share most choices (bf16, int8 weights, a static cache and a compiled loop), and
-    the best differs from the runners-up in one or two of them: measured over a full CPU grid, TPE
-    alone needed half the grid to come within 5% of its best, TPE with refinements well under a
-    third (benchmarks/RESULTS.md)."""
+    the best differs from the runners-up in one or two of them: replayed over a whole CPU grid of 40
+    recipes, TPE alone needed a median 10 trials to come within 5% of its best, TPE with refinements
+    8, random search 22 (benchmarks/RESULTS.md)."""
     trials = study.get_trials(deepcopy=False)
     finished = sum(1 for t in trials if t.state.is_finished())
     if finished < TPE_STARTUP or trials[-1].user_attrs.get("proposed_by") == "refinement":
@@ -155,6 +155,18 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
             pick = random.Random(None if seed is None else f"{seed}:{len(trials)}").choice(untried)
             return spaces.params_for(pick, space)
     return None
+
+
+def tell_pruned(study: optuna.Study, trial, figures: Figures, objective: str | None) -> None:
+    """Tell Optuna a pruned trial as every search does: with its partial ``objective`` when one was
+    measured (lets TPE rank hopeless candidates among themselves), and marked :data:`COMPILE_CAPPED`
+    when its first call ran past the compile cap (pauses refinements, see :func:`refinement`)."""
+    if figures.first_call_cap_s is not None:
+        trial.set_user_attr(COMPILE_CAPPED, True)
+    partial = figures.get(objective) if objective else None
+    if partial is not None:
+        trial.report(partial, step=0)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
 def _alive(pid: int) -> bool:
@@ -291,25 +303,25 @@ class Search:
         if row is not None:
             return self._record(number, row)
         on_status(describe(recipe, self.optimizations))
-        return self._measure(recipe, self.baseline_record, is_baseline=False, number=number)
+        return self._measure(recipe, self.baseline_record, is_baseline=False, number=number, first_call_cap_s=cap)
 
     def _earlier(self, recipe: dict) -> list:
         return queries.previous(self.store, self.ids.model_id, self.ids.target_id, self.ids.workload_id,
                                 writes.key_hash(recipe_key(recipe)), self.reuse_key)
 
     def _measure(self, recipe, baseline: TrialRecord | None, is_baseline: bool, number: int = -1,
-                 policy=None) -> TrialRecord:
-        key = recipe_key(recipe)
+                 policy=None, first_call_cap_s: float | None = None) -> TrialRecord:
+        """Measure ``recipe`` in isolation and store it; ``first_call_cap_s`` stops its compilation
+        (None for the baseline: never cut)."""
         limit = (self.trial_limit_s or BASELINE_TIMEOUT_S) if not is_baseline else \
             (self.spec.trial_timeout or BASELINE_TIMEOUT_S)
         base_eval = None if baseline is None else Evaluation(baseline.recipe, baseline.status, baseline.figures)
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
-                      first_call_cap_s=None if is_baseline else self.first_call_cap_s(
-                          policy or self.spec.policy, seed=key in self._seed_keys))
+                      first_call_cap_s=first_call_cap_s)
         row = writes.record_measurement(
-            self.store, self.ids, recipe_key=key, recipe=recipe, study=self.study_name,
+            self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
             reuse_key=self.reuse_key, trial_limit_s=limit)
         self._measured_now.add(row.id)
@@ -400,21 +412,16 @@ class Search:
         trial.set_user_attr("measurement_id", record.measurement_id)
         trial.set_user_attr("recipe", describe(recipe, self.optimizations))
         trial.set_user_attr("status", record.status.value)
-        if record.status == Status.PRUNED and record.figures.first_call_cap_s is not None:
-            trial.set_user_attr(COMPILE_CAPPED, True)
         self._tell(study, trial, record)
         self._note_incumbent(record)
         return record
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, record: TrialRecord) -> None:
         if record.status in (Status.INVALID, Status.PRUNED):
-            if record.status == Status.PRUNED and len(self.spec.objectives) == 1:
-                partial = record.figures.get(self.spec.objectives[0][0])
-                if partial is not None:  # lets TPE rank hopeless candidates among themselves
-                    trial.report(partial, step=0)
             if record.error:
                 trial.set_user_attr("failure", f"{record.status}: {record.error}")
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            single = len(self.spec.objectives) == 1 and record.status == Status.PRUNED
+            tell_pruned(study, trial, record.figures, self.spec.objectives[0][0] if single else None)
             return
         if record.status != Status.OK:
             trial.set_user_attr("failure", f"{record.status}: {record.error}")

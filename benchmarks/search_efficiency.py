@@ -26,7 +26,7 @@ from autotune.budget import parse_budget, parse_objectives
 from autotune.figures import Figures, Status
 from autotune.recipe import describe, impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
-from autotune.search import COMPILE_CAPPED, Search, make_sampler, refinement
+from autotune.search import Search, make_sampler, refinement, tell_pruned
 from autotune.sources import resolve_model
 from autotune.space import build_space, count, suggest
 from autotune.spec import SearchSpec
@@ -83,12 +83,8 @@ def replay(space, optimizations, target, table: dict, budget, strategy: str, see
         if key_ not in seen:  # a configuration proposed again is reused by a real search: it costs nothing
             seen.add(key_)
         status, figures = table.get(key_, (Status.ERROR, Figures()))
-        if status == Status.PRUNED:  # as Search.step and Search._tell do
-            if figures.first_call_cap_s is not None:
-                trial.set_user_attr(COMPILE_CAPPED, True)
-            if figures.get(key) is not None:
-                trial.report(figures.get(key), step=0)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        if status == Status.PRUNED:
+            tell_pruned(study, trial, figures, key)
         elif status != Status.OK:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
