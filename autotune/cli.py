@@ -209,6 +209,9 @@ def open_store(db_url):
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop starting trials after this many seconds")
 @click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
+@click.option("--jobs", default=None, metavar="N|auto",
+              help="trials side by side: they compile at once, each measures alone (default auto: 2 on a CPU "
+                   "with 2+ cores, else 1)")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
 @click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True), default=None, metavar="USD",
               help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")
@@ -218,7 +221,7 @@ def open_store(db_url):
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
            remeasure, submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url, workload_kind=None, price_per_hour=None, draft=None):
+           db_url, workload_kind=None, price_per_hour=None, draft=None, jobs=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import api, report_text
     from .errors import NoFeasibleRecipe
@@ -226,9 +229,11 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
     given = dict(study_file=study_file, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study=study_name, device=device,
                  config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour, draft=draft,
-                 workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                 jobs=jobs, workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
                            "batch_size": batch_size})
     if submit_job:
+        if jobs is not None:
+            raise UsageError("--jobs runs trials side by side in this search; a queued job's are the daemon's --workers")
         _submit(open_store(db_url), api.search_spec(model, **given), hardware)
         return
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))

@@ -34,11 +34,12 @@ class Evaluation:
 def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              optimizations: Mapping[str, Optimization], baseline: Evaluation | None = None,
              timeout: float | None = None, policy: MeasurePolicy | None = None,
-             incumbent: Figures | None = None, first_call_cap_s: float | None = None) -> Evaluation:
+             incumbent: Figures | None = None, first_call_cap_s: float | None = None, gate=None) -> Evaluation:
     """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
     ``baseline=None`` means this *is* the baseline; ``incumbent``: the best feasible figures so far,
     against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
-    compilation (the first call), beyond which the candidate is pruned."""
+    compilation (the first call), beyond which the candidate is pruned; ``gate``: an
+    :class:`~autotune.isolate.Gate` shared with trials running at the same time."""
     reason = impossible(recipe, optimizations, target)
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
@@ -48,7 +49,7 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
                            incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
                            incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
-                           None if baseline is None else first_call_cap_s)  # the baseline is never pruned
+                           None if baseline is None else first_call_cap_s, gate)  # the baseline is never pruned
     figures = outcome.figures
     if outcome.status != Status.OK:
         return Evaluation(recipe, outcome.status, figures, outcome.error)

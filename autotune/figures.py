@@ -67,6 +67,9 @@ class Figures:
     measure_s: float | None = None  # the measured window
     quality_s: float | None = None
     wall_s: float | None = None  # the whole trial as the parent saw it: spawn, imports, everything
+    #: of wall_s, stopped while another trial of the search measured, or waiting to measure alone
+    #: (searches running trials side by side, ``--jobs``); already taken out of the figures above
+    paused_s: float | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     # quality against the HF-default baseline, through the served generate path

@@ -5,7 +5,12 @@ Classes (:class:`~autotune.figures.Status`): ``ok``; ``pruned`` (abandoned early
 segfault, abort); ``timeout`` (killed at the wall-clock limit, with the phase it was in); ``error``
 (an exception, with its message). ``invalid`` (pruned by a rule before launch) is decided by the
 caller and never reaches here. Nothing that happens in the child takes the parent down, and the
-child does not outlive its parent."""
+child does not outlive its parent.
+
+Several trials may run at once (a search's lanes, see :class:`Gate`): they share the CPU while they
+load and compile, but a timed window (the warm call and the measured calls) runs alone — every other
+trial's process group is stopped (SIGSTOP) until it ends, and the time a trial spent stopped or
+waiting is charged neither to its limits nor to its figures."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -13,6 +18,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,7 +83,14 @@ def _die_with(parent_pid: int) -> None:
     threading.Thread(target=watch, name="autotune-parent-watch", daemon=True).start()
 
 
-def _child(conn, request: TrialRequest, environ: dict, parent_pid: int, log_path: str, cgroup: str | None) -> None:
+#: a trial's timed window: the warm call, then the measured calls (the first opens it; any other
+#: phase, quality, closes it)
+TIMED = ("warm-up", "measure")
+
+
+def _child(conn, request: TrialRequest, environ: dict, parent_pid: int, log_path: str, cgroup: str | None,
+           gated: bool = False) -> None:
+    os.setpgid(0, 0)  # a group of its own: stopping or killing the trial reaches its compile workers too
     _die_with(parent_pid)
     if cgroup:  # join the memory cap before allocating anything
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
@@ -92,7 +105,12 @@ def _child(conn, request: TrialRequest, environ: dict, parent_pid: int, log_path
     try:
         from .trial import run_trial
 
-        conn.send(("done", run_trial(request, lambda phase: conn.send(("phase", phase)))))
+        def on_phase(phase: str) -> None:
+            conn.send(("phase", (phase, time.monotonic())))  # the system-wide clock: the parent's too
+            if gated and phase == TIMED[0]:
+                conn.recv()  # the parent's go: every other trial of this host's search is stopped
+
+        conn.send(("done", run_trial(request, on_phase)))
     except BaseException as exc:  # report everything; the parent classifies
         oom = type(exc).__name__ in OOM_NAMES or any(t in str(exc).lower() for t in OOM_TEXTS)
         status = Status.OOM if oom else Status.ERROR
@@ -111,29 +129,109 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 0,
-                 first_call_cap_s: float | None = None) -> Outcome:
+                 first_call_cap_s: float | None = None, gate: "Gate | None" = None) -> Outcome:
     """Run :func:`autotune.trial.run_trial` in a child; always returns an :class:`Outcome` whose
     figures carry the trial's wall time (and the phase it ended in, when it did not finish).
     ``memory_cap_bytes``: the kernel kills the child beyond it (a memory cgroup).
-    ``first_call_cap_s``: a first call (compilation) running longer is stopped: the trial is pruned."""
+    ``first_call_cap_s``: a first call (compilation) running longer is stopped: the trial is pruned.
+    ``gate``: shared with the other trials running at once; the timed window runs alone."""
     ctx = _context()
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    parent_conn, child_conn = ctx.Pipe()
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp, MemoryCap(memory_cap_bytes) as cap:
         log = Path(tmp) / "child.log"
         proc = ctx.Process(target=_child, args=(child_conn, request, dict(os.environ), os.getpid(), str(log),
-                                                cap.path), daemon=True)
+                                                cap.path, gate is not None), daemon=True)
+        watch = _Watch(proc, parent_conn, log, cap, first_call_cap_s, gate)
         proc.start()
         child_conn.close()
         try:
-            outcome = _Watch(proc, parent_conn, log, cap, first_call_cap_s).wait(timeout)
+            if gate is not None:
+                gate.join(watch)
+            outcome = watch.wait(timeout)
         finally:
+            if gate is not None:
+                gate.leave(watch)
             if proc.is_alive():
-                proc.kill()
+                _signal_group(proc.pid, signal.SIGKILL)
             proc.join(5)
+            _signal_group(proc.pid, signal.SIGKILL, alone=False)  # compile workers it left behind
             parent_conn.close()
     outcome.figures.wall_s = time.monotonic() - start
+    watch.correct(outcome.figures)
     return outcome
+
+
+def _signal_group(pid: int, sig: int, alone: bool = True) -> None:
+    """Signal the trial's process group (itself and its compile workers); with ``alone``, just the
+    trial (still alive) when its group is not set up yet."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        if alone:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    except PermissionError:  # not ours
+        pass
+
+
+class Gate:
+    """Lets the trials one search runs at once (its lanes) share this host honestly: while they load
+    and compile they run side by side, but a trial's timed window (its warm call and measured calls,
+    :data:`TIMED`) runs alone — the trial that holds the gate stops (SIGSTOP) every other trial's
+    process group and resumes them (SIGCONT) when its window ends. Each trial's stopped and waiting
+    time is kept off its limits (trial limit, compile cap) and off its figures (load, first call,
+    compile, quality). ``windows``: every held window, (start, end) on the monotonic clock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._members: set[_Watch] = set()
+        self.holder: _Watch | None = None
+        self._since = 0.0
+        self.windows: list[tuple[float, float]] = []
+        self.aborted = False  # set by the search on a second Ctrl-C: every trial stops now
+
+    def join(self, watch: "_Watch") -> None:
+        with self._lock:
+            self._members.add(watch)
+            if self.holder is not None:
+                watch.stop()
+
+    def leave(self, watch: "_Watch") -> None:
+        with self._lock:
+            self._members.discard(watch)
+            if self.holder is watch:
+                self._release()
+            if watch.stopped:
+                watch.resume()
+
+    def try_acquire(self, watch: "_Watch") -> bool:
+        with self._lock:
+            if self.holder is not None and self.holder is not watch:
+                return False
+            if self.holder is None:
+                self.holder, self._since = watch, time.monotonic()
+                for other in self._members - {watch}:
+                    other.stop()
+            return True
+
+    def release(self, watch: "_Watch") -> None:
+        with self._lock:
+            if self.holder is watch:
+                self._release()
+
+    def _release(self) -> None:
+        self.windows.append((self._since, time.monotonic()))
+        for other in self._members - {self.holder}:
+            if other.stopped:
+                other.resume()
+        self.holder = None
+
+    def abort(self) -> None:
+        """Stop every trial now (they end as interrupted, nothing recorded)."""
+        self.aborted = True
 
 
 class MemoryCap:
@@ -200,27 +298,87 @@ def _remove(path: str) -> None:
 
 
 class _Watch:
-    """Reads the child's messages (phases, then a result) until it ends or the limit passes."""
+    """Reads the child's messages (phases, then a result) until it ends or the limit passes. Its
+    :meth:`clock` runs only while the trial may run: time stopped by another trial's timed window, or
+    waiting for the gate, is kept off the trial limit and the compile cap."""
 
-    def __init__(self, proc, conn, log: Path, cap: MemoryCap, first_call_cap_s: float | None = None):
+    def __init__(self, proc, conn, log: Path, cap: MemoryCap, first_call_cap_s: float | None = None,
+                 gate: Gate | None = None):
         self.proc, self.conn, self.log, self.cap, self.phase = proc, conn, log, cap, "start"
-        self.first_call_cap_s, self.phase_since = first_call_cap_s, time.monotonic()
+        self.first_call_cap_s, self.gate = first_call_cap_s, gate
+        self.phases: list[tuple[str, float]] = []  # (phase, its start on the monotonic clock)
+        self.stops: list[tuple[float, float]] = []  # intervals this trial was stopped by others
+        self.stopped = False
+        self._held_off = 0.0  # stopped or waiting, in all
+        self._off_since: float | None = None
+        self._waiting = False
+        self.phase_since = self.clock()
 
+    # -- time off: stopped by another trial's timed window, or waiting for the gate ---------------
+    def clock(self) -> float:
+        now = time.monotonic()
+        return now - self._held_off - (now - self._off_since if self._off_since is not None else 0.0)
+
+    def _off(self) -> None:
+        if self._off_since is None:
+            self._off_since = time.monotonic()
+
+    def _on(self) -> None:
+        if self._off_since is not None and not self.stopped and not self._waiting:
+            self._held_off += time.monotonic() - self._off_since
+            self._off_since = None
+
+    def stop(self) -> None:
+        """Called by the gate (under its lock) when another trial's timed window begins."""
+        _signal_group(self.proc.pid, signal.SIGSTOP)
+        self.stopped = True
+        self.stops.append((time.monotonic(), float("inf")))
+        self._off()
+
+    def resume(self) -> None:
+        _signal_group(self.proc.pid, signal.SIGCONT)
+        self.stopped = False
+        self.stops[-1] = (self.stops[-1][0], time.monotonic())
+        self._on()
+
+    def correct(self, figures: Figures) -> None:
+        """Take the time this trial spent stopped out of the figures the child timed across it."""
+        ends = [t for _, t in self.phases[1:]] + [float("inf")]
+        stopped_in: dict[str, float] = {}
+        for (phase, begin), end in zip(self.phases, ends):
+            for a, b in self.stops:
+                overlap = min(b, end, time.monotonic()) - max(a, begin)
+                if overlap > 0:
+                    stopped_in[phase] = stopped_in.get(phase, 0.0) + overlap
+        for key, phase in (("load_s", "load"), ("first_call_s", "first call"), ("compile_s", "first call"),
+                           ("quality_s", "quality")):
+            value = getattr(figures, key)
+            if value is not None and stopped_in.get(phase):
+                setattr(figures, key, max(0.0, value - stopped_in[phase]))
+        if self.gate is not None:
+            figures.paused_s = self._held_off + (time.monotonic() - self._off_since if self._off_since else 0.0)
+
+    # -- the loop ---------------------------------------------------------------------------
     def wait(self, timeout: float) -> Outcome:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            if self.gate is not None and self.gate.aborted:
+                raise KeyboardInterrupt
             if self._compile_too_long():
-                self.proc.kill()
                 return Outcome(Status.PRUNED, Figures(phase=self.phase, first_call_cap_s=self.first_call_cap_s),
                                f"the first call (compilation) ran past {self.first_call_cap_s:.0f} s: pruned so the "
                                "search can afford other candidates ([measure] max_first_call_s raises it)")
+            if self._waiting and self.gate.try_acquire(self):
+                self._waiting = False
+                self._on()
+                self.conn.send("go")
             if self.conn.poll(0.2):
                 try:
                     kind, payload = self.conn.recv()
                 except EOFError:  # closed without a result: the child died
                     return self._died()
                 if kind == "phase":
-                    self.phase, self.phase_since = payload, time.monotonic()
+                    self._enter(*payload)
                     continue
                 self.proc.join(30)  # let it exit on its own: a killed child leaks its semaphores
                 if kind == "done":
@@ -229,13 +387,23 @@ class _Watch:
                 return Outcome(status, Figures(phase=self.phase), error)
             if not self.proc.is_alive() and not self.conn.poll(0):
                 return self._died()
-        self.proc.kill()
         return Outcome(Status.TIMEOUT, Figures(phase=self.phase),
                        f"no result within {timeout:.0f} s (in the {self.phase} phase); child killed")
 
+    def _enter(self, phase: str, at: float) -> None:
+        self.phase, self.phase_since = phase, self.clock()
+        self.phases.append((phase, at))
+        if self.gate is None:
+            return
+        if phase == TIMED[0]:  # the child waits for the go
+            self._waiting = True
+            self._off()
+        elif phase not in TIMED:
+            self.gate.release(self)
+
     def _compile_too_long(self) -> bool:
         return (self.first_call_cap_s is not None and self.phase == "first call"
-                and time.monotonic() - self.phase_since > self.first_call_cap_s)
+                and self.clock() - self.phase_since > self.first_call_cap_s)
 
     def _died(self) -> Outcome:
         self.proc.join(5)

@@ -237,18 +237,20 @@ def search_payload(result, search) -> dict:
 
     return {"study": result.study_name, "budget": search.budget.text, "interrupted": result.interrupted,
             "price_per_hour": price, "binding": result.binding,
-            "trial_limit_s": result.trial_limit_s, "time": time_split(result.records),
+            "trial_limit_s": result.trial_limit_s, "time": time_split(result.records, result.wall_s),
             "best": [one(r) for r in result.best], "baseline": one(result.baseline) if result.baseline else None,
             "trials": [one(r) for r in result.records]}
 
 
-def time_split(records) -> dict:
-    """Where the wall time of this run's measured trials went (reused and rule-pruned ones cost none)."""
+def time_split(records, search_wall_s: float | None = None) -> dict:
+    """Where the wall time of this run's measured trials went (reused and rule-pruned ones cost none).
+    Trials run side by side (``--jobs``) overlap, so the share in measured windows is of the
+    search's own wall time when it is given (``search_wall_s``), else of the trials' summed."""
     measured = [r.figures for r in records if not r.reused and r.figures.wall_s]
     parts = {k: sum(f.get(k, 0.0) for f in measured)
-             for k in ("load_s", "first_call_s", "warmup_s", "measure_s", "quality_s", "wall_s")}
-    wall = parts["wall_s"]
-    return {"trials_measured": len(measured), **parts,
+             for k in ("load_s", "first_call_s", "warmup_s", "measure_s", "quality_s", "wall_s", "paused_s")}
+    wall = search_wall_s or parts["wall_s"]
+    return {"trials_measured": len(measured), **parts, "search_wall_s": search_wall_s,
             "measured_share": parts["measure_s"] / wall if wall else None}
 
 
@@ -260,9 +262,12 @@ def search_text(result, search) -> str:
     reused = sum(1 for r in result.records if r.reused)
     lines = [f"study {result.study_name}: {len(result.records)} trials (" +
              ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f"; {reused} reused" if reused else "") + ")"]
-    split = time_split(result.records)
+    split = time_split(result.records, result.wall_s)
     if split["trials_measured"]:
-        lines.append(f"time: {split['trials_measured']} measured trials in {split['wall_s']:.0f} s; "
+        side = (f" ({result.jobs} side by side: {split['wall_s']:.0f} s of trials, {split['paused_s']:.0f} s of it "
+                "stopped while another measured)" if result.jobs > 1 else "")
+        lines.append(f"time: {split['trials_measured']} measured trials in "
+                     f"{split['search_wall_s'] or split['wall_s']:.0f} s{side}; "
                      f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
                      f"first calls {split['first_call_s']:.0f} s, quality {split['quality_s']:.0f} s); "
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")

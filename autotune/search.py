@@ -64,6 +64,9 @@ class SearchResult:
     trial_limit_s: float | None = None
     #: when nothing fits (``best`` empty): which limit binds and how close the nearest candidate came
     binding: str | None = None
+    #: this run's wall time (baseline to last trial) and its lanes (trials side by side)
+    wall_s: float | None = None
+    jobs: int = 1
 
 
 class _StopFlag:
@@ -206,6 +209,8 @@ class Search:
         self.baseline_record: TrialRecord | None = None
         self._best_feasible: Figures | None = None
         self._measured_now: set[int] = set()  # measurement ids this run made
+        self.gate = None  # an autotune.isolate.Gate while trials run side by side (spec.jobs > 1)
+        self.wall_s: float | None = None  # the last run's, from its baseline to its last trial
         self.ids = writes.ensure_rows(
             store, model=spec.source.name, config_only=spec.source.config_only,
             target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
@@ -319,7 +324,7 @@ class Search:
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
-                      first_call_cap_s=first_call_cap_s)
+                      first_call_cap_s=first_call_cap_s, gate=self.gate)
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
@@ -441,9 +446,17 @@ class Search:
     # -- the whole run -----------------------------------------------------------------------
     def run(self, progress=None, strict: bool = True) -> SearchResult:
         """The whole search; ``strict=False`` returns a result with an empty ``best`` and its
-        ``binding`` explanation when nothing fits, instead of raising :class:`NoFeasibleRecipe`."""
+        ``binding`` explanation when nothing fits, instead of raising :class:`NoFeasibleRecipe`.
+        With ``spec.jobs`` above one, that many trials run side by side (lanes): each is asked when
+        a lane is free, and they share an :class:`~autotune.isolate.Gate` so that every timed window
+        runs alone."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from .isolate import Gate
+
         study = self.open_study()
-        deadline = time.monotonic() + self.spec.timeout if self.spec.timeout else None
+        started = time.monotonic()
+        deadline = started + self.spec.timeout if self.spec.timeout else None
         status = progress.set_status if progress else (lambda s: None)
         baseline = self.baseline(status)
         if baseline.status != Status.OK:
@@ -451,21 +464,36 @@ class Search:
         self._note_incumbent(baseline)
         for record in self.study_records(study):  # a resumed study's incumbent
             self._note_incumbent(record)
+        lanes = max(1, self.spec.jobs)
+        self.gate = Gate()  # with one lane too: a second Ctrl-C stops the lane's trial through it
         interrupted = False
-        done, asks = self.finished(study), 0
-        with _StopFlag() as flag:
-            while done < self.spec.trials and asks < self.spec.trials * 5:
-                if flag.stop or (deadline and time.monotonic() > deadline):
-                    interrupted = flag.stop
-                    break
-                if self.spec.sampler == "grid" and study.sampler.is_exhausted(study):
-                    break
-                asks += 1
-                record = self.step(study, status)
-                if record.status != Status.INVALID:
-                    done += 1
-                if progress:
-                    progress.trial_done(record, self)
+        done, asks, running = self.finished(study), 0, set()
+        try:
+            with _StopFlag() as flag, ThreadPoolExecutor(lanes, thread_name_prefix="autotune-lane") as pool:
+                try:
+                    while True:
+                        stopping = flag.stop or (deadline is not None and time.monotonic() > deadline)
+                        interrupted = interrupted or flag.stop
+                        while (not stopping and len(running) < lanes and done + len(running) < self.spec.trials
+                               and asks < self.spec.trials * 5
+                               and not (self.spec.sampler == "grid" and study.sampler.is_exhausted(study))):
+                            asks += 1
+                            running.add(pool.submit(self.step, study, status, self.ask(study)))
+                        if not running:
+                            break
+                        finished, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            record = future.result()
+                            if record.status != Status.INVALID:
+                                done += 1
+                            if progress:
+                                progress.trial_done(record, self)
+                except BaseException:
+                    self.gate.abort()  # the lanes' trials end now, recorded as nothing
+                    raise
+        finally:
+            self.gate = None
+        self.wall_s = time.monotonic() - started
         return self.result(study, interrupted, strict)
 
     @staticmethod
@@ -492,7 +520,8 @@ class Search:
             writes.set_study_result(self.store, self.study_name, best_id=best[0].measurement_id)
         base = self.baseline_record or next((r for r in everything if r.recipe == self.baseline_recipe
                                              and r.status == Status.OK), None)
-        return SearchResult(self.study_name, everything, best, base, interrupted, self.trial_limit_s, binding)
+        return SearchResult(self.study_name, everything, best, base, interrupted, self.trial_limit_s, binding,
+                            self.wall_s, self.spec.jobs)
 
     def study_records(self, study) -> list[TrialRecord]:
         """Every trial of the study (this run's and earlier ones'), with its stored measurement."""

@@ -109,6 +109,10 @@ class SearchSpec:
     price_per_hour: float | None = None
     #: the draft model assisted decoding may use (``--draft``); its name is the recipe's decoding.draft
     draft: ModelSource | None = None
+    #: trials run side by side (lanes): they load and compile at once, and each measures alone (see
+    #: :class:`autotune.isolate.Gate`); how this process runs, not what is searched (a queued job's
+    #: workers are the daemon's ``--workers``)
+    jobs: int = 1
 
     def default_study_name(self) -> str:
         raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
@@ -162,6 +166,7 @@ STUDY_KEYS = {
     "measure": (lambda v: isinstance(v, dict), "a [measure] table"),
     "price_per_hour": (_positive_number, "a positive number of US dollars per hour"),
     "draft": (lambda v: isinstance(v, str) and v.strip() != "", "a draft model name or directory"),
+    "jobs": (lambda v: v == "auto" or _positive_int(v), "a positive whole number or \"auto\""),
 }
 
 #: the option a draft model (``--draft``) fills: the decoding plugin's, given by the study, never sampled
@@ -220,15 +225,17 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         space[DRAFT_OPTION] = [draft.name]
     pareto = bool(pick("pareto", default=False))
     objective = pick("objective", default="tpot")
+    source = resolve_model(model, config_only=bool(pick("config_only", default=False)))
+    target = current_target(pick("device"))
     price = pick("price_per_hour")
     if price is not None and not _positive_number(price):
         raise UsageError(f"--price-per-hour must be a positive number of US dollars, got {price!r}")
     if price is None and "cost" in [n.strip() for n in objective.split(",")]:
         raise UsageError("--objective cost needs a price: --price-per-hour USD (or price_per_hour in the study file)")
     return SearchSpec(
-        source=resolve_model(model, config_only=bool(pick("config_only", default=False))),
+        source=source,
         workload=Workload.from_dict(workload),
-        target=current_target(pick("device")),
+        target=target,
         budget=parse_budget(pick("budget", default="")),
         objectives=parse_objectives(objective, pareto),
         trials=pick("trials", default=SearchSpec.trials),
@@ -242,7 +249,31 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         remeasure=bool(cli.get("remeasure")),
         price_per_hour=price,
         draft=draft,
+        jobs=parse_jobs(pick("jobs", default="auto"), target, source),
     )
+
+
+#: how many trials ``jobs="auto"`` runs side by side on a CPU target with two cores or more
+AUTO_JOBS = 2
+
+
+def parse_jobs(value, target, source: ModelSource) -> int:
+    """``--jobs``: a positive number, or ``auto`` — two lanes on a CPU target with at least two cores
+    and the memory for two trials (three times the checkpoint's bytes each: loading may hold a float
+    copy beside the weights), else one. A GPU target runs one: two trials' weights and compile
+    workspaces would share its memory, and a memory budget needs the device to itself. Measured on
+    a 2-core CPU, two lanes measure ~1.5x the recipes in the README's 10-minute search
+    (benchmarks/RESULTS.md)."""
+    if value == "auto" or value is None:
+        fits = 2 * 3 * source.weight_bytes() < target.memory_bytes / 2
+        return AUTO_JOBS if target.device == "cpu" and (target.threads or 1) >= 2 and fits else 1
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = 0
+    if jobs < 1 or str(value).strip() != str(jobs):
+        raise UsageError(f"--jobs must be a positive whole number or auto, got {value!r}")
+    return jobs
 
 
 def with_policy(spec: SearchSpec, **changes) -> SearchSpec:

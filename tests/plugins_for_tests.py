@@ -15,17 +15,33 @@ class Chaos(Optimization):
     description = "test-only: crash, hang, raise or run out of memory after load"
 
     def options(self):
-        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog", "slow-compile"), "none")]
+        return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog", "slow-compile",
+                                     "busy-compile", "slow-calls"), "none")]
 
     def wrap_generate(self, generate, model, opts, ctx):
-        if opts["behaviour"] != "slow-compile":
+        if opts["behaviour"] == "slow-calls":  # a long timed window: every call after the first is slow
+            def slow(*args, _calls=[], **kwargs):
+                if _calls:
+                    time.sleep(float(os.environ.get("CHAOS_CALL_S", "0.3")))
+                _calls.append(1)
+                return generate(*args, **kwargs)
+
+            return slow
+        if opts["behaviour"] not in ("slow-compile", "busy-compile"):
             return generate
         calls = []
+        busy = opts["behaviour"] == "busy-compile"  # burns CPU, as a compiler does: a stopped one waits
 
         def first_call_compiles_forever(*args, **kwargs):  # like max-autotune benchmarking GEMM templates
             if not calls:
                 calls.append(1)
-                time.sleep(float(os.environ.get("CHAOS_SLOW_S", "60")))
+                seconds = float(os.environ.get("CHAOS_SLOW_S", "60"))
+                if busy:
+                    start = time.thread_time()
+                    while time.thread_time() - start < seconds:
+                        pass
+                else:
+                    time.sleep(seconds)
             return generate(*args, **kwargs)
 
         return first_call_compiles_forever
