@@ -27,7 +27,9 @@ from .store import queries, queue, writes
 log = logging.getLogger("autotune.daemon")
 #: what a database outage raises: ours, SQLAlchemy's, and Optuna's storage (which wraps commit errors).
 #: A trial in flight when it happens is left running; its heartbeat stops and, after the grace
-#: period, whichever worker reaches the database first fails it and queues it again.
+#: period, whichever worker reaches the database first fails it and queues it again. (Optuna never
+#: counts a trial that has not beaten once as stale, so a trial beats the moment it is reserved, and
+#: the worker that reserved it settles it itself once the database is back.)
 DATABASE_ERRORS = (StoreError, SQLAlchemyError, StorageInternalError)
 
 
@@ -54,6 +56,8 @@ class Worker:
         self.store, self.target, self.optimizations, self.opt = store, target, optimizations, options
         self.stopping = False
         self.worker_id: int | None = None
+        #: trials this worker reserved whose end it has not told the study yet: (study, storage, trial id)
+        self.unsettled: list[tuple[object, object, int]] = []
 
     # -- signals -------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -85,6 +89,7 @@ class Worker:
         try:
             while not self.stopping:
                 try:
+                    self.settle()
                     job_id = jobs.claim(self.store, self.target, self.worker_id)
                     backoff = 1.0
                     if job_id is None:
@@ -123,8 +128,15 @@ class Worker:
             study = search.open_study(storage)
             search.baseline()
         ran = 0
+
+        def reserve(study):  # under the job lock: the trial beats at once, and this worker keeps it in mind
+            trial = search.ask(study)
+            self.unsettled.append((study, storage, trial._trial_id))
+            storage.record_heartbeat(trial._trial_id)
+            return trial
+
         while not self.stopping:
-            trial, state = jobs.reserve_trial(self.store, job_id, study, search.ask)
+            trial, state = jobs.reserve_trial(self.store, job_id, study, reserve)
             if trial is None:
                 if state in queue.OPEN:
                     self.finish(job_id, search, study)
@@ -144,8 +156,10 @@ class Worker:
         started = time.monotonic()
         try:
             record = search.step(study, lambda text: self.beat(current=text), trial=trial)
+            self.unsettled.remove((study, storage, trial_id))
         except Abandon:
             optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
+            self.unsettled.remove((study, storage, trial_id))
             log.info("job %s trial %s abandoned; re-queued for another worker", job_id, trial.number)
             raise
         finally:
@@ -155,6 +169,24 @@ class Worker:
         log.info("job %s trial %s: %s%s in %.0f s: %s", job_id, trial.number, record.status,
                  " (reused)" if record.reused else "", time.monotonic() - started,
                  f"{record.figures.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == "ok" else record.error)
+
+    def settle(self) -> None:
+        """Fail and queue again the trials this worker reserved but could not tell the study how they
+        ended (the database went away meanwhile): no trial is left running for ever."""
+        S = optuna.trial.TrialState
+        while self.unsettled:
+            study, storage, trial_id = self.unsettled[0]
+            trial = storage.get_trial(trial_id)
+            # left running (whoever moves it to FAIL queues it again), or failed by the step's own
+            # last words before anything was measured, and not queued again yet
+            ours = trial.state == S.RUNNING and storage.set_trial_state_values(trial_id, S.FAIL)
+            if not ours and trial.state == S.FAIL and "measurement_id" not in trial.user_attrs:
+                ours = not any(t.system_attrs.get("failed_trial") == trial.number
+                               for t in study.get_trials(deepcopy=False))
+            if ours:
+                optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
+                log.info("trial %s, cut off by the database outage: queued again", trial.number)
+            self.unsettled.pop(0)
 
     def _heartbeat(self, storage, trial_id: int, stop: threading.Event) -> None:
         while True:

@@ -199,3 +199,49 @@ def test_password_never_shown():
     assert "***" in result.output
     result = CliRunner().invoke(cli, ["submit", "smollm2-135m", "--db", PG, "--trials", "1", "--hardware", "cuda"])
     assert "tuner-secret-pw" not in result.output and "***" in result.output
+
+
+def test_a_trial_cut_off_by_the_database_is_settled_by_its_worker(queue_db, tmp_path, tiny_model, monkeypatch):
+    """The database goes away while a trial is in flight, before it ever heartbeat: Optuna never
+    counts such a trial stale, so its worker fails it and queues it again once the database is
+    back — and the plan still finishes with nothing left running (the daemon under a PostgreSQL
+    outage once waited for ever on such a trial)."""
+    from autotune.daemon import DaemonOptions, Worker
+    from autotune.errors import StoreError
+    from autotune.registry import get_optimizations
+    from autotune.search import Search
+    from autotune.target import current_target
+
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, trials=2)])
+    store = Store(queue_db)
+    worker = Worker(store, current_target("cpu"), get_optimizations(),
+                    DaemonOptions(poll_s=0.2, heartbeat_s=1, grace_s=3600, exit_when_idle=True))
+    worker.register()
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", lambda self, trial_id: None)  # never beats
+    real_step = Search.step
+    outage = []
+
+    def step_cut_off(self, *args, **kwargs):
+        if not outage:
+            outage.append(1)
+            raise StoreError("database postgresql://...: connection refused")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Search, "step", step_cut_off)
+    with pytest.raises(StoreError):
+        worker.work_on(job_id)
+    study = study_of(queue_db, job_id)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    assert not optuna.storages.fail_stale_trials(study) and study.trials[0].state == optuna.trial.TrialState.RUNNING
+    import threading
+
+    runner = threading.Thread(target=worker.run)  # settles the cut-off trial, works off the plan, exits idle
+    runner.start()
+    runner.join(120)
+    worker.stopping = True  # a worker still waiting on a trial nobody will finish stops here
+    runner.join(30)
+    study = study_of(queue_db, job_id)
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
+    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)  # queued again, not lost
+    assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"

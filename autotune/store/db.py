@@ -77,7 +77,10 @@ class Store:
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             self._check_sqlite_file(Path(parsed.database.removeprefix("file:").split("?")[0]))
         try:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
+            # a server that went away answers "refused" at once; one cut off by the network would
+            # keep a connect waiting for minutes: give up after 10 s (the daemon retries with backoff)
+            args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            self.engine = create_engine(self.url, pool_pre_ping=True, connect_args=args)
         except ImportError as exc:
             hint = " (pip install 'autotune[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
             raise StoreError(f"cannot use database {self.display_url}: {exc}{hint}") from None
