@@ -70,6 +70,9 @@ class Figures:
     #: of wall_s, stopped while another trial of the search measured, or waiting to measure alone
     #: (searches running trials side by side, ``--jobs``); already taken out of the figures above
     paused_s: float | None = None
+    #: trials the search ran side by side when this one was measured (None: alone). Its timed
+    #: window ran alone, but its load and first call shared the CPU with the others' compiles
+    lanes: int | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     # quality against the HF-default baseline, through the served generate path

@@ -325,6 +325,8 @@ class Search:
                       baseline=base_eval, timeout=limit, policy=policy or self.spec.policy,
                       incumbent=None if is_baseline else self._incumbent(),
                       first_call_cap_s=first_call_cap_s, gate=self.gate)
+        if self.gate is not None and self.spec.jobs > 1:
+            ev.figures.lanes = self.spec.jobs
         row = writes.record_measurement(
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=ev.status.value, error=ev.error, figures=ev.figures.to_dict(),
@@ -351,8 +353,9 @@ class Search:
         pruned because its first call (compilation) ran past a cap at least today's
         (``first_call_cap_s``) would run past today's: compile time is the recipe's, the target's and
         the versions', all in the key — so it is reused (or an earlier success of it), and a larger
-        cap, in this study or another, or ``--remeasure`` measures it again. (Daemon workers that
-        share a host's cores compile slower: raise ``max_first_call_s`` for such a pool.)"""
+        cap, in this study or another, fewer trials side by side (``--jobs``: it compiled sharing the
+        CPU with more), or ``--remeasure`` measures it again. (Daemon workers that share a host's
+        cores compile slower: raise ``max_first_call_s`` for such a pool.)"""
         if not earlier:
             return None
         newest = earlier[0]
@@ -365,10 +368,11 @@ class Search:
             return None
         if status == Status.TIMEOUT and (newest.trial_limit_s or 0) < (self.trial_limit_s or BASELINE_TIMEOUT_S):
             return None
-        earlier_cap = Figures.from_dict(newest.figures).first_call_cap_s if status == Status.PRUNED else None
-        if earlier_cap is not None:  # stopped at the compile cap, in this study or another
-            if first_call_cap_s is None or earlier_cap < first_call_cap_s:
-                return None  # today's cap is larger: measure it again
+        pruned = Figures.from_dict(newest.figures) if status == Status.PRUNED else None
+        if pruned is not None and pruned.first_call_cap_s is not None:  # stopped at the compile cap
+            if first_call_cap_s is None or pruned.first_call_cap_s < first_call_cap_s \
+                    or (pruned.lanes or 1) > self.spec.jobs:
+                return None  # today's cap is larger, or it compiles with fewer lanes beside it: again
             return next((r for r in earlier if Status(r.status) == Status.OK), newest)  # it did compile once
         if newest.study == self.study_name:
             return newest

@@ -262,7 +262,7 @@ def parse_jobs(value, target, source: ModelSource) -> int:
     and the memory for two trials (three times the checkpoint's bytes each: loading may hold a float
     copy beside the weights), else one. A GPU target runs one: two trials' weights and compile
     workspaces would share its memory, and a memory budget needs the device to itself. Measured on
-    a 2-core CPU, two lanes measure ~1.5x the recipes in the README's 10-minute search
+    a 2-core CPU, two lanes measured 27 recipes in the README's 10-minute search against 17 for one
     (benchmarks/RESULTS.md)."""
     if value == "auto" or value is None:
         fits = 2 * 3 * source.weight_bytes() < target.memory_bytes / 2

@@ -423,6 +423,13 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
     spec = with_policy(build(study_file=f, study_name="c", trials=2), max_first_call_s=4.0)
     records = Search(spec, store, chaos).run(strict=False).records
     assert [r.figures.first_call_cap_s for r in records] == [3.0, 4.0], records
+    # it compiled sharing the CPU with another trial (two lanes): a search that runs one trial at a
+    # time measures it again; one with as many lanes reuses it
+    assert spec.jobs == 2 and records[-1].figures.lanes == 2
+    for study, jobs, reused in (("d", 1, False), ("e", 2, True)):
+        spec = with_policy(build(study_file=f, study_name=study, jobs=jobs), max_first_call_s=4.0)
+        again = Search(spec, store, chaos).run(strict=False).records
+        assert len(again) == 1 and again[0].reused == reused, (study, again)
 
 
 def test_trials_say_what_proposed_them_and_refinements_are_untried(tmp_path, tiny_model, db_url):
