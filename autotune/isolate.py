@@ -13,6 +13,7 @@ trial's process group is stopped (SIGSTOP) until it ends, and the time a trial s
 waiting is charged neither to its limits nor to its figures."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -148,7 +149,13 @@ def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 
         try:
             if gate is not None:
                 gate.join(watch)
-            outcome = watch.wait(timeout)
+                with gate.trial_running():
+                    try:
+                        outcome = watch.wait(timeout)
+                    finally:
+                        gate.leave(watch)  # before this thread waits for the gate: it may hold it
+            else:
+                outcome = watch.wait(timeout)
         finally:
             if gate is not None:
                 gate.leave(watch)
@@ -187,11 +194,46 @@ class Gate:
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._members: set[_Watch] = set()
         self.holder: _Watch | None = None
         self._since = 0.0
         self.windows: list[tuple[float, float]] = []
         self.aborted = False  # set by the search on a second Ctrl-C: every trial stops now
+        self._busy = 0  # the search's own threads at work (asking, storing, forking a trial)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def parent_work(self):
+        """The search's own work (asking Optuna, storing, starting a trial process) costs CPU too:
+        it waits for an open window to close, and no window opens while it runs."""
+        with self._cond:
+            while self.holder is not None:
+                self._cond.wait()
+            self._busy += 1
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            with self._cond:
+                self._busy -= 1
+
+    @contextlib.contextmanager
+    def trial_running(self):
+        """Around the wait on a trial: this thread's parent work pauses (windows may open)."""
+        if not getattr(self._local, "depth", 0):
+            yield
+            return
+        with self._cond:
+            self._busy -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                while self.holder is not None:
+                    self._cond.wait()
+                self._busy += 1
 
     def join(self, watch: "_Watch") -> None:
         with self._lock:
@@ -211,6 +253,8 @@ class Gate:
         with self._lock:
             if self.holder is not None and self.holder is not watch:
                 return False
+            if self.holder is None and self._busy:
+                return False
             if self.holder is None:
                 self.holder, self._since = watch, time.monotonic()
                 for other in self._members - {watch}:
@@ -228,6 +272,7 @@ class Gate:
             if other.stopped:
                 other.resume()
         self.holder = None
+        self._cond.notify_all()
 
     def abort(self) -> None:
         """Stop every trial now (they end as interrupted, nothing recorded)."""

@@ -482,7 +482,9 @@ class Search:
                                and asks < self.spec.trials * 5
                                and not (self.spec.sampler == "grid" and study.sampler.is_exhausted(study))):
                             asks += 1
-                            running.add(pool.submit(self.step, study, status, self.ask(study)))
+                            with self.gate.parent_work():
+                                trial = self.ask(study)
+                            running.add(pool.submit(self._lane, study, status, trial))
                         if not running:
                             break
                         finished, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -491,7 +493,8 @@ class Search:
                             if record.status != Status.INVALID:
                                 done += 1
                             if progress:
-                                progress.trial_done(record, self)
+                                with self.gate.parent_work():
+                                    progress.trial_done(record, self)
                 except BaseException:
                     self.gate.abort()  # the lanes' trials end now, recorded as nothing
                     raise
@@ -499,6 +502,11 @@ class Search:
             self.gate = None
         self.wall_s = time.monotonic() - started
         return self.result(study, interrupted, strict)
+
+    def _lane(self, study, status, trial) -> TrialRecord:
+        """One trial in a lane: the search's own work in it never runs during a timed window."""
+        with self.gate.parent_work():
+            return self.step(study, status, trial)
 
     @staticmethod
     def finished(study) -> int:

@@ -299,14 +299,15 @@ def test_kill_9_of_a_search_mid_trial_leaves_no_orphan_and_resumes(tmp_path, tin
     trials = optuna.load_study(study_name="k9", storage=f"sqlite:///{db_file}").trials
     S = optuna.trial.TrialState
     assert not any(t.state == S.RUNNING for t in trials)
-    killed = [t for t in trials if t.state == S.FAIL]
-    assert len(killed) == 1 and "measurement_id" not in killed[0].user_attrs
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retried) == 1 and retried[0].state == S.COMPLETE
+    killed = [t for t in trials if t.state == S.FAIL]  # one per lane that was mid-trial
+    assert 1 <= len(killed) <= 2 and not any("measurement_id" in t.user_attrs for t in killed)
+    for dead in killed:
+        retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(retried) == 1 and retried[0].state == S.COMPLETE
     from autotune.jobs import counted_trials
 
     assert counted_trials(optuna.load_study(study_name="k9", storage=f"sqlite:///{db_file}")) == (2, 0)
-    print("kill -9 of a search: 1 injected, 0 orphans, 1 trial failed and retried, 0 lost")
+    print(f"kill -9 of a search: 1 injected, 0 orphans, {len(killed)} trials failed and retried, 0 lost")
 
 
 def test_three_searches_at_once_on_a_fresh_postgresql(tmp_path, tiny_model):
@@ -428,7 +429,7 @@ def test_postgresql_down_under_a_search_then_resume(postgres_outage, tmp_path, t
     # three different recipes (the grid of these two choices), each slow: the outage hits a trial
     space = {**ONE_RECIPE, "chaos.behaviour": ["slow"], "cache.implementation": ["dynamic", "static"],
              "attention.implementation": ["sdpa", "eager"]}
-    f = write_study(tmp_path, tiny_model, space, trials=3, sampler="grid")
+    f = write_study(tmp_path, tiny_model, space, trials=3, sampler="grid", jobs=1)  # one trial in flight
     cmd = [sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", "down", "--db", PG]
     proc = subprocess.Popen(cmd, env=_env(CHAOS_SLOW_S="8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
