@@ -147,18 +147,9 @@ def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 
         proc.start()
         child_conn.close()
         try:
-            if gate is not None:
-                gate.join(watch)
-                with gate.trial_running():
-                    try:
-                        outcome = watch.wait(timeout)
-                    finally:
-                        gate.leave(watch)  # before this thread waits for the gate: it may hold it
-            else:
+            with gate.running(watch) if gate is not None else contextlib.nullcontext():
                 outcome = watch.wait(timeout)
         finally:
-            if gate is not None:
-                gate.leave(watch)
             if proc.is_alive():
                 _signal_group(proc.pid, signal.SIGKILL)
             proc.join(5)
@@ -207,10 +198,7 @@ class Gate:
     def parent_work(self):
         """The search's own work (asking Optuna, storing, starting a trial process) costs CPU too:
         it waits for an open window to close, and no window opens while it runs."""
-        with self._cond:
-            while self.holder is not None:
-                self._cond.wait()
-            self._busy += 1
+        self._get_busy()
         self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
@@ -219,21 +207,27 @@ class Gate:
             with self._cond:
                 self._busy -= 1
 
-    @contextlib.contextmanager
-    def trial_running(self):
-        """Around the wait on a trial: this thread's parent work pauses (windows may open)."""
-        if not getattr(self._local, "depth", 0):
-            yield
-            return
+    def _get_busy(self) -> None:
         with self._cond:
-            self._busy -= 1
+            while self.holder is not None:
+                self._cond.wait()
+            self._busy += 1
+
+    @contextlib.contextmanager
+    def running(self, watch: "_Watch"):
+        """Around the wait on a trial: it is a member (stopped by others' windows, opening its own),
+        and this thread's parent work pauses meanwhile."""
+        busy = getattr(self._local, "depth", 0) > 0
+        self.join(watch)
+        if busy:
+            with self._cond:
+                self._busy -= 1
         try:
             yield
         finally:
-            with self._cond:
-                while self.holder is not None:
-                    self._cond.wait()
-                self._busy += 1
+            self.leave(watch)  # before this thread waits for the gate: its trial may hold it
+            if busy:
+                self._get_busy()
 
     def join(self, watch: "_Watch") -> None:
         with self._lock:
@@ -401,7 +395,7 @@ class _Watch:
             if value is not None and stopped_in.get(phase):
                 setattr(figures, key, max(0.0, value - stopped_in[phase]))
         if self.gate is not None:
-            figures.paused_s = self._held_off + (time.monotonic() - self._off_since if self._off_since else 0.0)
+            figures.paused_s = time.monotonic() - self.clock()
 
     # -- the loop ---------------------------------------------------------------------------
     def wait(self, timeout: float) -> Outcome:
