@@ -69,6 +69,8 @@ def test_a_choice_that_is_the_same_program_here_is_refused_with_the_reason(tiny_
     (["bench", "{empty}"], 1, "has no config.json"),
     (["search", "{model}", "--budget", "tpot<=3"], 2, "budget grammar"),
     (["search", "{model}", "--study-file", "/no/such.toml"], 2, "cannot read study file"),
+    (["search", "{model}", "--jobs", "0"], 2, "--jobs must be a positive whole number or auto"),
+    (["search", "{model}", "--submit", "--jobs", "2"], 2, "a queued job's are the daemon's --workers"),
 ])
 def test_bad_input(args, code, text, tiny_model, tmp_path):
     broken = tmp_path / "broken"
