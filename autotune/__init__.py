@@ -9,10 +9,13 @@ from .api import (BenchResult, TuningResult, VerifyResult, bench, export_results
 from .errors import (AutotuneError, BudgetError, ModelError, NoFeasibleRecipe, NotFoundError, PluginError,
                      RecipeError, StoreError, UsageError)
 from .hookspecs import hookimpl
+from .logs import drop_false_alarms
 from .optimization import ApplyContext, Optimization, Option
 from .paths import cache_dir, data_dir
 
 __version__ = "0.3.0"
+
+drop_false_alarms()  # a plain script gets no false alarms from libraries either (autotune.logs)
 
 
 class _Package(types.ModuleType):

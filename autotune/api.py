@@ -207,6 +207,7 @@ def bench(model: str | None = None, recipe=None, *, sets=(), workload=None, devi
     wl = Workload.from_dict({**doc.get("workload", {}), **_workload_fields(workload)})
     target = current_target(device)
     source = resolve_model(model, config_only=config_only or bool(doc.get("config_only")))
+    wl.check_fits(source.info(), repr(source.name))
     say = on_status or _quiet
     say(f"target: {target.describe()}; workload: {wl.describe()}")
     say("measuring the HF-default baseline ...")
@@ -320,8 +321,10 @@ def export_results(path: str, *, db: str | None = None, model: str | None = None
     """Write measurements (every status), with their targets, workloads and recipes, to a JSON-lines
     file that :func:`import_results` reads into another database. Returns how many were written."""
     from . import __version__
+    from .paths import output_file
     from .store import Store, transfer
 
+    path = str(output_file(path))
     return transfer.export_file(Store(db), path, model=model, since=_since(since), written_by=f"autotune {__version__}")
 
 

@@ -73,8 +73,13 @@ class OneLineGroup(click.Group):
 
 @click.group(cls=OneLineGroup)
 @click.version_option(package_name="autotune")
-def cli():
+@click.option("-v", "--verbose", is_flag=True, help="let libraries' own warnings and notices through")
+def cli(verbose=False):
     """Find the fastest way to run an LLM on this machine within a latency / memory / quality budget."""
+    if not verbose:
+        from .logs import quiet_libraries
+
+        quiet_libraries()
 
 
 def workload_options(fn):
@@ -303,12 +308,14 @@ def export(measurement_id, best_model, output, fmt, db_url):
     """Write a stored recipe (by measurement id, or the best for a model) as a loadable JSON file
     or a plain-transformers directory."""
     from .export import stored_document, write_json, write_transformers_dir
+    from .paths import output_file
     from .registry import get_optimizations
     from .sources import resolve_model
     from .target import current_target
 
     if (measurement_id is None) == (best_model is None):
         raise UsageError("give a measurement id or --best MODEL (one of them)")
+    output = str(output_file(output, folder=fmt == "transformers"))
     store, target = open_store(db_url), current_target()
     ref = str(measurement_id) if measurement_id is not None else best_model
     doc = stored_document(store, ref, target, get_optimizations())
@@ -463,8 +470,10 @@ def dashboard(port, db_url):
 def report(ref, output, fmt, db_url):
     """A self-contained HTML report (or a PNG) of a study: what was tried, what won, why others lost."""
     from . import report as rep
+    from .paths import output_file
     from .target import current_target
 
+    output = str(output_file(output))
     data = rep.gather(open_store(db_url), ref, current_target())
     fmt = fmt or ("png" if output.lower().endswith(".png") else "html")
     try:
@@ -523,7 +532,4 @@ def upgrade(db_url):
 
 
 def main():
-    from .logs import quiet_libraries
-
-    quiet_libraries()
     cli(prog_name="autotune")

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from .errors import AutotuneError, NotFoundError, RecipeError
 from .figures import Figures
+from .logs import no_progress_bars
 from .optimization import ApplyContext, Optimization
 from .recipe import resolve
 from .workload import Workload
@@ -133,7 +134,8 @@ def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizatio
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
-        model.save_pretrained(tmp)
+        with no_progress_bars():
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(doc, str(tmp / "autotune-recipe.json"))

@@ -28,6 +28,14 @@ class ModelInfo:
     draft: "ModelInfo | None" = None
 
     @property
+    def max_positions(self) -> int | None:
+        """The most positions (prompt + generated tokens) the model can attend over, when its config
+        says (``max_position_embeddings``, in its text config for a multimodal one)."""
+        config = self.config.get("text_config") or self.config
+        value = config.get("max_position_embeddings") or self.config.get("max_position_embeddings")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    @property
     def dtype(self) -> str:
         """The dtype the checkpoint is stored in (what ``dtype="auto"`` loads)."""
         return str(self.config.get("dtype") or self.config.get("torch_dtype") or "float32")

@@ -40,3 +40,23 @@ def _torch_default_cache_dir() -> str | None:
     except ImportError:  # another torch: then only an unset variable is ours to set
         return None
     return os.path.abspath(default_cache_dir())
+
+
+
+def output_file(path: str, folder: bool = False) -> Path:
+    """A file (or, with ``folder``, a folder) the user asked autotune to write (``-o``): its parent
+    folder is created when missing, as ``mkdir -p`` would, and a place that cannot be written is a
+    one-line :class:`~autotune.errors.UsageError` — before anything is computed or written."""
+    from .errors import UsageError
+
+    out = Path(path).expanduser()
+    if out.is_dir() and not folder:
+        raise UsageError(f"cannot write {path}: it is a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: cannot create its folder {out.parent} "
+                         f"({exc.strerror or exc})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: its folder {out.parent} is not writable")
+    return out

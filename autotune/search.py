@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -114,7 +115,9 @@ def check_sampler(name: str, space) -> None:
 def make_sampler(name: str, seed, space):
     check_sampler(name, space)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True, group=True)
+        with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna: we chose them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True, group=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .logs import no_progress_bars
 from .paths import cache_dir
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -100,10 +101,14 @@ def resolve_model(arg: str, config_only: bool = False, tokenizer: bool = True) -
     aliases = get_model_aliases()
     if arg in aliases:
         path = aliases[arg].resolve()
+    elif Path(arg).expanduser().is_file() and Path(arg).suffix.lower() == ".gguf":
+        from .gguf import float_checkpoint
+
+        path = str(float_checkpoint(Path(arg)))
     elif Path(arg).expanduser().exists():
         path = str(Path(arg).expanduser().resolve())
         if not Path(path).is_dir():
-            raise ModelError(f"model {arg!r} is a file, not a checkpoint directory")
+            raise ModelError(f"model {arg!r} is a file, not a checkpoint directory (or a .gguf file)")
         if not (Path(path) / "config.json").exists():
             raise ModelError(f"model directory {arg!r} has no config.json")
         _check_config(Path(path) / "config.json")
@@ -111,10 +116,14 @@ def resolve_model(arg: str, config_only: bool = False, tokenizer: bool = True) -
             raise ModelError(f"model directory {arg!r} has no tokenizer: quality cannot be scored without one "
                              "(add it, or measure speed only with --config-only)")
     elif HUB_ID.match(arg):
+        if _hub_snapshot(arg) is None:  # nothing is downloaded at run time
+            raise ModelError(f"model {arg!r} is not in the local Hugging Face cache and autotune downloads "
+                             f"nothing: fetch it first (huggingface-cli download {arg}) or give a local directory")
         path = arg
     else:
         known = ", ".join(aliases) or "none"
-        raise ModelError(f"model {arg!r} is not a directory, a hub id (org/name) or a built-in name ({known})")
+        raise ModelError(f"model {arg!r} is not a directory, a .gguf file, a hub id (org/name) or a built-in "
+                         f"name ({known})")
     _load_config(arg, path)
     if config_only:
         path = _config_only_checkpoint(path)
@@ -159,7 +168,8 @@ def _config_only_checkpoint(path: str) -> str:
         model = AutoModelForCausalLM.from_config(config)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        with no_progress_bars():
+            model.save_pretrained(tmp)
         for name in TOKENIZER_FILES:
             if (Path(path) / name).exists():
                 shutil.copy(Path(path) / name, tmp / name)

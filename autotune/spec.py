@@ -35,6 +35,7 @@ class MeasurePolicy:
     max_measure_s: float = 30.0
     quality: bool = True
     #: a candidate whose warm end-to-end latency exceeds this many times the incumbent's is pruned
+    #: (0: never — where timings are noise, as on a millisecond-scale test model)
     abandon_factor: float = 3.0
     #: the part of a derived trial limit set aside for compilation (seconds)
     compile_allowance_s: float = 180.0
@@ -49,7 +50,7 @@ class MeasurePolicy:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "memory_cap_bytes" and value == 0:
+            if f.name in ("memory_cap_bytes", "abandon_factor") and value == 0:  # 0: off
                 continue
             if f.type == "bool":
                 if not isinstance(value, bool):
@@ -232,9 +233,11 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         raise UsageError(f"--price-per-hour must be a positive number of US dollars, got {price!r}")
     if price is None and "cost" in [n.strip() for n in objective.split(",")]:
         raise UsageError("--objective cost needs a price: --price-per-hour USD (or price_per_hour in the study file)")
+    workload = Workload.from_dict(workload)
+    workload.check_fits(source.info(), repr(source.name))
     return SearchSpec(
         source=source,
-        workload=Workload.from_dict(workload),
+        workload=workload,
         target=target,
         budget=parse_budget(pick("budget", default="")),
         objectives=parse_objectives(objective, pareto),

@@ -58,6 +58,9 @@ class Limits:
 
     @classmethod
     def of(cls, request: TrialRequest, factor: float) -> "Limits":
+        """``factor`` times the incumbent's figures; none with ``factor`` 0 (never abandon)."""
+        if not factor:
+            return cls()
         return cls(request.incumbent_e2e_s and factor * request.incumbent_e2e_s,
                    request.incumbent_tpot_s and factor * request.incumbent_tpot_s)
 

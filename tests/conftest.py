@@ -53,8 +53,10 @@ def db_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'tune.db'}"
 
 
-#: fast measurement for tests: a few runs, no long CV wait
-FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5}
+#: fast measurement for tests: a few runs, no long CV wait, and no candidate abandoned as hopeless — a
+#: tiny model's timings are noise (a test about abandoning asks for it: :data:`ABANDONING`)
+FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5, "abandon_factor": 0}
+ABANDONING = {**FAST, "abandon_factor": 3.0}
 #: choices a test study keeps fixed unless it names them: search-mechanics tests are not about threads
 #: or decoding, and a random pick of them (1 thread, prompt lookup) changes which trials get pruned
 PINNED = {"runtime.threads": ["auto"], "decoding.method": ["greedy"]}

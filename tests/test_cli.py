@@ -64,7 +64,7 @@ def test_a_choice_that_is_the_same_program_here_is_refused_with_the_reason(tiny_
     (["bench", "{model}", "--set", "cache.size=3"], 2, "unknown option cache.size"),
     (["bench", "{model}", "--set", "cache.implementation=huge"], 2, "not one of"),
     (["bench", "{model}", "--set", "cache.implementation"], 2, "malformed --set"),
-    (["bench", "/no/such/dir/model"], 1, "is not a directory, a hub id"),
+    (["bench", "/no/such/dir/model"], 1, "is not a directory, a .gguf file, a hub id"),
     (["bench", "{broken}"], 1, "not valid JSON"),
     (["bench", "{empty}"], 1, "has no config.json"),
     (["search", "{model}", "--budget", "tpot<=3"], 2, "budget grammar"),
@@ -89,3 +89,21 @@ def test_bad_input(args, code, text, tiny_model, tmp_path):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "search" in out.stdout
+
+
+def test_search_prints_only_its_own_progress_and_summary(tiny_model, tmp_path):
+    """No library chatter (torchao's missing CUDA kernels, deprecation notices, Optuna's experimental
+    notes, transformers' progress bars) on the terminal of a CPU search; ``-v`` lets it through."""
+    import os
+    import re
+
+    db = f"sqlite:///{tmp_path / 'quiet.db'}"
+    args = [sys.executable, "-m", "autotune", "search", tiny_model, "--trials", "2", "--db", db, "--prompt-tokens", "8",
+            "--new-tokens", "4", "--config-only"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = re.compile(r"^(study |budget: |\s*$|.*\d+/2 \[|.*\|\s*\d+/2)")
+    lines = [line for line in re.split(r"[\r\n]", proc.stderr)]
+    strangers = [line for line in lines if not ours.match(line)]
+    assert not strangers, strangers
+    assert proc.stdout.startswith("study ") and "best: recipe" in proc.stdout

@@ -157,7 +157,23 @@ def _cases(tmp: Path, tiny_model: str, db_path: Path) -> list[tuple[str, list[st
         folder = _model_dir(tmp, tiny_model, f"model-{len(cases)}", edit)
         cases.append((f"model: {name}", ["search", folder, "--db", db, "--trials", "1"], 1, text))
     cases.append(("model: a file", ["bench", str(tmp / "recipe-0.json")], 1, "is a file, not a checkpoint"))
-    cases.append(("model: nonsense", ["bench", "not a model!!"], 1, "is not a directory, a hub id"))
+    cases.append(("model: nonsense", ["bench", "not a model!!"], 1, "is not a directory, a .gguf file, a hub id"))
+    cases.append(("model: a hub id not in the cache", ["bench", "nobody-org/no-such-model"], 1,
+                  "not in the local Hugging Face cache"))
+    fake = tmp / "weights.gguf"
+    fake.write_bytes(b"GGUF but not really" * 10)
+    cases.append(("model: a .gguf file that is not GGUF", ["bench", str(fake)], 1, "cannot read weights.gguf as a GGUF"))
+    longer = ("workload: longer than the model's context", ["search", tiny_model, "--db", db, "--prompt-tokens", "100000"],
+              2, "but '{m}' has 512 (max_position_embeddings)".format(m=tiny_model))
+    cases.append(longer)
+    cases.append(("workload: new tokens past the context", ["bench", tiny_model, "--new-tokens", "600"], 2,
+                  "max_position_embeddings"))
+    f = tmp / "long-study.toml"
+    f.write_text(f'model = "{tiny_model}"\n[workload]\nprompt_tokens = 100000\n')
+    cases.append(("study: a workload longer than the context", ["search", "--study-file", str(f), "--db", db], 2,
+                  "max_position_embeddings"))
+    cases.append(("submit: a workload longer than the context",
+                  ["submit", tiny_model, "--db", db, "--prompt-tokens", "100000"], 2, "max_position_embeddings"))
     for name, (text_, expected) in STUDIES.items():
         f = tmp / f"study-{len(cases)}.toml"
         f.write_text(text_.replace("{model}", tiny_model))
@@ -189,6 +205,10 @@ def _cases(tmp: Path, tiny_model: str, db_path: Path) -> list[tuple[str, list[st
 
         wrong = make_url(PG).set(password="wrong-secret-pw").render_as_string(hide_password=False)
         cases.append(("db: PostgreSQL, wrong password", ["recipes", "--db", wrong], 1, "***"))
+    cases.append(("export: -o inside a file", ["export", "1", "-o", str(notes / "recipe.json"), "--db", db], 2,
+                  "cannot write"))
+    cases.append(("report: -o inside a file", ["report", "s", "-o", str(notes / "r.html"), "--db", db], 2,
+                  "cannot write"))
     cases.append(("set: no value", ["bench", tiny_model, "--set", "cache.implementation"], 2, "malformed --set"))
     cases.append(("set: empty", ["bench", tiny_model, "--set", "="], 2, "malformed --set"))
     return cases

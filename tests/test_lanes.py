@@ -13,7 +13,7 @@ from conftest import write_study
 
 from autotune import isolate
 from autotune.errors import UsageError
-from autotune.isolate import Gate, MemoryCap, _Watch
+from autotune.isolate import Gate, Member
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -21,6 +21,13 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def state(pid: int) -> str:
     """The process's state letter: R running, S sleeping, T stopped."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return state(pid) != "Z"
+    except OSError:
+        return False
 
 
 def spinner() -> subprocess.Popen:
@@ -31,7 +38,7 @@ def test_the_holder_stops_every_other_trial_and_their_clocks_stand_still(tmp_pat
     procs = [spinner(), spinner()]
     try:
         gate = Gate()
-        a, b = (_Watch(p, None, tmp_path / "log", MemoryCap(0), gate=gate) for p in procs)
+        a, b = (Member(p.pid) for p in procs)
         gate.join(a)
         gate.join(b)
         assert gate.try_acquire(a) and not gate.try_acquire(b)
@@ -48,7 +55,7 @@ def test_the_holder_stops_every_other_trial_and_their_clocks_stand_still(tmp_pat
         assert gate.try_acquire(b)
         c_proc = spinner()
         procs.append(c_proc)
-        c = _Watch(c_proc, None, tmp_path / "log", MemoryCap(0), gate=gate)
+        c = Member(c_proc.pid)
         gate.join(c)
         time.sleep(0.3)
         assert state(c_proc.pid) == "T" and state(procs[0].pid) == "T"
@@ -72,12 +79,12 @@ class CheckingGate(Gate):
         self.checked: list[list[str]] = []
         CheckingGate.instances.append(self)
 
-    def try_acquire(self, watch):
+    def try_acquire(self, member):
         fresh = self.holder is None
-        got = super().try_acquire(watch)
+        got = super().try_acquire(member)
         if got and fresh:
             time.sleep(0.1)  # SIGSTOP is asynchronous
-            self.checked.append([state(o.proc.pid) for o in self._members - {watch} if o.proc.is_alive()])
+            self.checked.append([state(o.pid) for o in self._members - {member} if alive(o.pid)])
         return got
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import FAST, build_tiny_model
+from conftest import ABANDONING, FAST, build_tiny_model
 
 from autotune.evaluate import evaluate
 from autotune.figures import Status
@@ -23,10 +23,10 @@ WORKLOAD = Workload(prompt_tokens=8, new_tokens=6)
 POLICY = MeasurePolicy(**FAST)
 
 
-def run(model, optimizations, partial, timeout=120.0, baseline=None, workload=WORKLOAD, **kw):
+def run(model, optimizations, partial, timeout=120.0, baseline=None, workload=WORKLOAD, policy=POLICY, **kw):
     recipe = resolve(partial, optimizations)
     return evaluate(resolve_model(model), recipe, workload, current_target("cpu"), optimizations,
-                    baseline=baseline, timeout=timeout, policy=POLICY, **kw)
+                    baseline=baseline, timeout=timeout, policy=policy, **kw)
 
 
 def test_ok_measurement_has_every_figure(tiny_model):
@@ -103,7 +103,8 @@ def test_hang_is_killed_at_the_wall_clock_limit_naming_the_phase(chaos, tiny_mod
 def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
     from autotune.figures import Figures
 
-    ev = run(tiny_model, get_optimizations(), {}, incumbent=Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3))
+    ev = run(tiny_model, get_optimizations(), {}, incumbent=Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3),
+             policy=MeasurePolicy(**ABANDONING))
     assert ev.status == Status.PRUNED
     assert ev.figures.phase == "warm-up" and ev.figures.e2e_ms_p50 > 0 and ev.figures.runs is None
     assert "limit derived from the incumbent" in ev.error
@@ -115,7 +116,8 @@ def test_slow_decode_steps_abandon_mid_call(tiny_model):
     from autotune.figures import Figures
 
     long = Workload(prompt_tokens=8, new_tokens=40)
-    ev = run(tiny_model, get_optimizations(), {}, workload=long, incumbent=Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e-6))
+    ev = run(tiny_model, get_optimizations(), {}, workload=long, incumbent=Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e-6),
+             policy=MeasurePolicy(**ABANDONING))
     assert ev.status == Status.PRUNED and "decode steps took" in ev.error
     assert ev.figures.first_call_s is None  # stopped inside the first call
 

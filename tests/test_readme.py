@@ -1,5 +1,5 @@
 """The README's runnable examples run: each ```python block after an `<!-- example: run` comment,
-as a notebook would run its cells, with the built-in model swapped for a tiny one."""
+each saved to a file and run with ``python file.py``, with the built-in model swapped for a tiny one."""
 from __future__ import annotations
 
 import os
@@ -28,7 +28,9 @@ def test_readme_has_runnable_examples():
 @pytest.mark.parametrize("index", range(len(runnable_examples())))
 def test_readme_example_runs(index, tiny_model, tmp_path):
     code = runnable_examples()[index].replace('"smollm2-135m"', repr(tiny_model))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(os.environ), capture_output=True,
+    script = tmp_path / "example.py"  # saved to a file and run, as a user would
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if "autotune.search(" in code:  # the search landed in the default database (the user data dir)

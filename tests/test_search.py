@@ -171,6 +171,16 @@ print(json.dumps(r.generate("The capital of France is", max_new_tokens=4)))
     assert isinstance(json.loads(lines[-1]), str)
 
 
+def test_export_creates_a_missing_folder(searched, tmp_path, db_url):
+    """``-o`` into a folder that does not exist yet creates it (as ``mkdir -p``), for both formats."""
+    best = str(searched["best"][0]["measurement_id"])
+    for args, made in ((["-o", str(tmp_path / "new" / "deeper" / "recipe.json")], "new/deeper/recipe.json"),
+                       (["-o", str(tmp_path / "new2" / "hf"), "--format", "transformers"], "new2/hf/config.json")):
+        result = CliRunner().invoke(cli, ["export", best, *args, "--db", db_url])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / made).is_file()
+
+
 def test_export_best_and_transformers_format(searched, tmp_path, tiny_model, db_url):
     out = tmp_path / "hf"
     result = CliRunner().invoke(cli, ["export", "--best", tiny_model, "-o", str(out), "--format", "transformers",

