@@ -40,7 +40,7 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
     compilation (the first call), beyond which the candidate is pruned; ``gate``: an
     :class:`~autotune.isolate.Gate` shared with trials running at the same time."""
-    reason = impossible(recipe, optimizations, target)
+    reason = impossible(recipe, optimizations, target, source.info())
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
     policy = policy or MeasurePolicy()

@@ -77,7 +77,7 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None,
     target = current_target(device)
     _check_target(doc, target, strict)
     source = resolve_model(doc["model"], config_only=bool(doc.get("config_only")))
-    reason = impossible(doc["recipe"], optimizations, target)
+    reason = impossible(doc["recipe"], optimizations, target, source.info())
     if reason:
         raise RecipeError(f"recipe cannot run on this machine: {reason}")
     workload = Workload.from_dict(doc["workload"])

@@ -14,31 +14,62 @@ class TimingStreamer:
     several tokens per sequence (prompt lookup, assisted decoding put ``[1, k]``): its time is shared
     among them, so TPOT stays time per output token.
 
-    With ``tpot_limit_s``, once ``SETTLE`` decode steps have passed (the first may compile) and
-    five more were timed, a median step slower than the limit calls ``on_slow(tpot, limit)``
-    (which raises, to stop a hopeless candidate mid-call)."""
+    On CUDA each put records an event on the stream instead of synchronising: our decode loops
+    never wait for the GPU between tokens (the CPU runs ahead, launching the next step), and a
+    synchronise per token would time a loop production never runs. The events are read once the
+    call has finished. Only a call with ``tpot_limit_s`` synchronises per token, to judge its steps
+    as they come: once ``SETTLE`` decode steps have passed (the first may compile) and five more
+    were timed, a median step slower than the limit calls ``on_slow(tpot, limit)`` (which raises,
+    to stop a hopeless candidate mid-call)."""
 
     SETTLE = 3
 
-    def __init__(self, sync=None, tpot_limit_s: float | None = None, on_slow=None):
-        self.sync, self.limit, self.on_slow = sync, tpot_limit_s, on_slow
-        self.times: list[float] = []
+    def __init__(self, cuda: bool = False, tpot_limit_s: float | None = None, on_slow=None):
+        self.limit, self.on_slow = tpot_limit_s, on_slow
+        self.sync = None
+        self._events: list | None = None
+        if cuda:
+            import torch
+
+            self.sync = torch.cuda.synchronize
+            if tpot_limit_s is None:
+                self._events = []
+                self._start_event = torch.cuda.Event(enable_timing=True)
+                self._start_event.record()
+        self._times: list[float] = []
         self.tokens: list[int] = []  # tokens per sequence each put brought
         self.start = time.perf_counter()
 
     def put(self, value) -> None:
-        if self.sync:
-            self.sync()
-        self.times.append(time.perf_counter())
+        if self._events is not None:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events.append(event)
+        else:
+            if self.sync:
+                self.sync()
+            self._times.append(time.perf_counter())
+        count = len(self._events) if self._events is not None else len(self._times)
         # the prompt and multi-token steps come as [batch, k]; one-token steps as [batch]
-        self.tokens.append(int(value.shape[-1]) if len(self.times) > 1 and value.dim() == 2 else 1)
-        if self.limit is not None and len(self.times) >= self.SETTLE + 5:
+        self.tokens.append(int(value.shape[-1]) if count > 1 and value.dim() == 2 else 1)
+        if self.limit is not None and len(self._times) >= self.SETTLE + 5:
             recent = statistics.median(self.tpots[self.SETTLE:][-5:])
             if recent > self.limit:
                 self.on_slow(recent, self.limit)
 
     def end(self) -> None:
         pass
+
+    @property
+    def times(self) -> list[float]:
+        """Each put's moment on the ``perf_counter`` clock (read from the CUDA events, which waits for
+        the last one, when events were recorded)."""
+        if self._events:
+            self._events[-1].synchronize()
+            return [self.start + self._start_event.elapsed_time(e) / 1e3 for e in self._events]
+        return self._times
 
     @property
     def ttft(self) -> float:
@@ -50,7 +81,8 @@ class TimingStreamer:
         time. When some step brought several (accepted proposals), steps are bursty — a 10-token step
         yields ten tiny figures that would drag any percentile far below what the call delivered — so
         every token gets the call's mean: decode time over the tokens it produced."""
-        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:])]
+        times = self.times
+        gaps = [b - a for a, b in zip(times[1:], times[2:])]
         counts = self.tokens[2:]
         if all(k == 1 for k in counts):
             return gaps
@@ -60,7 +92,7 @@ class TimingStreamer:
     @property
     def steps(self) -> int:
         """Forward passes after the first new token (each put is one)."""
-        return max(0, len(self.times) - 2)
+        return max(0, len(self.tokens) - 2)
 
 
 @dataclass
@@ -115,7 +147,10 @@ class MemoryMeter:
         import gc
 
         gc.collect()
-        if self.device == "cuda":
+        if self.device == "cuda":  # the caching allocator keeps freed blocks reserved: hand them back
+            import torch
+
+            torch.cuda.empty_cache()
             return
         try:
             import ctypes

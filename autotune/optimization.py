@@ -105,8 +105,9 @@ class Optimization:
         choice equal to the checkpoint's own is ``auto``."""
         return {}
 
-    def conflicts(self, recipe: RecipeDict, target) -> str | None:
-        """A reason why this plugin's choice cannot work together with the rest of ``recipe``, or None."""
+    def conflicts(self, recipe: RecipeDict, target, model: ModelInfo | None = None) -> str | None:
+        """A reason why this plugin's choice cannot work together with the rest of ``recipe``, or None.
+        ``model`` (when known), e.g. what ``dtype=auto`` loads."""
         return None
 
     def load_kwargs(self, opts: Choices, ctx: ApplyContext) -> dict:
@@ -136,6 +137,16 @@ class Optimization:
         """What plain transformers can persist for these options:
         ``{"config": {...}, "generation_config": {...}, "load_kwargs": {...}, "steps": ["..."]}``."""
         return {}
+
+
+def conflicts_for(optimization: Optimization, recipe: RecipeDict, target, model: ModelInfo | None) -> str | None:
+    """``optimization.conflicts`` with the model when the plugin accepts it (older plugins take
+    the recipe and target only)."""
+    import inspect
+
+    if model is not None and "model" in inspect.signature(optimization.conflicts).parameters:
+        return optimization.conflicts(recipe, target, model=model)
+    return optimization.conflicts(recipe, target)
 
 
 def unavailable_for(optimization: Optimization, target, model: ModelInfo | None) -> dict[str, str]:

@@ -5,7 +5,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from .errors import PluginError, RecipeError
-from .optimization import ModelInfo, Optimization, RecipeDict, unavailable_for
+from .optimization import ModelInfo, Optimization, RecipeDict, conflicts_for, unavailable_for
 
 Recipe = dict[str, dict[str, Any]]
 
@@ -78,7 +78,7 @@ def impossible(recipe: RecipeDict, optimizations: Mapping[str, Optimization], ta
             if reason:
                 return f"{name}.{option}={value}: {reason}"
     for name, optimization in optimizations.items():
-        reason = optimization.conflicts(recipe, target)
+        reason = conflicts_for(optimization, recipe, target, model)
         if reason:
             return f"{name}: {reason}"
     return None

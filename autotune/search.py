@@ -125,7 +125,7 @@ def make_sampler(name: str, seed, space):
     return optuna.samplers.GridSampler(spaces.sampled(space), seed=seed)
 
 
-def refinement(study: optuna.Study, space, optimizations, target, seed: int | None) -> dict | None:
+def refinement(study: optuna.Study, space, optimizations, target, seed: int | None, model=None) -> dict | None:
     """When it is refinement's turn, the params of an untried recipe one option away from the leader
     (the study's best feasible trial; two options away once no one-option change is left), chosen
     at random among those the rules allow; else None, and the sampler proposes.
@@ -156,7 +156,7 @@ def refinement(study: optuna.Study, space, optimizations, target, seed: int | No
                                           optimizations)) for t in trials}
     for changes in (1, 2):
         untried = [r for r in spaces.neighbours(leader, space, optimizations, changes)
-                   if recipe_key(r) not in tried and impossible(r, optimizations, target) is None]
+                   if recipe_key(r) not in tried and impossible(r, optimizations, target, model) is None]
         if untried:
             pick = random.Random(None if seed is None else f"{seed}:{len(trials)}").choice(untried)
             return spaces.params_for(pick, space)
@@ -275,7 +275,8 @@ class Search:
                 study.set_user_attr("seeds_asked", done + 1)
                 study.enqueue_trial(spaces.params_for(self.seeds[done], self.space), user_attrs={"proposed_by": "seed"})
             elif self.spec.sampler in REFINED and len(self.spec.objectives) == 1:
-                params = refinement(study, self.space, self.optimizations, self.spec.target, self.spec.seed)
+                params = refinement(study, self.space, self.optimizations, self.spec.target, self.spec.seed,
+                                    self.model_info)
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={"proposed_by": "refinement"})
         return study.ask()
@@ -413,7 +414,7 @@ class Search:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             recipe = resolve(spaces.suggest(trial, self.space), self.optimizations)
-            reason = impossible(recipe, self.optimizations, self.spec.target)
+            reason = impossible(recipe, self.optimizations, self.spec.target, self.model_info)
             if reason:
                 record = self._record_invalid(trial.number, recipe, reason)
             else:

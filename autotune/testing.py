@@ -134,9 +134,14 @@ def _runtime_state() -> tuple:
 
 
 def _weight_kind(p) -> tuple:
-    """A weight's storage: its class and dtype, and for a quantized weight how it is quantized."""
+    """A weight's storage: its class and dtype, and for a quantized weight how it is quantized
+    (bitsandbytes' quant state; a torchao tensor's inner tensors' shapes, which its group size sets)."""
     state = getattr(p, "quant_state", None)
     quant = (state.quant_type, bool(state.nested), str(state.dtype)) if state is not None else None
+    data = getattr(p, "data", p)
+    if hasattr(data, "__tensor_flatten__") and type(data).__name__ not in ("Tensor", "Parameter"):
+        names, _ = data.__tensor_flatten__()
+        quant = tuple((n, tuple(getattr(data, n).shape)) for n in names)
     return type(p).__name__, str(p.dtype), repr(quant)
 
 

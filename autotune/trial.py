@@ -128,7 +128,7 @@ class _Run:
     def one_call(self, limits: Limits | None = None, call: int | None = None):
         """One timed generate call with exactly the workload's shapes: (output ids, streamer, e2e s).
         ``call``: a quality call (its reference window) instead of the workload's prompts."""
-        streamer = measure.TimingStreamer(self.sync, limits and limits.tpot_s, on_slow=_abandon_tpot)
+        streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s, on_slow=_abandon_tpot)
         inputs, extra = self.input_ids, {}
         if call is not None:
             inputs, extra = self.quality.inputs(call)

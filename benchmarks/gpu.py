@@ -6,7 +6,9 @@ tokens/s, MBU and peak GPU memory.
 
     python benchmarks/gpu.py [--rounds 1] [--only smollm2|llama-7b-shape] [--out benchmarks/last-gpu.json]
 
-On a host without CUDA it says so in one line and exits 0 (CI runs it that way).
+On a host without CUDA it says so in one line and exits 0 (CI runs it that way). Each model is
+measured on its own (one that cannot be had is reported, the next still runs); the exit code is 1
+when a model could not be measured or its HF eager baseline failed.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def seven_b_shaped(folder: Path) -> str:
     return str(folder)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
@@ -64,51 +66,75 @@ def main() -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--out", default="benchmarks/last-gpu.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from autotune.evaluate import evaluate
-    from autotune.recipe import impossible, parse_sets, resolve
     from autotune.registry import get_optimizations
     from autotune.roofline import memory_bandwidth
     from autotune.sources import resolve_model
     from autotune.target import current_target
-    from autotune.workload import Workload
 
-    optimizations, target = get_optimizations(), current_target("cuda")
+    target = current_target("cuda")
     bandwidth = memory_bandwidth(target.device, target.hardware_key)
     print(f"# {target.describe()}; read bandwidth {bandwidth / 1e9:.0f} GB/s; torch {torch.__version__}", flush=True)
     models = {"smollm2": lambda: resolve_model("smollm2-135m"),
               "llama-7b-shape": lambda: resolve_model(seven_b_shaped(Path(tempfile.mkdtemp()) / "llama-7b-shape"),
                                                      config_only=True)}
-    workload = Workload()
-    results = {}
+    models = {k: v for k, v in models.items() if not args.only or k in args.only.split(",")}
+    results, failed = run(models, target, get_optimizations(), evaluate, args.rounds, args.timeout)
+    Path(args.out).write_text(json.dumps({"target": target.to_dict(), "bandwidth": bandwidth, "results": results,
+                                          "failed": failed}, indent=2))
+    if failed:
+        print(f"FAILED: {'; '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+def run(models: dict, target, optimizations, evaluate, rounds: int = 1, timeout: float = 900) -> tuple[dict, list]:
+    """Each model on its own: one that cannot be had (a missing package) or whose HF eager baseline
+    fails is reported in ``failed`` and the next is measured anyway. Returns (tables, failed)."""
+    from autotune.workload import Workload
+
+    results, failed = {}, []
     for model_name, make in models.items():
-        if args.only and model_name not in args.only.split(","):
+        try:
+            source = make()
+        except Exception as exc:  # noqa: BLE001 - a missing package, a failed conversion: the next model runs
+            print(f"{model_name}: not measured: {exc}", flush=True)
+            failed.append(f"{model_name}: {exc}")
             continue
-        source = make()
-        recipes = {"HF eager": resolve({}, optimizations)}
-        for name, sets in RECIPES.items():
-            recipe = resolve(parse_sets(sets.split(), optimizations), optimizations)
-            why = impossible(recipe, optimizations, target)
-            if why:
-                print(f"{model_name}: {name}: left out: {why}", flush=True)
-                continue
-            recipes[name] = recipe
-        rows = {name: [] for name in recipes}
-        for _ in range(args.rounds):
-            base = None
-            for name, recipe in recipes.items():
-                ev = evaluate(source, recipe, workload, target, optimizations, baseline=base, timeout=args.timeout)
-                base = ev if name == "HF eager" else base
-                f = ev.figures
-                rows[name].append({"status": str(ev.status), "error": ev.error, "tpot_ms": f.tpot_ms_p50,
-                                   "tokens_per_s": f.tokens_per_s, "mbu": f.mbu, "quality": f.quality,
-                                   "peak_gib": f.peak_memory_bytes and f.peak_memory_bytes / 2**30})
-                print(json.dumps({"model": model_name, "recipe": name, **rows[name][-1]}), flush=True)
+        rows = measure_model(model_name, source, target, optimizations, evaluate, Workload(), rounds, timeout)
+        base = [r for r in rows["HF eager"] if r["status"] == "ok"]
+        if not base:
+            errors = {r["error"] for r in rows["HF eager"]}
+            failed.append(f"{model_name}: the HF eager baseline failed: {'; '.join(map(str, errors))}")
         results[model_name] = table(model_name, rows)
-    Path(args.out).write_text(json.dumps({"target": target.to_dict(), "bandwidth": bandwidth, "results": results},
-                                         indent=2))
-    return 0
+    return results, failed
+
+
+def measure_model(model_name, source, target, optimizations, evaluate, workload, rounds, timeout) -> dict:
+    from autotune.recipe import impossible, parse_sets, resolve
+
+    info = source.info()
+    recipes = {"HF eager": resolve({}, optimizations)}
+    for name, sets in RECIPES.items():
+        recipe = resolve(parse_sets(sets.split(), optimizations), optimizations)
+        why = impossible(recipe, optimizations, target, info)
+        if why:
+            print(f"{model_name}: {name}: left out: {why}", flush=True)
+            continue
+        recipes[name] = recipe
+    rows = {name: [] for name in recipes}
+    for _ in range(rounds):
+        base = None
+        for name, recipe in recipes.items():
+            ev = evaluate(source, recipe, workload, target, optimizations, baseline=base, timeout=timeout)
+            base = ev if name == "HF eager" else base
+            f = ev.figures
+            rows[name].append({"status": str(ev.status), "error": ev.error, "tpot_ms": f.tpot_ms_p50,
+                               "tokens_per_s": f.tokens_per_s, "mbu": f.mbu, "quality": f.quality,
+                               "peak_gib": f.peak_memory_bytes and f.peak_memory_bytes / 2**30})
+            print(json.dumps({"model": model_name, "recipe": name, **rows[name][-1]}), flush=True)
+    return rows
 
 
 def table(model_name: str, rows: dict) -> dict:

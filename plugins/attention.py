@@ -42,11 +42,21 @@ class Attention(Optimization):
             out["sdpa_backend=cudnn"] = "the cuDNN SDPA kernel exists only on CUDA"
         return out
 
-    def conflicts(self, recipe, target):
+    def conflicts(self, recipe, target, model=None):
         mine = recipe.get(self.name, {})
         dtype = recipe.get("dtype", {}).get("dtype", "auto")
-        if mine.get("implementation") == "flash_attention_2" and dtype not in ("float16", "bfloat16"):
+        if dtype == "auto" and model is not None:  # what auto loads: the checkpoint's own dtype
+            dtype = model.dtype
+        half = dtype in ("float16", "bfloat16")
+        if mine.get("implementation") == "flash_attention_2" and not half:
             return "flash_attention_2 runs only in fp16/bf16: set dtype.dtype"
+        backend = mine.get("sdpa_backend", "auto")
+        if backend in ("flash", "cudnn") and target.has_cuda:
+            if not half:
+                return f"the {backend} SDPA kernel runs only in fp16/bf16: set dtype.dtype"
+            if recipe.get("cache", {}).get("implementation") in ("static", "offloaded_static"):
+                return (f"the {backend} SDPA kernel takes no explicit attention mask, and a static cache always "
+                        "builds one (its unfilled positions are masked)")
         return None
 
     def load_kwargs(self, opts, ctx):

@@ -18,6 +18,8 @@ import autotune
 from autotune import Option, Optimization
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: the modes that capture CUDA graphs (on CUDA)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _on(o):
@@ -38,6 +40,34 @@ def compile_kwargs(opts) -> dict:
     if opts.get("cpp_wrapper"):
         options["cpp_wrapper"] = True
     return {"options": options}
+
+
+def cache_ready(model, compiled):
+    """The compiled forward, entered with its StaticCache already allocated. transformers allocates a
+    StaticCache's buffers on their first update — inside the compiled prefill, where it cannot mark
+    their addresses static ("Without this, we cannot use cudagraphs"), so CUDA graphs would never be
+    captured; allocated here, before the compiled region, they are marked."""
+    from transformers import StaticCache
+
+    def forward(*args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # (transformers 5.24 renamed it "cache")
+        if isinstance(cache, StaticCache) and not all(layer.is_initialized for layer in cache.layers):
+            inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+            inputs = inputs if inputs is not None else args[0]
+            heads, head_dim = kv_shape(model.config.get_text_config())
+            cache.early_initialization(batch_size=inputs.shape[0], num_heads=heads, head_dim=head_dim,
+                                       dtype=model.dtype, device=model.device)
+        return compiled(*args, **kwargs)
+
+    forward.compiled = compiled
+    return forward
+
+
+def kv_shape(config) -> tuple[int, int]:
+    """(key/value heads, head dim) of a decoder config."""
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
 def _decode_one_token(model, cur_token, cache_position, past_key_values):
@@ -262,9 +292,14 @@ class Compile(Optimization):
             if cache.get("implementation") != "static":
                 return (f"compile.target={mine['target']} drives its own StaticCache: needs "
                         "cache.implementation=static")
-        if mine.get("target") == "aoti" and str(recipe.get("quantization", {}).get("method", "")).startswith("bnb"):
-            return ("compile.target=aoti cannot export bitsandbytes layers (measured: torch.export fails on their "
-                    "parameters' set_)")
+        if target.has_cuda and mine.get("mode") in CUDA_GRAPH_MODES:
+            if mine.get("target") == "generate":
+                return (f"compile.mode={mine['mode']} captures CUDA graphs, and a whole generate call (its Python "
+                        "loop, stopping criteria, a cache growing per token) cannot be one")
+            if cache.get("implementation", "dynamic") not in ("static", "offloaded_static"):
+                return (f"compile.mode={mine['mode']} captures CUDA graphs, which need fixed addresses: a "
+                        f"{cache.get('implementation', 'dynamic')} cache reallocates as it grows (needs "
+                        "cache.implementation=static)")
         return None
 
     def generate_kwargs(self, opts, ctx):
@@ -276,7 +311,7 @@ class Compile(Optimization):
         import torch
 
         if opts["target"] == "forward":
-            model.forward = torch.compile(model.forward, **compile_kwargs(opts))
+            model.forward = cache_ready(model, torch.compile(model.forward, **compile_kwargs(opts)))
         elif opts["target"] == "generate":
             model.generate = torch.compile(model.generate, **compile_kwargs(opts))
         return model

@@ -12,12 +12,25 @@ METHODS = ("none", "bnb-int8", "bnb-4bit", "torchao-int8-weight", "torchao-int4-
 TORCHAO = ("torchao-int8-weight", "torchao-int4-weight", "torchao-int8-dynamic")
 
 
-#: int4 weights share one scale per this many input features
-GROUP_SIZE = 128
+#: int4 weights share one scale and zero point per this many input features (32: the layout of
+#: llama.cpp's Q4_1); a group that does not divide a linear's input width leaves that linear in bf16
+GROUP_SIZES = (32, 64, 128)
 
 
 def _is_4bit(o):
     return o.get("method") == "bnb-4bit"
+
+
+def _is_int4(o):
+    return o.get("method") == "torchao-int4-weight"
+
+
+def _linear_widths(config: dict) -> dict[str, int]:
+    """The input widths of a decoder's linears, from its config: attention and MLP up/gate read the
+    hidden size, the MLP's down projection the intermediate size."""
+    config = config.get("text_config") or config
+    widths = {"hidden_size": config.get("hidden_size"), "intermediate_size": config.get("intermediate_size")}
+    return {k: v for k, v in widths.items() if isinstance(v, int) and v > 0}
 
 
 def _missing(module: str) -> bool:
@@ -29,11 +42,14 @@ def _missing(module: str) -> bool:
 
 #: torchao's CPU int4 weight-only workflow (the packed layout torch's CPU int4 matmul reads)
 CPU_INT4 = "torchao.prototype.quantization.int4.inference_workflow"
+#: torchao's int4 packing for tinygemm, the CUDA int4 kernel torch ships
+CUDA_INT4_PACKING = "tile_packed_to_4d"
 
 
 class Quantization(Optimization):
     name = "quantization"
     order = 5
+    version = "2"  # int4: group size 32 by default (was 128), tinygemm packing on CUDA
     description = "quantize weights while loading (bitsandbytes, torchao)"
 
     def options(self):
@@ -43,6 +59,8 @@ class Quantization(Optimization):
             Option("double_quant", (False, True), False, "quantize the 4-bit scales too", active=_is_4bit),
             Option("compute_dtype", ("float32", "bfloat16", "float16"), "float32",
                    "dtype bitsandbytes 4-bit matmuls compute in", active=_is_4bit),
+            Option("group_size", GROUP_SIZES, 32, "int4 weights per scale and zero point (32: llama.cpp's Q4_1 "
+                   "layout)", active=_is_int4),
         ]
 
     def unavailable(self, target, model=None):
@@ -61,13 +79,27 @@ class Quantization(Optimization):
             if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(target.cpu_flags):
                 out["method=torchao-int8-dynamic"] = ("no int8 dot-product instructions on this CPU (VNNI / AMX): "
                                                        "int8 x int8 matmuls are emulated, slower than weight-only")
+        if model is not None:
+            widths = _linear_widths(model.config)
+            for group in GROUP_SIZES:
+                odd = [f"{name} {w}" for name, w in widths.items() if w % group]
+                if odd:
+                    out[f"group_size={group}"] = (f"{group} does not divide this model's {', '.join(odd)}: torchao "
+                                                  "would leave those linears unquantized (the int4 figure would be "
+                                                  "mostly bf16)")
         return out
 
-    def conflicts(self, recipe, target):
+    def conflicts(self, recipe, target, model=None):
         method = recipe.get(self.name, {}).get("method")
         dtype = recipe.get("dtype", {}).get("dtype", "auto")
+        if dtype == "auto" and model is not None:
+            dtype = model.dtype
         if method in ("torchao-int4-weight", "torchao-int8-dynamic") and dtype != "bfloat16":
-            return f"{method} computes in bf16: needs dtype.dtype=bfloat16"
+            return f"{method} computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
+        compiled = recipe.get("compile", {}).get("target", "off")
+        if str(method).startswith("bnb") and compiled != "off":
+            return (f"bitsandbytes layers cannot be compiled (transformers marks them not compileable; "
+                    f"torch.export fails on their parameters): not with compile.target={compiled}")
         return None
 
     def _config(self, opts, ctx):
@@ -95,8 +127,10 @@ class Quantization(Optimization):
 
             PrototypeInt4WeightOnlyConfig = import_module(CPU_INT4).PrototypeInt4WeightOnlyConfig
 
-            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=GROUP_SIZE))
-        return TorchAoConfig(Int4WeightOnlyConfig(group_size=GROUP_SIZE))
+            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=opts["group_size"]))
+        # CUDA: tinygemm's tile-packed layout and kernel (torch's own _weight_int4pack_mm); torchao's default
+        # packing (plain) needs the separate mslk package
+        return TorchAoConfig(Int4WeightOnlyConfig(group_size=opts["group_size"], int4_packing_format=CUDA_INT4_PACKING))
 
     def load_kwargs(self, opts, ctx):
         if opts["method"] == "none":

