@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from .errors import AutotuneError, NoFeasibleRecipe, UsageError
 
 #: the workload fields a caller may set (the rest of a workload, its prompts, is the shipped one)
-WORKLOAD_FIELDS = ("kind", "prompt_tokens", "new_tokens", "batch_size")
+WORKLOAD_FIELDS = ("kind", "prompt_tokens", "new_tokens", "batch_size", "max_context", "max_batch", "sampling")
 
 
 def _quiet(_message: str) -> None:
@@ -87,7 +87,7 @@ def search_spec(model: str | None = None, *, study_file: str | None = None, work
 
     if "study" in given:
         given["study_name"] = given.pop("study")
-    return build(study_file, model=model, **_workload_fields(workload), **given)
+    return build(study_file, model=model, workload=_workload_fields(workload), **given)
 
 
 def search(model: str | None = None, *, budget: str | None = None, trials: int | None = None, db: str | None = None,
@@ -207,7 +207,7 @@ def bench(model: str | None = None, recipe=None, *, sets=(), workload=None, devi
     wl = Workload.from_dict({**doc.get("workload", {}), **_workload_fields(workload)})
     target = current_target(device)
     source = resolve_model(model, config_only=config_only or bool(doc.get("config_only")))
-    wl.check_fits(source.info(), repr(source.name))
+    wl = wl.for_model(source.info(), repr(source.name))
     say = on_status or _quiet
     say(f"target: {target.describe()}; workload: {wl.describe()}")
     say("measuring the HF-default baseline ...")

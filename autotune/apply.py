@@ -47,16 +47,28 @@ class Applied:
             yield
 
     def generate_ids(self, input_ids, attention_mask=None, max_new_tokens=None, streamer=None, **extra):
+        """Generate for ``input_ids`` through the recipe's path; a call outside the envelope the recipe
+        was measured for (longer than its max_context, wider than its max_batch) is refused."""
         import torch
 
         device = self.ctx.device
+        max_new_tokens = max_new_tokens or self.ctx.max_new_tokens
+        self.ctx.envelope.check(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, "this recipe")
         input_ids = input_ids.to(device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {**self.generate_kwargs, **extra}
         with self.running():
-            return self.generate_fn(self.model, input_ids, attention_mask.to(device),
-                                    max_new_tokens or self.ctx.max_new_tokens, streamer, **kwargs)
+            return self.generate_fn(self.model, input_ids, attention_mask.to(device), max_new_tokens, streamer,
+                                    **kwargs)
+
+    def warm_up(self) -> None:
+        """Run every program the recipe's generate path holds once (each rung of its cache ladder, each
+        compiled or ahead-of-time program), so that serving any call of its envelope compiles nothing."""
+        warm = getattr(self.generate_fn, "warm_up", None)
+        if warm is not None:
+            with self.running():
+                warm(self.model)
 
 
 def load_model(path: str, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext):

@@ -82,28 +82,47 @@ def cli(verbose=False):
         quiet_libraries()
 
 
+#: workload options on the command line -> the workload field each sets
+WORKLOAD_OPTIONS = {"workload_kind": "kind", "prompt_tokens": "prompt_tokens", "new_tokens": "new_tokens",
+                    "batch_size": "batch_size", "max_context": "max_context", "max_batch": "max_batch",
+                    "sampling": "sampling"}
+
+
 def workload_options(fn):
-    from .workload import KINDS
+    """The workload's options (the typical call and the serving envelope), handed to the command as
+    one ``workload`` dict of the fields given (``None``: not given), and ``--device`` / ``--config-only``."""
+    from .workload import DEFAULT_MAX_CONTEXT, KINDS
 
-    fn = click.option("--workload", "workload_kind", type=click.Choice(list(KINDS)), default=None,
-                      help="the kind of traffic: chat (default), or input-grounded summarize / code-edit, "
-                           "where the answer repeats the input")(fn)
-    fn = click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
-                      help="tokens in every prompt (default: the kind's, 32 for chat)")(fn)
-    fn = click.option("--new-tokens", type=click.IntRange(min=1), default=None,
-                      help=f"tokens generated per call, exactly (default {Workload.new_tokens})")(fn)
-    fn = click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                      help=f"default {Workload.batch_size}")(fn)
-    fn = click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-                      help="default: cuda when present, else cpu")(fn)
-    fn = click.option("--config-only", is_flag=True,
-                      help="random weights from config.json: speed is valid, quality is not")(fn)
-    return fn
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        workload = {field: kwargs.pop(param) for param, field in WORKLOAD_OPTIONS.items()}
+        return fn(*args, workload=workload, **kwargs)
 
-
-def make_workload(**given):
-    """A workload from the given fields (``None``: not given, the default applies)."""
-    return Workload.from_dict({k: v for k, v in given.items() if v is not None})
+    options = [
+        click.option("--workload", "workload_kind", type=click.Choice(list(KINDS)), default=None,
+                     help="the kind of traffic: chat (default), or input-grounded summarize / code-edit, "
+                          "where the answer repeats the input"),
+        click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
+                     help="tokens in the typical call's prompt (default: the kind's, 32 for chat)"),
+        click.option("--new-tokens", type=click.IntRange(min=1), default=None,
+                     help=f"tokens generated per call, exactly (default {Workload.new_tokens})"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help=f"rows in the typical call (default {Workload.batch_size})"),
+        click.option("--max-context", type=click.IntRange(min=1), default=None,
+                     help=f"the envelope: the most prompt + new tokens one served call may need (default "
+                          f"{DEFAULT_MAX_CONTEXT}, capped by the model's positions)"),
+        click.option("--max-batch", type=click.IntRange(min=1), default=None,
+                     help="the envelope: the most rows one served call may have (default: --batch-size)"),
+        click.option("--sampling", default=None, metavar="NAME=VALUE,...",
+                     help="how served calls choose tokens, e.g. \"temperature=0.7,top_p=0.9\" (default greedy)"),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                     help="default: cuda when present, else cpu"),
+        click.option("--config-only", is_flag=True,
+                     help="random weights from config.json: speed is valid, quality is not"),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @cli.command()
@@ -150,8 +169,7 @@ def plugins(model, draft, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @handle_errors
-def bench(model, sets, recipe_file, timeout, draft, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
-           workload_kind=None):
+def bench(model, sets, recipe_file, timeout, draft, as_json, workload, device, config_only):
     """Measure one recipe against the HF-default baseline, side by side in one run."""
     from . import api, report_text
     from .registry import get_optimizations
@@ -162,9 +180,7 @@ def bench(model, sets, recipe_file, timeout, draft, as_json, prompt_tokens, new_
         sets = ("decoding.method=assisted", *sets, f"decoding.draft={draft}")
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     result = api.bench(model, recipe_file, sets=sets, device=device, config_only=config_only, timeout=timeout,
-                       workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                                 "batch_size": batch_size},
-                       on_status=say)
+                       workload=workload, on_status=say)
     if as_json:
         click.echo(json.dumps(result.payload, indent=2))
     else:
@@ -225,8 +241,8 @@ def open_store(db_url):
 @db_option
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
-           remeasure, submit_job, hardware, as_json, prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url, workload_kind=None, price_per_hour=None, draft=None, jobs=None):
+           remeasure, submit_job, hardware, as_json, workload, device, config_only, db_url, price_per_hour=None,
+           draft=None, jobs=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import api, report_text
     from .errors import NoFeasibleRecipe
@@ -234,8 +250,7 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
     given = dict(study_file=study_file, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study=study_name, device=device,
                  config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour, draft=draft,
-                 jobs=jobs, workload={"kind": workload_kind, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-                           "batch_size": batch_size})
+                 jobs=jobs, workload=workload)
     if submit_job:
         if jobs is not None:
             raise UsageError("--jobs runs trials side by side in this search; a queued job's are the daemon's --workers")
@@ -379,15 +394,13 @@ def _submit(store, spec, hardware):
 @db_option
 @handle_errors
 def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
-           prompt_tokens, new_tokens, batch_size, device, config_only,
-           db_url, workload_kind=None, draft=None):
+           workload, device, config_only, db_url, draft=None):
     """Queue a tuning job in the database; daemons on matching hardware work it off."""
     from .spec import build
 
     spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
-                 trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, prompt_tokens=prompt_tokens,
-                 kind=workload_kind, new_tokens=new_tokens, batch_size=batch_size, device=device, config_only=config_only or None,
-                 draft=draft)
+                 trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, workload=workload, device=device,
+                 config_only=config_only or None, draft=draft)
     _submit(open_store(db_url), spec, hardware)
 
 

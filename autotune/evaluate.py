@@ -40,14 +40,14 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
     compilation (the first call), beyond which the candidate is pruned; ``gate``: an
     :class:`~autotune.isolate.Gate` shared with trials running at the same time."""
-    reason = impossible(recipe, optimizations, target, source.info())
+    reason = impossible(recipe, optimizations, target, source.info_for(recipe))
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
     policy = policy or MeasurePolicy()
     request = TrialRequest(model_path=source.path, recipe=recipe, workload=workload.to_dict(), device=target.device,
                            policy=policy.to_dict(), plugin_modules=plugin_modules(),
-                           incumbent_e2e_s=incumbent and incumbent.e2e_ms_p50 and incumbent.e2e_ms_p50 / 1e3,
-                           incumbent_tpot_s=incumbent and incumbent.tpot_ms_p50 and incumbent.tpot_ms_p50 / 1e3)
+                           incumbent_e2e_s=_typical(incumbent, "e2e_ms_p50"),
+                           incumbent_tpot_s=_typical(incumbent, "tpot_ms_p50"))
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
                            None if baseline is None else first_call_cap_s, gate)  # the baseline is never pruned
     figures = outcome.figures
@@ -60,6 +60,15 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     score_quality(figures, baseline.figures if baseline is not None else figures,
                   comparable=baseline is None or baseline.ok)
     return Evaluation(recipe, Status.OK, figures)
+
+
+def _typical(figures: Figures | None, key: str) -> float | None:
+    """A figure of the typical call (the first timed shape), in seconds: what a candidate's warm-up
+    calls of that shape are held to. Figures from before envelopes have the one shape's."""
+    if figures is None:
+        return None
+    value = figures.shapes[0].get(key) if figures.shapes else figures.get(key)
+    return value / 1e3 if value else None
 
 
 def place_on_roofline(figures: Figures, target) -> str | None:

@@ -121,7 +121,7 @@ def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizatio
     from .apply import load_model, load_tokenizer
 
     recipe, workload = doc["recipe"], Workload.from_dict(doc["workload"])
-    ctx = ApplyContext(target, target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size, recipe)
+    ctx = ApplyContext.of(target, workload, recipe)
     model = load_model(model_path, optimizations, recipe, ctx)
     tokenizer = load_tokenizer(model_path)
     load_kwargs, steps = {}, []
@@ -129,6 +129,8 @@ def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizatio
         exported = opt.transformers_export(recipe[name])
         for key, value in exported.get("generation_config", {}).items():
             setattr(model.generation_config, key, value)
+    if str(model.generation_config.cache_implementation).endswith("static"):  # one cache for the envelope
+        model.generation_config.max_cache_len = ctx.max_context
         load_kwargs.update(exported.get("load_kwargs", {}))
         steps += exported.get("steps", [])
     out = Path(out_dir)

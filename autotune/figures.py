@@ -37,7 +37,8 @@ class Figures:
     """Figures of one measured recipe. ``None`` means "not measured" (a failed or pruned trial keeps
     what it got before it ended)."""
 
-    # speed, over the measured runs (p50 / p95); tokens/s from the e2e median
+    # speed over every timed call of every shape of the envelope (the traffic mix: p50 / p95 over all
+    # calls, TPOT over all decode steps); tokens/s: all calls' new tokens over their time, median of rounds
     tpot_ms_p50: float | None = None
     tpot_ms_p95: float | None = None
     ttft_ms_p50: float | None = None
@@ -45,8 +46,8 @@ class Figures:
     e2e_ms_p50: float | None = None
     e2e_ms_p95: float | None = None
     tokens_per_s: float | None = None
-    runs: int | None = None
-    cv: float | None = None  # coefficient of variation of e2e over the measured runs
+    runs: int | None = None  # measured rounds (each times one call of every shape)
+    cv: float | None = None  # coefficient of variation of a round's time over the measured rounds
     noisy: bool | None = None  # the CV target was missed at the repeat cap: treat ratios with care
     # memory: the steady-state peak while the timed runs ran (what the budget checks), the peak while
     # loading, and the bytes of the weights as stored after quantization
@@ -62,7 +63,10 @@ class Figures:
     # where the trial's time went (seconds)
     load_s: float | None = None
     first_call_s: float | None = None  # the first warm-up call: pays compilation
-    compile_s: float | None = None  # first and second calls beyond two steady-state calls
+    compile_s: float | None = None  # the first and second calls of every shape beyond two steady-state ones
+    #: compilations (dynamo graphs, ahead-of-time programs) during the measured calls: 0 in a recipe that
+    #: serves its envelope without compiling in steady state
+    steady_compiles: int | None = None
     warmup_s: float | None = None
     measure_s: float | None = None  # the measured window
     quality_s: float | None = None
@@ -82,6 +86,8 @@ class Figures:
     greedy_match: float | None = None  # free-running greedy tokens equal to the baseline's
     first_divergence: int | None = None  # index of the first greedy token that differs (None: none)
     quality_valid: bool | None = None  # False for config-only (random-weight) models
+    #: per timed shape: prompt_tokens, new_tokens, tokens_per_s, ttft_ms_p50, tpot_ms_p50, e2e_ms_p50
+    shapes: list[dict] = field(default_factory=list)
     # raw material the parent scores against the baseline's (not shown)
     top1: list[int] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)

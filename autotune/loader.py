@@ -32,11 +32,29 @@ class TunedModel:
     def recipe(self) -> dict:
         return self.document["recipe"]
 
+    @property
+    def workload(self):
+        """What the recipe was measured for (an :class:`autotune.workload.Workload`): its envelope
+        bounds every call."""
+        from .workload import Workload
+
+        return Workload.from_dict(self.document["workload"])
+
+    def warm_up(self) -> "TunedModel":
+        """Run every program the recipe holds once (each rung of its cache ladder; ahead-of-time
+        packages are loaded from the cache on disk): afterwards no call of the envelope compiles."""
+        self.applied.warm_up()
+        return self
+
     def generate_ids(self, input_ids, attention_mask=None, max_new_tokens=None, **kwargs):
+        """Token ids in, token ids out (prompt and new tokens), through the recipe's generate path;
+        generate's keyword arguments as for ``model.generate``."""
         return self.applied.generate_ids(input_ids, attention_mask, max_new_tokens, **kwargs)
 
     def generate(self, prompt: str | list[str], max_new_tokens: int | None = None, **kwargs) -> str | list[str]:
-        """Greedy generation with the recipe's generate path; returns the new text only."""
+        """Text in, new text out, through the recipe's generate path, with the sampling the recipe was
+        measured for (its workload's; greedy when it has none) unless ``kwargs`` say otherwise. A
+        list of prompts is one left-padded batch."""
         if self.tokenizer is None:
             raise RecipeError("this model has no tokenizer (config-only?); use generate_ids()")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -44,6 +62,7 @@ class TunedModel:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        kwargs = {**self.workload.generate_kwargs(), **kwargs}
         out = self.generate_ids(enc["input_ids"], enc["attention_mask"], max_new_tokens, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return texts[0] if isinstance(prompt, str) else texts
@@ -77,12 +96,11 @@ def load(recipe, *, db=None, strict: bool = False, device: str | None = None,
     target = current_target(device)
     _check_target(doc, target, strict)
     source = resolve_model(doc["model"], config_only=bool(doc.get("config_only")))
-    reason = impossible(doc["recipe"], optimizations, target, source.info())
+    reason = impossible(doc["recipe"], optimizations, target, source.info_for(doc["recipe"]))
     if reason:
         raise RecipeError(f"recipe cannot run on this machine: {reason}")
     workload = Workload.from_dict(doc["workload"])
-    ctx = ApplyContext(target, target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size,
-                       doc["recipe"])
+    ctx = ApplyContext.of(target, workload, doc["recipe"])
     from .paths import use_persistent_compile_cache
 
     use_persistent_compile_cache()

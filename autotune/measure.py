@@ -131,6 +131,21 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / mean if mean else 0.0
 
 
+def compile_count() -> int:
+    """Compilations in this process so far: graphs dynamo compiled and ahead-of-time programs autotune's
+    engines built (a recipe serving its envelope in steady state adds none)."""
+    import sys
+
+    total = 0
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    if dynamo is not None:
+        total += int(dynamo.counters["stats"]["unique_graphs"])
+    engines = sys.modules.get("autotune.engines.aoti")
+    if engines is not None:
+        total += engines.AheadOfTimeLoop.compiled_packages
+    return total
+
+
 # -- memory ------------------------------------------------------------------------------------
 class MemoryMeter:
     """This process's own memory. CPU: the kernel's resident-set high-water mark (``VmHWM``), reset

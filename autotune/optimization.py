@@ -68,7 +68,11 @@ class Option:
 
 @dataclass
 class ApplyContext:
-    """What an optimization may look at while it applies itself."""
+    """What an optimization may look at while it applies itself: the target, the workload's typical
+    call (``prompt_tokens``, ``max_new_tokens``, ``batch_size``) and its envelope (the most positions
+    and rows one call may need: ``max_context``, ``max_batch``; 0 means the typical call's), the whole
+    recipe — and what one plugin provides the others: ``ladder``, the static caches (an
+    :class:`autotune.engines.CacheLadder`) set by the plugin that makes the KV cache static."""
 
     target: Any  # autotune.target.Target
     device: str  # "cpu" or "cuda"
@@ -76,6 +80,25 @@ class ApplyContext:
     prompt_tokens: int
     batch_size: int
     recipe: RecipeDict = field(default_factory=dict)
+    max_context: int = 0
+    max_batch: int = 0
+    ladder: Any = None
+
+    def __post_init__(self):
+        self.max_context = self.max_context or self.prompt_tokens + self.max_new_tokens
+        self.max_batch = self.max_batch or self.batch_size
+
+    @classmethod
+    def of(cls, target, workload, recipe: RecipeDict, device: str | None = None) -> "ApplyContext":
+        """The context for serving ``workload`` (an :class:`autotune.workload.Workload`) on ``target``."""
+        return cls(target, device or target.device, workload.new_tokens, workload.prompt_tokens, workload.batch_size,
+                   recipe, workload.max_context, workload.max_batch)
+
+    @property
+    def envelope(self):
+        from .engines import Envelope
+
+        return Envelope(self.max_context, self.max_batch)
 
 
 #: the generate callable every stage passes along:

@@ -38,10 +38,37 @@ def ratio(candidate: dict, baseline: dict, key: str, higher_is_better: bool = Tr
     return a / b if higher_is_better else b / a
 
 
+def shape_ratio(candidate: dict, baseline: dict) -> float | None:
+    """The geometric mean over the envelope's timed shapes of the candidate's tokens/s over the
+    baseline's at the same shape (None unless both were timed at the same shapes)."""
+    import math
+
+    mine, theirs = candidate.get("shapes") or [], baseline.get("shapes") or []
+    key = [(s["prompt_tokens"], s["new_tokens"]) for s in mine]
+    if not mine or key != [(s["prompt_tokens"], s["new_tokens"]) for s in theirs]:
+        return None
+    logs = [math.log(a["tokens_per_s"] / b["tokens_per_s"]) for a, b in zip(mine, theirs)]
+    return math.exp(sum(logs) / len(logs))
+
+
+def shapes_lines(candidate: dict, baseline: dict, indent: str = "  ") -> list[str]:
+    """One line per timed shape: tokens/s (and its ratio to the baseline's), TTFT, TPOT."""
+    base = {(s["prompt_tokens"], s["new_tokens"]): s for s in baseline.get("shapes") or []}
+    lines = []
+    for s in candidate.get("shapes") or []:
+        b = base.get((s["prompt_tokens"], s["new_tokens"]))
+        vs = f" ({s['tokens_per_s'] / b['tokens_per_s']:.2f}x)" if b else ""
+        lines.append(f"{indent}{s['prompt_tokens']:>5} + {s['new_tokens']:<4} tokens: {s['tokens_per_s']:7.1f} tok/s{vs}; "
+                     f"TTFT {s['ttft_ms_p50']:.1f} ms; TPOT {s['tpot_ms_p50']:.2f} ms")
+    return lines
+
+
 def ratios(candidate: dict, baseline: dict) -> dict:
     """Candidate over baseline, each "higher is better" except memory (a share of the baseline's);
-    ``noisy_baseline`` says when the baseline missed its CV target, so the ratios are loose."""
+    ``tokens_per_s`` over the traffic mix, ``tokens_per_s_geomean`` the geometric mean of the shapes'
+    ratios; ``noisy_baseline`` says when the baseline missed its CV target, so the ratios are loose."""
     return {"tokens_per_s": ratio(candidate, baseline, "tokens_per_s"),
+            "tokens_per_s_geomean": shape_ratio(candidate, baseline),
             "tpot_speedup": ratio(candidate, baseline, "tpot_ms_p50", higher_is_better=False),
             "ttft_speedup": ratio(candidate, baseline, "ttft_ms_p50", higher_is_better=False),
             "memory": ratio(candidate, baseline, "peak_memory_bytes"),
@@ -98,6 +125,7 @@ def bench_text(p: dict, optimizations) -> str:
              f"{fmt_bytes(p.get('load_peak_bytes'))} / {fmt_bytes(p.get('weights_bytes'))}"),
             ("load / compile s", f"{fmt(b.get('load_s'))} / {fmt(b.get('compile_s'))}",
              f"{fmt(p.get('load_s'))} / {fmt(p.get('compile_s'))}"),
+            ("compiles in steady state", fmt(b.get("steady_compiles")), fmt(p.get("steady_compiles"))),
             ("quality (top-1 agreement)", fmt(b.get("quality"), 3), fmt(p.get("quality"), 3)),
             ("greedy match / first divergence", f"{fmt(b.get('greedy_match'), 3)} / {fmt(b.get('first_divergence'))}",
              f"{fmt(p.get('greedy_match'), 3)} / {fmt(p.get('first_divergence'))}"),
@@ -106,8 +134,12 @@ def bench_text(p: dict, optimizations) -> str:
     lines = [f"recipe: {describe(p['recipe'], optimizations)}"]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, width)) for r in rows]
     r = p["ratio"]
+    if p.get("shapes"):
+        lines.append("per timed shape (prompt + new tokens), recipe vs baseline:")
+        lines += shapes_lines(p, b)
     if r["tokens_per_s"]:
-        lines.append(f"ratio: {r['tokens_per_s']:.2f}x tokens/s, TPOT {r['tpot_speedup']:.2f}x faster, "
+        geo = f" ({r['tokens_per_s_geomean']:.2f}x over the shapes, geometric mean)" if r.get("tokens_per_s_geomean") else ""
+        lines.append(f"ratio: {r['tokens_per_s']:.2f}x tokens/s{geo}, TPOT {r['tpot_speedup']:.2f}x faster, "
                      f"memory {r['memory']:.2f}x of baseline{noisy_note(b)}")
     for who, d in (("baseline", b), ("recipe", p)):
         if d.get("error"):
@@ -206,6 +238,11 @@ def show_text(r) -> str:
         if val and base and higher is not None:
             ratio_text = f"  ({(val / base if higher else base / val):.2f}x vs baseline)"
         lines.append(f"  {label:<22} {shown:>12}   baseline {based:>12}{ratio_text}")
+    if f.get("shapes"):
+        geo = shape_ratio(f, b)
+        lines.append("  per timed shape (prompt + new tokens)" + (f": {geo:.2f}x the baseline's tokens/s, geometric mean"
+                                                              if geo else ""))
+        lines += shapes_lines(f, b, indent="    ")
     if f.get("noisy") or b.get("noisy"):
         lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
                      "ratios are loose")
@@ -217,6 +254,7 @@ SHOW_ROWS = (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", 
              ("ttft_ms_p50", "TTFT p50 ms", False), ("peak_memory_bytes", "peak memory (timed)", False),
              ("load_peak_bytes", "peak memory (load)", None), ("weights_bytes", "weights", None),
              ("mbu", "MBU (share of memory bandwidth)", None), ("tokens_per_step", "tokens per step", None),
+             ("compile_s", "compile s (the envelope)", None), ("steady_compiles", "compiles in steady state", None),
              ("quality", "quality", None), ("greedy_match", "greedy match", None),
              ("perplexity", "perplexity", None))
 
@@ -281,6 +319,11 @@ def search_text(result, search) -> str:
         lines.append(f"  {fmt(f.tokens_per_s)} tok/s{cost_text(f.tokens_per_s, search)}{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
                      f"TTFT p50 {fmt(f.ttft_ms_p50)} ms; MBU {fmt(f.mbu, 2)}; memory {fmt_bytes(f.peak_memory_bytes)}; "
                      f"quality {fmt(f.quality, 3)}; greedy match {fmt(f.greedy_match, 3)}")
+        if i == 0 and len(f.shapes) > 1:
+            geo = shape_ratio(f.shown(), base)
+            lines.append(f"  over the envelope ({search.spec.workload.describe().split('; ')[-1]})"
+                         + (f": {geo:.2f}x the HF default per shape, geometric mean" if geo else ""))
+            lines += shapes_lines(f.shown(), base, indent="    ")
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)
 

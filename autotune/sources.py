@@ -22,6 +22,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+#: the option a draft model (``--draft``) fills: the decoding plugin's, given by the study, never sampled
+DRAFT_OPTION = "decoding.draft"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class ModelSource:
         except (OSError, ValueError):
             config = {}
         return ModelInfo(config if isinstance(config, dict) else {}, draft=draft.info() if draft else None)
+
+    def info_for(self, recipe) -> "ModelInfo":
+        """:meth:`info` with the draft a recipe names (its :data:`DRAFT_OPTION`), as a study gives it."""
+        plugin, option = DRAFT_OPTION.split(".")
+        draft = (recipe.get(plugin) or {}).get(option)
+        return self.info(draft=resolve_model(draft, tokenizer=False) if draft else None)
 
     @property
     def fingerprint(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .budget import Budget, parse_budget, parse_objectives
 from .errors import UsageError
-from .sources import ModelSource, resolve_model
+from .sources import DRAFT_OPTION, ModelSource, resolve_model
 from .workload import Workload
 
 SAMPLERS = ("tpe", "grid", "nsga2", "random")
@@ -170,8 +170,6 @@ STUDY_KEYS = {
     "jobs": (lambda v: v == "auto" or _positive_int(v), "a positive whole number or \"auto\""),
 }
 
-#: the option a draft model (``--draft``) fills: the decoding plugin's, given by the study, never sampled
-DRAFT_OPTION = "decoding.draft"
 
 
 def read_study_file(path: str) -> dict:
@@ -213,9 +211,7 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
     if not model:
         raise UsageError("give a MODEL (or a --study-file that names one)")
     workload = dict(data.get("workload", {}))
-    for key in ("prompt_tokens", "new_tokens", "batch_size", "kind"):
-        if cli.get(key) is not None:
-            workload[key] = cli[key]
+    workload.update({k: v for k, v in (cli.get("workload") or {}).items() if v is not None})
     space = {k: (v if isinstance(v, list) else [v])
              for k, v in {**data.get("space", {}), **(cli.get("space") or {})}.items()}
     draft = pick("draft")
@@ -233,8 +229,7 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         raise UsageError(f"--price-per-hour must be a positive number of US dollars, got {price!r}")
     if price is None and "cost" in [n.strip() for n in objective.split(",")]:
         raise UsageError("--objective cost needs a price: --price-per-hour USD (or price_per_hour in the study file)")
-    workload = Workload.from_dict(workload)
-    workload.check_fits(source.info(), repr(source.name))
+    workload = Workload.from_dict(workload).for_model(source.info(), repr(source.name))
     return SearchSpec(
         source=source,
         workload=workload,

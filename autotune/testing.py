@@ -104,6 +104,11 @@ def check_applies(opt: Optimization, model_dir, target=None, choices: dict | Non
     assert isinstance(opt.transformers_export(recipe[opt.name]), dict)
 
 
+#: the envelope the contract applies plugins for (the tiny model's 512 positions): wide enough that
+#: choices sized by it (a cache ladder's rungs) differ
+ENVELOPE = 512
+
+
 @contextlib.contextmanager
 def _recording_compile():
     """Record what is handed to ``torch.compile`` (the function's name and the options, which carry
@@ -150,7 +155,7 @@ def program_of(opt: Optimization, choices: dict, model_dir, target=None) -> dict
     target = _target(target)
     recipe = resolve({opt.name: choices}, {opt.name: opt})
     mine = recipe[opt.name]
-    ctx = ApplyContext(target, "cpu", 4, 8, 1, recipe)
+    ctx = ApplyContext(target, "cpu", 4, 8, 1, recipe, max_context=ENVELOPE)
     with _recording_compile() as compiled:
         model = load_model(str(model_dir), {opt.name: opt}, recipe, ctx)
         model = opt.after_load(model, mine, ctx) or model
@@ -167,6 +172,7 @@ def program_of(opt: Optimization, choices: dict, model_dir, target=None) -> dict
         "generate_kwargs": repr(sorted(opt.generate_kwargs(mine, ctx).items())),
         "assistant": _assistant_state(generate),
         "runtime": runtime,
+        "cache_ladder": getattr(ctx.ladder, "capacities", None),
     }
 
 

@@ -10,6 +10,7 @@ plain data. Each phase is announced through ``on_phase`` so that a trial killed 
 says where it was."""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -74,9 +75,12 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     figures = Figures()
     on_phase("load")
     run = _Run.prepare(request, figures, policy)
+    limits = Limits.of(request, policy.abandon_factor)
     try:
         on_phase("first call")
-        run.warm_up(figures, Limits.of(request, policy.abandon_factor), on_phase)
+        run.first_calls(figures, limits)
+        on_phase("warm-up")
+        run.warm_up(figures, limits)
         on_phase("measure")
         run.measure(figures, policy)
         if run.quality is not None:
@@ -89,13 +93,22 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
 
 
 class _Run:
-    """The applied recipe and its fixed-shape inputs, with one method per phase."""
+    """The applied recipe and the workload's calls over its envelope, with one method per phase."""
 
-    def __init__(self, applied, workload: Workload, input_ids, device: str, quality: bool):
-        self.applied, self.workload, self.input_ids, self.device = applied, workload, input_ids, device
+    def __init__(self, applied, workload: Workload, device: str, quality: bool):
+        self.applied, self.workload, self.device = applied, workload, device
+        vocab = applied.model.config.get_text_config().vocab_size
+        #: (prompt tokens, new tokens, input ids) of each timed shape, the typical call first
+        self.shapes = [(p, n, workload.input_ids(applied.tokenizer, vocab, prompt_tokens=p))
+                       for p, n in workload.shapes()]
+        self.wide = None  # a call at the envelope's max_batch, when wider than the typical call
+        if workload.max_batch > workload.batch_size:
+            self.wide = workload.input_ids(applied.tokenizer, vocab, batch=workload.max_batch)
+        self.sampling = workload.generate_kwargs()
         self.memory = measure.MemoryMeter(device)
         self.quality = _Quality(applied, workload) if quality and applied.tokenizer is not None else None
         self.sync = None
+        self.calls = 0  # timed calls so far: each sampled call draws from its own seed
         if device == "cuda":
             import torch
 
@@ -111,91 +124,126 @@ class _Run:
         use_exactly(request.plugin_modules)
         optimizations = get_optimizations()
         workload = Workload.from_dict(request.workload)
-        target = current_target(request.device)
-        ctx = ApplyContext(target, request.device, workload.new_tokens, workload.prompt_tokens,
-                           workload.batch_size, request.recipe)
+        ctx = ApplyContext.of(current_target(request.device), workload, request.recipe, request.device)
         t0 = time.perf_counter()
         applied = apply_recipe(request.model_path, optimizations, request.recipe, ctx)
         figures.load_s = time.perf_counter() - t0
-        model = applied.model
-        input_ids = workload.input_ids(applied.tokenizer, model.config.get_text_config().vocab_size)
-        run = cls(applied, workload, input_ids, request.device, policy.quality)
+        run = cls(applied, workload, request.device, policy.quality)
         run.memory.release_freed()
         figures.load_peak_bytes = run.memory.peak()
-        figures.weights_bytes = measure.weights_bytes(model)
+        figures.weights_bytes = measure.weights_bytes(applied.model)
         return run
 
-    def one_call(self, limits: Limits | None = None, call: int | None = None):
-        """One timed generate call with exactly the workload's shapes: (output ids, streamer, e2e s).
-        ``call``: a quality call (its reference window) instead of the workload's prompts."""
+    def one_call(self, shape: int = 0, limits: Limits | None = None, call: int | None = None, ids=None):
+        """One timed generate call of shape ``shape`` (an index into :attr:`shapes`), with the
+        envelope's sampling: (output ids, streamer, e2e s). ``call``: a quality call (its reference
+        window, greedy and forced) instead; ``ids``: other inputs (the envelope's widest call)."""
+        import torch
+
         streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s, on_slow=_abandon_tpot)
-        inputs, extra = self.input_ids, {}
+        prompt, new, inputs = self.shapes[shape]
+        extra = dict(self.sampling)
         if call is not None:
             inputs, extra = self.quality.inputs(call)
-        out = self.applied.generate_ids(inputs, max_new_tokens=self.workload.new_tokens, streamer=streamer,
-                                        min_new_tokens=self.workload.new_tokens, **extra)
+        elif ids is not None:
+            inputs = ids
+        if extra.get("do_sample"):
+            torch.manual_seed(self.calls)
+        self.calls += 1
+        out = self.applied.generate_ids(inputs, max_new_tokens=new, streamer=streamer, min_new_tokens=new, **extra)
         if self.sync:
             self.sync()
         e2e = time.perf_counter() - streamer.start
+        if out.shape[1] - inputs.shape[1] != new:
+            raise RuntimeError(f"generated {out.shape[1] - inputs.shape[1]} tokens, the workload asks for exactly {new}")
         if call is not None:
             self.quality.check(call, out)
         return out, streamer, e2e
 
-    def warm_up(self, figures: Figures, limits: Limits, on_phase) -> None:
-        """Two calls with exactly the measured shapes — the quality calls, when quality is scored;
-        the first pays compilation. A decode step slower than ``limits.tpot_s`` (after the first
-        few, which may compile) or a second call slower than ``limits.e2e_s`` abandons the trial,
-        keeping the figures so far."""
-        calls = (0, 1) if self.quality is not None else (None, None)
-        # the first call's steps may still compile, load kernels, pack weights: only a pathological
-        # one (FIRST_CALL_SLACK times the warm limit) stops it
+    def first_calls(self, figures: Figures, limits: Limits) -> None:
+        """Every shape of the envelope once (the typical one as quality call 0, when quality is
+        scored), every program of the recipe's engine once, and the envelope's widest batch: this
+        pays every compilation serving the envelope needs. A pathological decode step
+        (``FIRST_CALL_SLACK`` times the warm limit) stops it."""
         first = Limits(tpot_s=limits.tpot_s and FIRST_CALL_SLACK * limits.tpot_s)
-        figures.first_call_s = self.one_call(first, calls[0])[2]
-        on_phase("warm-up")
-        second = self.one_call(limits, calls[1])[2]
-        figures.warmup_s = second
+        start = time.perf_counter()
+        self.one_call(0, first, 0 if self.quality is not None else None)
+        self.applied.warm_up()
+        for shape in range(1, len(self.shapes)):
+            self.one_call(shape)
+        if self.wide is not None:
+            self.one_call(0, ids=self.wide)
+        figures.first_call_s = time.perf_counter() - start
+
+    def warm_up(self, figures: Figures, limits: Limits) -> None:
+        """Every shape again, warm (the typical one as quality call 1): a typical call or decode step
+        slower than ``limits`` abandons the trial, keeping the figures so far."""
+        second = self.one_call(0, limits, 1 if self.quality is not None else None)[2]
         figures.e2e_ms_p50 = second * 1e3
         if limits.e2e_s is not None and second > limits.e2e_s:
             raise Abandoned(f"a warm call took {second:.2f} s, beyond the {limits.e2e_s:.2f} s limit "
                             f"derived from the incumbent")
+        figures.warmup_s = second + sum(self.one_call(shape)[2] for shape in range(1, len(self.shapes)))
 
     def measure(self, figures: Figures, policy) -> None:
-        """Repeat until the e2e CV is under target (after min_runs) or a cap is reached; the memory
-        high-water mark covers exactly these calls."""
+        """Rounds of one call per shape until the CV of a round's time is under target (after
+        min_runs) or a cap is reached; the memory high-water mark covers exactly these calls."""
         self.memory.release_freed()
         self.memory.reset()
-        runs = []
+        compiles = measure.compile_count()
+        rounds: list[list] = []
         start = time.perf_counter()
-        while len(runs) < policy.max_runs:
-            runs.append(self.one_call())
-            e2es = [r[2] for r in runs]
-            if len(runs) >= policy.min_runs and (measure.cv(e2es) <= policy.target_cv
-                                                  or time.perf_counter() - start > policy.max_measure_s):
+        while len(rounds) < policy.max_runs:
+            rounds.append([self.one_call(shape) for shape in range(len(self.shapes))])
+            totals = [sum(call[2] for call in r) for r in rounds]
+            if len(rounds) >= policy.min_runs and (measure.cv(totals) <= policy.target_cv
+                                                    or time.perf_counter() - start > policy.max_measure_s):
                 break
         figures.measure_s = time.perf_counter() - start
+        figures.steady_compiles = measure.compile_count() - compiles
         figures.peak_memory_bytes = self.memory.peak()
-        out = runs[-1][0]
-        prompt = self.input_ids.shape[1]
-        if out.shape[1] - prompt != self.workload.new_tokens:
-            raise RuntimeError(f"generated {out.shape[1] - prompt} tokens, the workload asks for exactly "
-                               f"{self.workload.new_tokens}")
-        e2e = measure.Stats.of([r[2] for r in runs])
-        ttft = measure.Stats.of([r[1].ttft for r in runs])
-        tpot = measure.Stats.of([t for r in runs for t in r[1].tpots])
-        figures.runs = len(runs)
-        figures.cv = measure.cv([r[2] for r in runs])
+        self._speed(figures, rounds, policy)
+        figures.output_ids = self._greedy_reference(rounds)
+        figures.bytes_per_step = roofline.bytes_per_step(
+            self.applied.model, self.workload.batch_size,
+            sum(p + n / 2 for p, n, _ in self.shapes) / len(self.shapes))
+
+    def _speed(self, figures: Figures, rounds: list[list], policy) -> None:
+        """The traffic mix over all timed calls, and each shape's own figures."""
+        calls = [call for r in rounds for call in r]
+        batch = self.workload.batch_size
+        e2e = measure.Stats.of([c[2] for c in calls])
+        ttft = measure.Stats.of([c[1].ttft for c in calls])
+        tpot = measure.Stats.of([t for c in calls for t in c[1].tpots])
+        totals = [sum(call[2] for call in r) for r in rounds]
+        figures.runs = len(rounds)
+        figures.cv = measure.cv(totals)
         figures.noisy = figures.cv > policy.target_cv
         figures.ttft_ms_p50, figures.ttft_ms_p95 = ttft.p50 * 1e3, ttft.p95 * 1e3
         figures.tpot_ms_p50, figures.tpot_ms_p95 = tpot.p50 * 1e3, tpot.p95 * 1e3
         figures.e2e_ms_p50, figures.e2e_ms_p95 = e2e.p50 * 1e3, e2e.p95 * 1e3
-        figures.tokens_per_s = self.workload.batch_size * self.workload.new_tokens / e2e.p50
-        figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * e2e.p50)
-        figures.output_ids = out[:, prompt:].flatten().tolist()
-        steps = sum(r[1].steps for r in runs)
-        figures.tokens_per_step = sum(len(r[1].tpots) for r in runs) / steps if steps else None
-        figures.bytes_per_step = roofline.bytes_per_step(self.applied.model, self.workload.batch_size,
-                                                         prompt + self.workload.new_tokens / 2)
+        figures.tokens_per_s = batch * sum(n for _, n, _ in self.shapes) / statistics.median(totals)
+        figures.shapes = []
+        for index, (prompt, new, _) in enumerate(self.shapes):
+            mine = [r[index] for r in rounds]
+            e2e_s = statistics.median(c[2] for c in mine)
+            figures.shapes.append({
+                "prompt_tokens": prompt, "new_tokens": new, "tokens_per_s": batch * new / e2e_s,
+                "e2e_ms_p50": e2e_s * 1e3, "ttft_ms_p50": statistics.median(c[1].ttft for c in mine) * 1e3,
+                "tpot_ms_p50": statistics.median(t for c in mine for t in c[1].tpots) * 1e3})
+        steady = sum(s["e2e_ms_p50"] for s in figures.shapes) / 1e3
+        figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * steady)
+        steps = sum(c[1].steps for c in calls)
+        figures.tokens_per_step = sum(len(c[1].tpots) for c in calls) / steps if steps else None
 
+    def _greedy_reference(self, rounds: list[list]) -> list[int]:
+        """The typical call's free-running greedy tokens (greedy_match is scored on them): the last
+        round's, or — when the envelope samples — one more call, greedy and untimed."""
+        prompt, new, inputs = self.shapes[0]
+        out = rounds[-1][0][0]
+        if self.sampling:
+            out = self.applied.generate_ids(inputs, max_new_tokens=new, min_new_tokens=new)
+        return out[:, prompt:].flatten().tolist()
 
 
 def _abandon_tpot(tpot: float, limit: float) -> None:

@@ -38,7 +38,7 @@ GRID = {  # the levers that matter on a CPU host, small enough to measure whole
     "quantization.method": ["none", "torchao-int8-weight"],
     "dtype.dtype": ["auto", "bfloat16"],
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"],
-    "cache.implementation": ["dynamic", "static"], "cache.max_cache_len": ["auto"],
+    "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],

@@ -31,7 +31,7 @@ GRID = {  # what matters on a CPU host, small enough to measure whole
     "quantization.method": ["none", "torchao-int8-weight"],
     "dtype.dtype": ["auto", "bfloat16"],
     "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
-    "cache.implementation": ["dynamic", "static"], "cache.max_cache_len": ["auto"],
+    "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "cache.pad_to_multiple_of": [None],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.fullgraph": [False], "compile.freezing": [False], "compile.cpp_wrapper": [False],

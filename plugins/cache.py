@@ -1,11 +1,16 @@
-"""KV cache: dynamic (default), static (pre-allocated, compile-friendly), offloaded, quantized."""
+"""KV cache: dynamic (default), static (pre-allocated, compile-friendly), offloaded, quantized.
+
+A static cache serves the workload's whole envelope from a ladder of sizes (``ladder``: each rung
+``x2`` or ``x4`` the one below, up to the envelope's max_context, or ``one`` cache of max_context):
+each call uses the smallest rung that holds it, so a short call does not attend over the longest's
+cache — at the price of one program per rung where something is compiled. The ladder is core code
+(:mod:`autotune.engines.ladder`); this plugin provides it to the rest of the recipe (``ctx.ladder``)."""
 from __future__ import annotations
 
 import importlib.util
 
 import autotune
 from autotune import Option, Optimization
-from autotune.errors import RecipeError
 
 STATIC = ("static", "offloaded_static")
 QUANT_BACKENDS = {"quanto": "optimum.quanto", "hqq": "hqq"}
@@ -29,14 +34,16 @@ def _importable(module: str) -> bool:
 class Cache(Optimization):
     name = "cache"
     order = 40
+    version = "2"  # static caches serve the envelope from a ladder (was: one cache sized by max_cache_len)
     description = "KV cache implementation used by generate"
 
     def options(self):
         return [
             Option("implementation", ("dynamic", "static", "offloaded", "offloaded_static", "quantized"),
                    "dynamic", "transformers cache_implementation"),
-            Option("max_cache_len", ("auto", 256, 512, 1024, 2048, 4096), "auto",
-                   "static cache size in tokens; auto = prompt + new tokens of the call", active=_static),
+            Option("ladder", ("x2", "x4", "one"), "x2",
+                   "static cache sizes for the envelope: rungs x2 / x4 apart up to max_context, or one of "
+                   "max_context", active=_static),
             Option("backend", tuple(QUANT_BACKENDS), "quanto", "quantized-cache backend", active=_quantized),
             Option("nbits", (2, 4), 4, "quantized-cache bits", active=_quantized),
         ]
@@ -54,31 +61,40 @@ class Cache(Optimization):
             out["implementation=quantized"] = "no quantized-cache backend installed (optimum-quanto or hqq)"
         return out
 
+    def after_load(self, model, opts, ctx):
+        if _static(opts):
+            from autotune.engines import GROWTH, CacheLadder
+
+            ctx.ladder = CacheLadder(model, ctx.envelope, GROWTH[opts["ladder"]],
+                                     offloading=opts["implementation"] == "offloaded_static")
+        return model
+
     def generate_kwargs(self, opts, ctx):
-        impl = opts["implementation"]
-        if impl == "dynamic":
-            return {}
-        kwargs = {"cache_implementation": impl}
-        if _static(opts) and opts["max_cache_len"] != "auto":
-            needed = ctx.prompt_tokens + ctx.max_new_tokens
-            if opts["max_cache_len"] < needed:
-                raise RecipeError(f"cache.max_cache_len={opts['max_cache_len']} is smaller than the workload "
-                                  f"({needed} tokens)")
-            kwargs["max_cache_len"] = opts["max_cache_len"]
-        if _quantized(opts):
-            kwargs["cache_config"] = {"backend": opts["backend"], "nbits": opts["nbits"]}
-        return kwargs
+        if not _quantized(opts):
+            return {}  # dynamic: generate's default; static: the ladder's caches are handed to each call
+        return {"cache_implementation": "quantized", "cache_config": {"backend": opts["backend"],
+                                                                      "nbits": opts["nbits"]}}
+
+    def wrap_generate(self, generate, model, opts, ctx):
+        if not _static(opts):
+            return generate
+        from autotune.engines import serve_from
+
+        return serve_from(ctx.ladder, generate, f"cache.implementation={opts['implementation']}")
 
     def transformers_export(self, opts):
         impl = opts["implementation"]
         if impl == "dynamic":
             return {}
         gen = {"cache_implementation": impl}
-        if _static(opts) and opts["max_cache_len"] != "auto":
-            gen["max_cache_len"] = opts["max_cache_len"]
+        out = {"generation_config": gen}
+        if _static(opts):
+            out["steps"] = [f"autotune serves the envelope from a ladder of static caches ({opts['ladder']}); plain "
+                            "generate sizes one cache (max_cache_len: the envelope's max_context), or use "
+                            "autotune.load()"]
         if _quantized(opts):
             gen["cache_config"] = {"backend": opts["backend"], "nbits": opts["nbits"]}
-        return {"generation_config": gen}
+        return out
 
 
 @autotune.hookimpl

@@ -68,10 +68,6 @@ class Decoding(Optimization):
         target = recipe.get("compile", {}).get("target")
         if target in ("decode", "aoti"):
             return f"compile.target={target} runs its own one-token loop: it cannot verify several proposed tokens"
-        cache = recipe.get("cache", {})
-        if cache.get("implementation") in ("static", "offloaded_static") and cache.get("max_cache_len") == "auto":
-            return ("a static cache sized to the call (max_cache_len=auto) has no room for the proposed tokens "
-                    "verified past the last one: give cache.max_cache_len")
         return None
 
     def generate_kwargs(self, opts, ctx):

@@ -69,7 +69,7 @@ def write_study(folder: Path, model: str, space: dict, pin: bool = True, **top) 
     import json
 
     lines = [f"model = {json.dumps(model)}"] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
-    lines += ["[workload]", "prompt_tokens = 8", "new_tokens = 6", "[measure]"]
+    lines += ["[workload]", "prompt_tokens = 8", "new_tokens = 6", "max_context = 64", "[measure]"]
     lines += [f"{k} = {v}" for k, v in FAST.items()]
     space = {**(PINNED if pin else {}), **space}
     lines += ["[space]"] + [f'"{k}" = {json.dumps(v)}' for k, v in space.items()]

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
          "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
-         "cache.max_cache_len": ["auto", 256]}
-WORKLOAD = {"prompt_tokens": 8, "new_tokens": 6}
+         "cache.ladder": ["x2", "one"]}
+WORKLOAD = {"prompt_tokens": 8, "new_tokens": 6, "max_context": 64}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from autotune.cli import cli
 
-FAST_BENCH = ["--prompt-tokens", "8", "--new-tokens", "6"]
+FAST_BENCH = ["--prompt-tokens", "8", "--new-tokens", "6", "--max-context", "64"]
 
 
 def test_bench_json_reports_recipe_baseline_and_ratio(tiny_model):
@@ -99,7 +99,7 @@ def test_search_prints_only_its_own_progress_and_summary(tiny_model, tmp_path):
 
     db = f"sqlite:///{tmp_path / 'quiet.db'}"
     args = [sys.executable, "-m", "autotune", "search", tiny_model, "--trials", "2", "--db", db, "--prompt-tokens", "8",
-            "--new-tokens", "4", "--config-only"]
+            "--new-tokens", "4", "--max-context", "32", "--config-only"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = re.compile(r"^(study |budget: |\s*$|.*\d+/2 \[|.*\|\s*\d+/2)")

@@ -47,7 +47,7 @@ def queue_db(request, tmp_path):
 def job_file(tmp_path, model, trials, **space) -> str:
     if any(k.startswith("chaos.") for k in space):  # the test plugins are loaded: keep decode steps clean
         space = {"corrupt.decode": ["clean"], **space}
-    return write_study(tmp_path, model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"], **space},
+    return write_study(tmp_path, model, {"compile.target": ["off"], "cache.ladder": ["x2"], **space},
                        trials=trials)
 
 

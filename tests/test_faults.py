@@ -336,7 +336,7 @@ def test_three_searches_at_once_on_a_fresh_postgresql(tmp_path, tiny_model):
     from test_daemon import _reset_postgres
 
     _reset_postgres(PG)
-    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"]}, trials=2)
+    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.ladder": ["x2"]}, trials=2)
     procs = [subprocess.Popen([sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", f"c{i}",
                                "--db", PG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
@@ -474,7 +474,8 @@ def test_disk_full_mid_search_is_one_line_and_resumable(tmp_path, tiny_model):
     disk): one-line error, nothing corrupt, and the same command resumes once there is room."""
     db_file = tmp_path / "full.db"
     db = f"sqlite:///{db_file}"
-    f = write_study(tmp_path, tiny_model, ONE_RECIPE, trials=2)
+    space = {**ONE_RECIPE, "chaos.behaviour": ["none", "slow", "raise", "abort"], "corrupt.decode": ["clean", "noisy"]}
+    f = write_study(tmp_path, tiny_model, space, trials=2)  # fast recipes (none hangs), enough to outgrow the cap
     first = subprocess.run([sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", "a",
                             "--db", db], env=_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]

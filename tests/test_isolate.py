@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 SCRIPT = """
 import autotune
 
-result = autotune.search({model!r}, trials=1, workload={{"prompt_tokens": 8, "new_tokens": 4}},
+result = autotune.search({model!r}, trials=1, workload={{"prompt_tokens": 8, "new_tokens": 4, "max_context": 32}},
                          space={{"compile.target": ["off"]}}, measure={{"min_runs": 2, "max_runs": 2}},
                          db={db!r}, progress=False)
 print("BASELINE", result.baseline["status"])

@@ -102,7 +102,7 @@ def test_two_lanes_measure_alone_and_keep_stopped_time_out_of_the_figures(chaos,
     CheckingGate.instances.clear()
     space = {"corrupt.decode": ["clean"], "chaos.behaviour": ["busy-compile", "slow-calls"],
              "compile.target": ["off"], "quantization.method": ["none"], "dtype.dtype": ["auto"],
-             "attention.implementation": ["sdpa"], "cache.max_cache_len": ["auto"], "runtime.threads": ["auto"],
+             "attention.implementation": ["sdpa"], "cache.ladder": ["x2"], "runtime.threads": ["auto"],
              "decoding.method": ["greedy"]}
     f = write_study(tmp_path, tiny_model, space, trials=2)
     spec = with_policy(build(study_file=f, jobs=2), abandon_factor=1e6)

@@ -72,7 +72,7 @@ def test_lower_precision_weights_lower_the_steady_state_peak(tmp_path):
     """A model big enough to matter (~36M parameters): bf16 weights must show clearly below fp32."""
     model = str(build_tiny_model(tmp_path / "medium", hidden=1024, layers=4))
     opts = get_optimizations()
-    fp32 = run(model, opts, {"dtype": {"dtype": "float32"}}, timeout=300)
+    fp32 = run(model, opts, {"dtype": {"dtype": "auto"}}, timeout=300)  # the checkpoint's: float32
     bf16 = run(model, opts, {"dtype": {"dtype": "bfloat16"}}, timeout=300)
     assert fp32.ok and bf16.ok, (fp32.error, bf16.error)
     saved = fp32.figures.weights_bytes - bf16.figures.weights_bytes

@@ -14,8 +14,8 @@ OPTS = get_optimizations()
 
 
 def test_sets_parse_and_coerce():
-    partial = parse_sets(["cache.implementation=static", "cache.max_cache_len=512", "compile.freezing=true"], OPTS)
-    assert partial == {"cache": {"implementation": "static", "max_cache_len": 512}, "compile": {"freezing": True}}
+    partial = parse_sets(["cache.implementation=static", "cache.ladder=x4", "compile.freezing=true"], OPTS)
+    assert partial == {"cache": {"implementation": "static", "ladder": "x4"}, "compile": {"freezing": True}}
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -43,7 +43,7 @@ def test_defaults_filled_and_inactive_options_dropped():
     assert r["compile"] == {"target": "off"}  # mode means nothing while compile is off
     assert r == resolve({}, OPTS)
     assert recipe_key(r) == recipe_key(resolve({}, OPTS))
-    assert "max_cache_len" not in r["cache"]
+    assert "ladder" not in r["cache"]
 
 
 def test_cross_plugin_rules():

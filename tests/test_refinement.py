@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 GRID = {
     "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto", "bfloat16"],
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto", "math"],
-    "cache.implementation": ["dynamic", "static"], "cache.max_cache_len": ["auto"],
+    "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],

@@ -27,7 +27,7 @@ def study_db(tmp_path_factory, tiny_model):
         "quantization.quant_type": ["fp4"], "quantization.double_quant": [False],
         "quantization.compute_dtype": ["float32"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
         "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic", "static"],
-        "cache.max_cache_len": ["auto"], "compile.target": ["off"],
+        "cache.ladder": ["x2"], "compile.target": ["off"],
     }, trials=4, sampler="grid", budget="quality>=0.99", jobs=1)  # the grid in its order, one at a time
     db = f"sqlite:///{tmp / 'tune.db'}"
     pm.register(plugins_for_tests, name="plugins_for_tests")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
          "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
-         "cache.max_cache_len": ["auto", 256], "runtime.threads": ["auto"], "decoding.method": ["greedy"]}
+         "cache.ladder": ["x2", "one"], "runtime.threads": ["auto"], "decoding.method": ["greedy"]}
 
 
 def study_file(tmp_path, model, trials=3, **space) -> str:
@@ -101,7 +101,7 @@ def test_search_with_only_some_plugins_loaded(tmp_path, tiny_model):
     """The README's AUTOTUNE_PLUGINS=cache,compile: seeds that name other plugins are left out."""
     import os
 
-    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.max_cache_len": ["auto"]}, pin=False,
+    f = write_study(tmp_path, tiny_model, {"compile.target": ["off"], "cache.ladder": ["x2"]}, pin=False,
                     trials=2)
     env = {**os.environ, "AUTOTUNE_PLUGINS": "cache,compile"}
     proc = subprocess.run([sys.executable, "-m", "autotune", "search", "--study-file", f, "--json",

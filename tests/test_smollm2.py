@@ -30,7 +30,7 @@ def test_converted_once_and_answers_paris():
 
 def test_short_bench_on_the_real_model():
     result = CliRunner().invoke(cli, ["bench", "smollm2-135m", "--set", "cache.implementation=static",
-                                      "--prompt-tokens", "16", "--new-tokens", "16", "--json"])
+                                      "--prompt-tokens", "16", "--new-tokens", "16", "--max-context", "256", "--json"])
     assert result.exit_code == 0, result.output
     p = json.loads(result.stdout)
     assert p["status"] == "ok" and p["baseline"]["status"] == "ok"

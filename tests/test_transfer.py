@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 PG = os.environ.get("AUTOTUNE_TEST_PG")
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"],
-         "cache.max_cache_len": ["auto", 256]}
+         "cache.ladder": ["x2", "one"]}
 OTHER_HW = "feedfacefeedface"
 
 
@@ -42,7 +42,7 @@ def identities(url, newest_only: bool = False) -> list[tuple]:
 @pytest.fixture(scope="module")
 def source_db(tmp_path_factory, tiny_model) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('laptop') / 'laptop.db'}"
-    autotune.search(tiny_model, trials=3, db=url, workload={"prompt_tokens": 8, "new_tokens": 6}, space=SPACE,
+    autotune.search(tiny_model, trials=3, db=url, workload={"prompt_tokens": 8, "new_tokens": 6, "max_context": 64}, space=SPACE,
                     measure=FAST, study="laptop", progress=False)
     return url
 
@@ -99,7 +99,7 @@ def test_the_search_reuses_imported_measurements(source_db, exported, dest_db, t
     assert run("db", "import", exported, "--db", dest_db).exit_code == 0
     lines = [json.loads(x) for x in open(exported).read().splitlines()[1:]]
     measured_ok = [d["recipe"]["recipe"] for d in lines if d["measurement"]["status"] == "ok"]
-    result = autotune.search(tiny_model, trials=3, db=dest_db, workload={"prompt_tokens": 8, "new_tokens": 6},
+    result = autotune.search(tiny_model, trials=3, db=dest_db, workload={"prompt_tokens": 8, "new_tokens": 6, "max_context": 64},
                              space=SPACE, measure=FAST, study="team", progress=False)
     assert result.baseline["reused"]
     known = [t for t in result.trials if t["recipe"] in measured_ok]

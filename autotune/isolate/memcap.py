@@ -18,7 +18,7 @@ class MemoryCap:
     def __enter__(self) -> "MemoryCap":
         if not self.limit:
             return self
-        from .errors import UsageError
+        from ..errors import UsageError
 
         MemoryCap._count += 1
         name = f"autotune-trial-{os.getpid()}-{MemoryCap._count}"

@@ -1,0 +1,142 @@
+"""The compiled decode loop (the Transformers guide's, grown to serve an envelope): an eager prefill
+that keeps only the last position's logits, then one compiled step per token over the smallest
+static cache of the ladder that holds the call.
+
+Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
+change and nothing recompiles in steady state); a left-padded batch runs with its attention mask
+over the cache's slots and per-row positions, as ``generate`` runs it; tokens are chosen and calls
+stopped by a :class:`~autotune.engines.plan.GenerationPlan` (greedy or sampled, EOS, stop strings,
+streamers), exactly as ``generate`` would."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .ladder import CacheLadder, cache_kwarg
+from .plan import GenerationPlan
+
+
+def decode_step(model, token, position_ids, attention_mask, cache, cache_kw: str):
+    """One token's pass for every row: the next-token logits, ``[batch, vocab]``."""
+    logits = model(token, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
+                   return_dict=False, **{cache_kw: cache})[0]
+    return logits[:, -1]
+
+
+@dataclass
+class Rows:
+    """A call's rows as an engine runs them: ``batch`` rows (the caller's, then copies of its first),
+    the mask over the cache's slots (0 on left padding, 1 elsewhere: causality hides the slots not
+    yet written), and positions that skip the padding."""
+
+    input_ids: Any  # [batch, prompt]
+    mask: Any  # [batch, cache slots]
+    positions: Any  # [batch, prompt]
+    next_positions: Any  # [batch, 1]: the next token's
+    slot: Any  # [1]: the cache slot the next token is written to
+    cache: Any
+    capacity: int
+    real: int  # rows the caller asked for
+
+    @classmethod
+    def of(cls, input_ids, attention_mask, batch: int, cache, capacity: int) -> "Rows":
+        import torch
+
+        real, prompt = input_ids.shape
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = batch - real
+        ids = torch.cat([input_ids, input_ids[:1].expand(extra, -1)]) if extra else input_ids
+        given = torch.cat([attention_mask, attention_mask[:1].expand(extra, -1)]) if extra else attention_mask
+        slots = cache.layers[0].max_cache_len
+        mask = torch.ones(batch, slots, dtype=torch.long, device=device)
+        mask[:, :prompt] = given.to(device=device, dtype=torch.long)
+        positions = (mask[:, :prompt].cumsum(-1) - 1).masked_fill(mask[:, :prompt] == 0, 1)
+        return cls(ids, mask, positions, positions[:, -1:] + 1, torch.tensor([prompt], device=device), cache,
+                   capacity, real)
+
+    def advance(self) -> None:
+        self.next_positions += 1
+        self.slot += 1
+
+    def widen(self, token):
+        """A token per real row, ``[real]`` → ``[batch, 1]`` for the step."""
+        import torch
+
+        extra = self.input_ids.shape[0] - self.real
+        full = torch.cat([token, token[:1].expand(extra)]) if extra else token
+        return full[:, None]
+
+
+class DecodeLoop:
+    """Eager prefill, compiled step (see the module)."""
+
+    name = "compile.target=decode"
+
+    def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None):
+        import torch
+
+        self.ladder = ladder
+        self.cache_kw = cache_kwarg(model)
+        self.compiled = torch.compile(decode_step, **(compile_options or {}))
+
+    # -- the model's two passes (what the ahead-of-time loop replaces) -----------------------------
+    def prefill(self, model, rows: Rows):
+        """The prompt's pass: fills the cache, returns the last position's logits, ``[batch, vocab]``."""
+        out = model(rows.input_ids, attention_mask=rows.mask, position_ids=rows.positions, use_cache=True,
+                    logits_to_keep=1, **{self.cache_kw: rows.cache})
+        return out.logits[:, -1]
+
+    def step(self, model, token, rows: Rows):
+        """One new token per row at ``rows.next_positions``: its logits, ``[batch, vocab]`` (cloned: a
+        CUDA graph's output is overwritten by its next replay)."""
+        return self.compiled(model, token.clone(), rows.next_positions.clone(), rows.mask, rows.cache,
+                             self.cache_kw).clone()
+
+    # -- a call ------------------------------------------------------------------------------------
+    def __call__(self, model, input_ids, attention_mask, max_new_tokens, streamer=None, **kwargs):
+        """``model.generate``'s answer for this call (see :class:`GenerationPlan` for what is honoured)."""
+        plan = GenerationPlan(model, input_ids, max_new_tokens, kwargs, self.name)
+        needed = input_ids.shape[1] + max_new_tokens
+        self.ladder.envelope.check(input_ids.shape[0], needed, self.name)
+        return self._generate(model, input_ids, attention_mask, max_new_tokens, streamer, plan,
+                              self.ladder.rung(needed))
+
+    def _generate(self, model, input_ids, attention_mask, max_new_tokens, streamer, plan, capacity: int):
+        import torch
+
+        batch = self.ladder.envelope.max_batch
+        rows = Rows.of(input_ids, attention_mask, batch, self.ladder.cache(batch, capacity), capacity)
+        sequence, real = input_ids, input_ids.shape[0]
+        unfinished = torch.ones(real, dtype=torch.long, device=input_ids.device)
+        if streamer is not None:
+            streamer.put(input_ids)
+        logits = self.prefill(model, rows)[:real]
+        for i in range(max_new_tokens):
+            if i:
+                logits = self.step(model, rows.widen(token), rows)[:real]
+                rows.advance()
+            token, scores = plan.pick(sequence, logits)
+            if not plan.exact and plan.pad is not None:
+                token = token * unfinished + plan.pad * (1 - unfinished)
+            sequence = torch.cat([sequence, token[:, None]], dim=1)
+            if streamer is not None:
+                streamer.put(token)
+            if not plan.exact:
+                unfinished = unfinished & ~plan.stopped(sequence, scores).to(unfinished.dtype)
+                if int(unfinished.max()) == 0:
+                    break
+        if streamer is not None:
+            streamer.end()
+        return sequence
+
+    def warm_up(self, model) -> None:
+        """Run every rung once, so that serving any call of the envelope compiles nothing: a short
+        prompt and two steps in each rung's cache."""
+        import torch
+
+        ids = torch.ones(1, 4, dtype=torch.long, device=model.device)
+        for capacity in self.ladder.capacities:
+            plan = GenerationPlan(model, ids, 2, {"min_new_tokens": 2}, self.name)
+            self._generate(model, ids, None, 2, None, plan, capacity)

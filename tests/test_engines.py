@@ -1,0 +1,152 @@
+"""The generate engines serve the envelope as ``model.generate`` would: sampling from the same
+distribution with the same draws, left-padded batches row by row as each row alone, every shape of
+the envelope without a compile once warmed up, and nothing outside the envelope."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autotune.apply import apply_recipe
+from autotune.errors import RecipeError
+from autotune.measure import compile_count
+from autotune.optimization import ApplyContext
+from autotune.recipe import resolve
+from autotune.registry import get_optimizations
+from autotune.target import current_target
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+#: the three paths that drive a static cache: transformers' generate over the ladder, the compiled
+#: decode loop, the ahead-of-time loop
+PATHS = {"static": {"cache": {"implementation": "static"}},
+         "decode": {"cache": {"implementation": "static"}, "compile": {"target": "decode"}},
+         "aoti": {"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}}
+ENVELOPE = {"max_context": 300, "max_batch": 2}
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+
+
+@pytest.fixture(scope="module", params=list(PATHS))
+def served(request, tiny_model):
+    """The tiny fp32 model with a path applied, envelope 300 positions x 2 rows, warmed up."""
+    opts = get_optimizations()
+    recipe = resolve(PATHS[request.param], opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, **ENVELOPE)
+    applied = apply_recipe(tiny_model, opts, recipe, ctx)
+    applied.warm_up()
+    return request.param, applied
+
+
+def ids(length: int, seed: int):
+    return torch.randint(5, 300, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_sampling_draws_what_generate_draws(served, plain):
+    """Same logits (fp32), same seed: the same sampled tokens as model.generate; another seed, others."""
+    name, applied = served
+    prompt = ids(12, 0)
+    kwargs = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1}
+    outputs = []
+    for seed in (1, 2, 3, 4):
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            want = plain.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, pad_token_id=0,
+                                  **kwargs)
+        torch.manual_seed(seed)
+        got = applied.generate_ids(prompt, max_new_tokens=10, **kwargs)
+        assert torch.equal(got, want), (name, seed, got[0, 12:].tolist(), want[0, 12:].tolist())
+        outputs.append(tuple(got[0, 12:].tolist()))
+    assert len(set(outputs)) > 1, f"{name}: 4 seeds, one output: it does not sample"
+
+
+def test_a_left_padded_batch_gives_each_row_its_own_tokens(served):
+    name, applied = served
+    a, b = ids(12, 1), ids(7, 2)
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 5, dtype=torch.long), b], 1)])
+    mask = torch.cat([torch.ones(1, 12), torch.cat([torch.zeros(1, 5), torch.ones(1, 7)], 1)]).long()
+    together = applied.generate_ids(batch, mask, max_new_tokens=8, min_new_tokens=8)
+    alone_a = applied.generate_ids(a, max_new_tokens=8, min_new_tokens=8)
+    alone_b = applied.generate_ids(b, max_new_tokens=8, min_new_tokens=8)
+    assert together[0, 12:].tolist() == alone_a[0, 12:].tolist(), name
+    assert together[1, 12:].tolist() == alone_b[0, 7:].tolist(), name
+
+
+def test_eos_stops_a_call_and_pads_the_finished_rows(served, plain):
+    """Without a minimum length a row ends at EOS as generate ends it (the rest padded)."""
+    name, applied = served
+    prompt = ids(10, 3)
+    with torch.inference_mode():
+        first = plain.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=1, do_sample=False,
+                               pad_token_id=0)[0, -1].item()
+        want = plain.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                              eos_token_id=first, pad_token_id=0)
+    got = applied.generate_ids(prompt, max_new_tokens=6, eos_token_id=first)
+    assert torch.equal(got, want), (name, got.tolist(), want.tolist())
+    assert got.shape[1] == 11  # stopped at the first token, which was EOS
+
+
+def test_every_shape_of_the_envelope_is_served_without_a_compile(served):
+    """After the warm-up, calls of every length up to max_context and every batch up to max_batch,
+    greedy and sampled, compile nothing (no dynamo graph, no ahead-of-time program)."""
+    name, applied = served
+    before = compile_count()
+    for length, new, batch in ((4, 2, 1), (100, 30, 1), (150, 20, 2), (280, 20, 1), (200, 100, 2)):
+        prompt = torch.cat([ids(length, 5)] * batch)
+        out = applied.generate_ids(prompt, max_new_tokens=new, min_new_tokens=new)
+        assert out.shape == (batch, length + new)
+        applied.generate_ids(prompt, max_new_tokens=new, do_sample=True, temperature=0.7)
+    assert compile_count() == before, f"{name}: compiled in steady state"
+
+
+def test_a_call_outside_the_envelope_is_refused_naming_it(served):
+    name, applied = served
+    with pytest.raises(RecipeError, match="at most 300 positions and 2 sequences"):
+        applied.generate_ids(ids(290, 6), max_new_tokens=20)
+    with pytest.raises(RecipeError, match="at most 300 positions and 2 sequences"):
+        applied.generate_ids(torch.cat([ids(10, 7)] * 3), max_new_tokens=4)
+
+
+def test_what_a_loop_cannot_honour_is_refused(served):
+    name, applied = served
+    if name == "static":
+        pytest.skip("transformers' own generate honours beams")
+    with pytest.raises(RecipeError, match="beam_search"):
+        applied.generate_ids(ids(8, 8), max_new_tokens=4, num_beams=2)
+    with pytest.raises(RecipeError, match="num_return_sequences"):
+        applied.generate_ids(ids(8, 8), max_new_tokens=4, do_sample=True, num_return_sequences=2)
+
+
+def test_a_ladder_serves_each_call_from_the_smallest_rung():
+    from autotune.engines.ladder import capacities
+
+    assert capacities(2048, 2) == [128, 256, 512, 1024, 2048]
+    assert capacities(2048, 4) == [128, 512, 2048]
+    assert capacities(2048, None) == [2048]
+    assert capacities(300, 2) == [150, 300] and capacities(100, 2) == [100]
+
+
+def test_aoti_programs_share_the_models_weights(tiny_model):
+    """Each rung's program is handed the model's own weight tensors (user-managed constants): a ladder
+    of programs does not multiply the weights."""
+    from autotune.engines.aoti import AheadOfTimeLoop, constants_of
+
+    opts = get_optimizations()
+    recipe = resolve(PATHS["aoti"], opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=300)
+    applied = apply_recipe(tiny_model, opts, recipe, ctx)
+    applied.warm_up()
+    loop = applied.generate_fn
+    assert isinstance(loop, AheadOfTimeLoop) and len(loop.programs) == 2  # one per rung: 150 and 300
+    weight = applied.model.model.layers[0].mlp.down_proj.weight
+    for (batch, capacity), runner in loop.programs.items():
+        cache = loop.ladder.cache(batch, capacity)
+        from autotune.engines.aoti import _module
+
+        given = constants_of(_module(applied.model, cache), runner.get_constant_fqns())
+        shared = [t for t in given.values() if t.data_ptr() == weight.data_ptr()]
+        assert shared, "the program does not use the model's own down_proj weight"
