@@ -1,9 +1,6 @@
 """autotune: find the fastest way to run an LLM on this machine within a budget."""
 from __future__ import annotations
 
-import sys
-import types
-
 from .api import (BenchResult, TuningResult, VerifyResult, bench, export_results, import_results, search,
                   verify)
 from .errors import (AutotuneError, BudgetError, ModelError, NoFeasibleRecipe, NotFoundError, PluginError,
@@ -17,19 +14,6 @@ __version__ = "0.3.0"
 
 drop_false_alarms()  # a plain script gets no false alarms from libraries either (autotune.logs)
 
-
-class _Package(types.ModuleType):
-    """``autotune.search`` is the API function. Importing the submodule of the same name (the
-    Optuna study, ``autotune/search.py``; reach it as ``from autotune.search import ...``) would
-    otherwise replace the function with the module."""
-
-    def __setattr__(self, name, value):
-        if name == "search" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AutotuneError", "BudgetError", "ModelError", "NoFeasibleRecipe", "NotFoundError", "PluginError",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .errors import AutotuneError, NoFeasibleRecipe, UsageError
+from .states import Status
 
 #: the workload fields a caller may set (the rest of a workload, its prompts, is the shipped one)
 WORKLOAD_FIELDS = ("kind", "prompt_tokens", "new_tokens", "batch_size", "max_context", "max_batch", "sampling")
@@ -46,8 +47,8 @@ class TuningResult:
     binding: str | None
     interrupted: bool
     db: str  # the database, password hidden
-    raw: Any = field(default=None, repr=False)  # autotune.search.SearchResult
-    run: Any = field(default=None, repr=False)  # autotune.search.Search
+    raw: Any = field(default=None, repr=False)  # autotune.tuner.SearchResult
+    run: Any = field(default=None, repr=False)  # autotune.tuner.Search
 
     @property
     def feasible(self) -> bool:
@@ -106,7 +107,7 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
     why. Raises :class:`~autotune.errors.NoFeasibleRecipe` only when the HF default itself fails."""
     from . import report_text
     from .registry import get_optimizations
-    from .search import Search
+    from .tuner import Search
     from .store import Store
 
     spec = search_spec(model, study_file=study_file, workload=workload, budget=budget, objective=objective,
@@ -145,7 +146,7 @@ class BenchResult:
 
     @property
     def ok(self) -> bool:
-        return self.payload["status"] == "ok"
+        return self.payload["status"] == Status.OK
 
     @property
     def recipe(self) -> dict:
@@ -235,12 +236,12 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        return self.status == "ok" and all(c.ok for c in self.checks)
+        return self.status == Status.OK and all(c.ok for c in self.checks)
 
     def lines(self) -> list[str]:
         head = (f"recipe {self.measurement_id} ({self.model}): {'PASS' if self.passed else 'FAIL'}"
                 f" (speed >= {self.fail_under:g}x stored, quality floors of its budget)")
-        if self.status != "ok":
+        if self.status != Status.OK:
             return [head, f"FAIL re-measurement: {self.status}: {self.error}"]
         return [head] + [c.line() for c in self.checks]
 
@@ -280,7 +281,7 @@ def verify(ref, *, fail_under: float | None = None, db: str | None = None, timeo
         raise UsageError(f"fail_under must be a positive share of the stored speed, got {fail_under!r}")
     store, target, optimizations = Store(db), current_target(device), get_optimizations()
     row = _stored_row(store, ref, target)
-    if row.status != "ok":
+    if row.status != Status.OK:
         raise AutotuneError(f"measurement {row.id} did not run successfully ({row.status}): nothing to compare with")
     if row.target.hardware_key != target.hardware_key:
         raise UsageError(f"measurement {row.id} was measured on {row.target.name}, this is {target.describe()}: "

@@ -6,6 +6,7 @@
               | memory                                                          (units B | KiB | MiB | GiB | KB | MB | GB)
               | quality                                                         (0..1 top-1 agreement; ">=" only)
               | greedy_match                                                    (0..1 greedy tokens equal; ">=" only)
+              | kld                                                             (nats, mean KL divergence; "<=" only)
               | throughput                                                      (tokens/s; ">=" only)
     op       := "<=" | ">="
 
@@ -23,27 +24,29 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import BudgetError
+from .figures import BUDGET_METRICS, GATED, REGISTRY
 
 DEFAULT_QUALITY_FLOOR = 0.95
 GRAMMAR = ("budget grammar: METRIC<=VALUE[UNIT] or METRIC>=VALUE, comma-separated; metrics: ttft_p50, ttft_p95, "
            "tpot_p50, tpot_p95, e2e_p50, e2e_p95 (ms|s), memory (B|KiB|MiB|GiB|KB|MB|GB), quality (0..1), "
-           "greedy_match (0..1), "
+           "greedy_match (0..1), kld (nats, <= only), "
            "throughput (tok/s); e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\"")
 
-LATENCY = {"ttft_p50": "ttft_ms_p50", "ttft_p95": "ttft_ms_p95", "tpot_p50": "tpot_ms_p50",
-           "tpot_p95": "tpot_ms_p95", "e2e_p50": "e2e_ms_p50", "e2e_p95": "e2e_ms_p95"}
+#: budget metric -> figure key, for the latencies (ms or s)
+LATENCY = {metric: f.key for metric, f in BUDGET_METRICS.items() if f.unit == "ms"}
 MEMORY_UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 TIME_UNITS = {"ms": 1.0, "s": 1000.0}
+#: floors between 0 and 1 (quality limits: they mean nothing for a config-only model)
 QUALITY_KEYS = ("quality", "greedy_match")
+#: ceilings on a divergence from the baseline (a quality limit too)
+DIVERGENCE_KEYS = ("kld",)
 LIMIT = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=)\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z/]*)\s*$")
 
 #: objective name -> (result key, direction)
-OBJECTIVES = {"tpot": ("tpot_ms_p50", "minimize"), "ttft": ("ttft_ms_p50", "minimize"),
-              "e2e": ("e2e_ms_p50", "minimize"), "throughput": ("tokens_per_s", "maximize"),
-              "memory": ("peak_memory_bytes", "minimize"),
-              # at a fixed price per hour, cost per output token falls exactly as tokens/s rises: the
-              # same search as throughput, reported in dollars (see cost_per_mtok)
-              "cost": ("tokens_per_s", "maximize")}
+OBJECTIVES = {f.objective: (f.key, f.direction) for f in REGISTRY if f.objective}
+# at a fixed price per hour, cost per output token falls exactly as tokens/s rises: the same search as
+# throughput, reported in dollars (see cost_per_mtok)
+OBJECTIVES["cost"] = OBJECTIVES["throughput"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Limit:
     @property
     def needs_real_weights(self) -> bool:
         """Quality limits mean nothing for a config-only (random-weight) model."""
-        return self.key in QUALITY_KEYS
+        return self.key in QUALITY_KEYS + DIVERGENCE_KEYS
 
     def violation(self, figures) -> float | None:
         """Optuna constraint value: <= 0 when met, positive by how much it is missed (relative)."""
@@ -71,14 +74,16 @@ class Limit:
 
 
 def format_value(key: str, value: float) -> str:
-    if key == "peak_memory_bytes":
+    if key == BUDGET_METRICS["memory"].key:
         for unit in ("GiB", "MiB", "KiB"):
             if value >= MEMORY_UNITS[unit.lower()]:
                 return f"{value / MEMORY_UNITS[unit.lower()]:.2f} {unit}"
         return f"{value:.0f} B"
     if key.endswith(("_p50", "_p95")):
         return f"{value:.1f} ms"
-    if key == "tokens_per_s":
+    if key in DIVERGENCE_KEYS:
+        return f"{value:.4f}"
+    if key == BUDGET_METRICS["throughput"].key:
         return f"{value:.1f} tok/s"
     return f"{value:.3f}"
 
@@ -136,7 +141,7 @@ class Budget:
 #: ``autotune verify --fail-under``'s default: a re-measured recipe may lose 5% of its stored speed
 DEFAULT_FAIL_UNDER = 0.95
 #: the speed figures a re-measured recipe is held to: (figure, higher is better)
-SPEED_CHECKS = (("tokens_per_s", True), ("tpot_ms_p50", False), ("ttft_ms_p50", False))
+SPEED_CHECKS = tuple((f.key, f.better == "higher") for f in GATED)
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,7 @@ def regression_checks(stored, now, fail_under: float, budget: "Budget") -> list[
         checks.append(Check(key, old, new, f">={fail_under:g}x stored", ratio is not None and ratio >= fail_under,
                             ratio))
     for lim in budget.applicable(now):
-        if lim.key in QUALITY_KEYS:
+        if lim.needs_real_weights:
             missed = lim.violation(now)
             checks.append(Check(lim.key, stored.get(lim.key), now.get(lim.key), str(lim),
                                 missed is not None and missed <= 0))
@@ -209,15 +214,19 @@ def _parse_limit(part: str) -> Limit:
     if metric == "memory":
         if unit not in MEMORY_UNITS:
             raise BudgetError(f"memory needs a unit (B, KiB, MiB, GiB, KB, MB, GB), got {unit or 'none'!r}; {GRAMMAR}")
-        return Limit(metric, "peak_memory_bytes", op, number * MEMORY_UNITS[unit])
+        return Limit(metric, BUDGET_METRICS[metric].key, op, number * MEMORY_UNITS[unit])
     if metric in QUALITY_KEYS:
         if op != ">=" or unit or not 0 <= number <= 1:
             raise BudgetError(f"{metric} is a floor between 0 and 1 ({metric}>=0.97); {GRAMMAR}")
         return Limit(metric, metric, op, number)
+    if metric in DIVERGENCE_KEYS:
+        if op != "<=" or unit:
+            raise BudgetError(f"{metric} is a ceiling in nats ({metric}<=0.01); {GRAMMAR}")
+        return Limit(metric, metric, op, number)
     if metric == "throughput":
         if op != ">=" or unit not in ("", "tok/s"):
             raise BudgetError(f"throughput is a floor in tokens/s (throughput>=40); {GRAMMAR}")
-        return Limit(metric, "tokens_per_s", op, number)
+        return Limit(metric, BUDGET_METRICS[metric].key, op, number)
     raise BudgetError(f"unknown metric {metric!r}; {GRAMMAR}")
 
 

@@ -9,6 +9,7 @@ import sys
 import click
 
 from .errors import AutotuneError, UsageError
+from .states import Status
 from .spec import BASELINE_TIMEOUT_S, SAMPLERS, SearchSpec
 from .workload import Workload
 
@@ -162,8 +163,9 @@ def plugins(model, draft, as_json):
 @click.option("--set", "sets", multiple=True, metavar="PLUGIN.OPTION=VALUE", help="a recipe choice (repeatable)")
 @click.option("--recipe", "recipe_file", default=None, metavar="FILE",
               help="a recipe file (autotune export): its model, workload and choices; --set and options override")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help=f"seconds per measured recipe (default {BASELINE_TIMEOUT_S:.0f})")
+@click.option("--trial-timeout", "--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"seconds each measured recipe may take (default {BASELINE_TIMEOUT_S:.0f}; --timeout is an older "
+                   "name)")
 @click.option("--draft", default=None, metavar="MODEL",
               help="assisted decoding with this draft model (decoding.method=assisted, decoding.draft=MODEL)")
 @click.option("--json", "as_json", is_flag=True)
@@ -219,6 +221,27 @@ def db_option(fn):
                         help="SQLAlchemy URL of the tuning database (default: a SQLite file in the user data dir)")(fn)
 
 
+def compile_cache_option(fn):
+    """``--compile-cache URL``: the team compile cache (autotune.compile_share) this process and its
+    trials read and write; it travels in the environment, so a daemon's workers use it too."""
+
+    def use(ctx, param, value):
+        import os
+
+        from .compile_share import ENV, configured
+
+        if value:
+            try:
+                os.environ[ENV] = configured(value)
+            except UsageError as exc:
+                raise click.BadParameter(str(exc).removeprefix("--compile-cache ")) from None
+        return value
+
+    return click.option("--compile-cache", default=None, envvar="AUTOTUNE_COMPILE_CACHE", show_envvar=True,
+                        metavar="redis://...", expose_value=False, callback=use,
+                        help="a Redis the team shares compiled artifacts through (verified by content hash)")(fn)
+
+
 def open_store(db_url):
     from .store import Store
 
@@ -238,6 +261,7 @@ def open_store(db_url):
               help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
+@compile_cache_option
 @db_option
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
@@ -350,8 +374,9 @@ def export(measurement_id, best_model, output, fmt, db_url):
               help="exit 1 when a speed figure keeps less than RATIO of its stored value, or quality falls "
                    "below its budget's floor (default 0.95 with --best or --json)")
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help=f"seconds each re-measurement may take (default {BASELINE_TIMEOUT_S:.0f})")
+@click.option("--trial-timeout", "--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"seconds each re-measurement may take (default {BASELINE_TIMEOUT_S:.0f}; --timeout is an older "
+                   "name)")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @db_option
 @handle_errors
@@ -367,7 +392,7 @@ def verify(measurement_id, best_model, fail_under, as_json, timeout, device, db_
     result = api.verify(measurement_id if best_model is None else best_model, fail_under=fail_under, db=db_url,
                         timeout=timeout, device=device, on_status=say)
     if not gate:  # the plain report: one line, a failure to run is an error
-        if result.status != "ok":
+        if result.status != Status.OK:
             raise AutotuneError(f"re-measuring recipe {result.measurement_id} failed ({result.status}): "
                                 f"{result.error}")
         old, new = result.stored, result.now
@@ -381,9 +406,9 @@ def verify(measurement_id, best_model, fail_under, as_json, timeout, device, db_
 
 
 def _submit(store, spec, hardware):
-    from . import jobs
+    from . import jobqueue
 
-    job_id = jobs.submit(store, spec, jobs.hardware_class(hardware, spec.target))
+    job_id = jobqueue.submit(store, spec, jobqueue.hardware_class(hardware, spec.target))
     click.echo(f"queued job {job_id}: {spec.source.name}, {spec.trials} trials, budget {spec.budget.text} "
                f"({store.display_url})")
 
@@ -410,7 +435,7 @@ def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, stu
 @handle_errors
 def jobs(as_json, db_url):
     """Queued, running, done and failed jobs: where they run, since when, progress, best so far."""
-    from . import jobs as queue
+    from . import jobqueue as queue
     from . import report_text
 
     rows = queue.list_jobs(open_store(db_url))
@@ -423,7 +448,7 @@ def jobs(as_json, db_url):
 @handle_errors
 def cancel(job_id, db_url):
     """Cancel a queued or running job (workers stop after their current trial)."""
-    from . import jobs as queue
+    from . import jobqueue as queue
 
     state = queue.cancel(open_store(db_url), job_id)
     click.echo(f"job {job_id}: {state}")
@@ -438,6 +463,7 @@ def cancel(job_id, db_url):
 @click.option("--exit-when-idle", is_flag=True, help="exit when no job is left for this hardware")
 @click.option("--reverify", is_flag=True, help="first re-measure stored recipes measured with other versions")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@compile_cache_option
 @db_option
 @handle_errors
 def daemon(workers, poll, heartbeat, grace, exit_when_idle, reverify, device, db_url):
@@ -498,7 +524,9 @@ def report(ref, output, fmt, db_url):
     if page is not None:
         with open(output, "w", encoding="utf-8") as f:
             f.write(page)
-    click.echo(f"wrote {output}: {len(data.rows)} trials of study {data.study}")
+    ruled_out = sum(1 for r in data.rows if r.status == Status.INVALID)
+    click.echo(f"wrote {output}: {len(data.rows)} trials of study {data.study} ({len(data.rows) - ruled_out} measured, "
+               f"{ruled_out} ruled out by the plugins' rules)")
 
 
 @cli.group()

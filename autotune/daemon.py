@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import random
 
-import optuna
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import jobs
+from . import jobqueue
+from . import study as protocol
 from .errors import AutotuneError, NoFeasibleRecipe, StoreError
 from .store import queries, queue, writes
+from .states import JobState, Status, WorkerState
 
 log = logging.getLogger("autotune.daemon")
 #: what a database outage raises: ours, SQLAlchemy's, and Optuna's storage (which wraps commit errors).
@@ -76,7 +77,7 @@ class Worker:
 
     # -- bookkeeping ---------------------------------------------------------------------
     def register(self) -> None:
-        host, pid = jobs.host_id()
+        host, pid = jobqueue.host_id()
         self.worker_id = queue.add_worker(self.store, host=host, pid=pid, hardware_key=self.target.hardware_key)
 
     def beat(self, **fields) -> None:
@@ -90,10 +91,10 @@ class Worker:
             while not self.stopping:
                 try:
                     self.settle()
-                    job_id = jobs.claim(self.store, self.target, self.worker_id)
+                    job_id = jobqueue.claim(self.store, self.target, self.worker_id)
                     backoff = 1.0
                     if job_id is None:
-                        self.beat(state="idle", job_id=None, current=None)
+                        self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
                         if self.opt.exit_when_idle:
                             break
                         time.sleep(self.opt.poll_s)
@@ -109,13 +110,13 @@ class Worker:
             log.info("abandoned; exiting")
         finally:
             try:
-                self.beat(state="stopped", job_id=None, current=None)
+                self.beat(state=WorkerState.STOPPED.value, job_id=None, current=None)
             except (AutotuneError, *DATABASE_ERRORS):
                 pass
 
     def work_on(self, job_id: int) -> int:
         """Run trials of one job until its plan is spent; returns how many this worker ran."""
-        from .search import Search
+        from .tuner import Search
         from .spec import SearchSpec
 
         job = queue.get_job(self.store, job_id)
@@ -131,12 +132,13 @@ class Worker:
 
         def reserve(study):  # under the job lock: the trial beats at once, and this worker keeps it in mind
             trial = search.ask(study)
-            self.unsettled.append((study, storage, trial._trial_id))
-            storage.record_heartbeat(trial._trial_id)
+            tid = protocol.trial_id(storage, study, trial.number)
+            self.unsettled.append((study, storage, tid))
+            storage.record_heartbeat(tid)
             return trial
 
         while not self.stopping:
-            trial, state = jobs.reserve_trial(self.store, job_id, study, reserve)
+            trial, state = jobqueue.reserve_trial(self.store, job_id, study, reserve)
             if trial is None:
                 if state in queue.OPEN:
                     self.finish(job_id, search, study)
@@ -148,8 +150,7 @@ class Worker:
         return ran
 
     def one_trial(self, search, study, storage, trial, job_id: int) -> None:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(study.study_name), trial.number)
+        trial_id = protocol.trial_id(storage, study, trial.number)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(storage, trial_id, stop), daemon=True)
         beat.start()
@@ -158,7 +159,7 @@ class Worker:
             record = search.step(study, lambda text: self.beat(current=text), trial=trial)
             self.unsettled.remove((study, storage, trial_id))
         except Abandon:
-            optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
+            protocol.retry(study, storage, trial_id)
             self.unsettled.remove((study, storage, trial_id))
             log.info("job %s trial %s abandoned; re-queued for another worker", job_id, trial.number)
             raise
@@ -168,24 +169,15 @@ class Worker:
         queue.count_worker_trial(self.store, self.worker_id)
         log.info("job %s trial %s: %s%s in %.0f s: %s", job_id, trial.number, record.status,
                  " (reused)" if record.reused else "", time.monotonic() - started,
-                 f"{record.figures.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == "ok" else record.error)
+                 f"{record.figures.get('tpot_ms_p50', 0):.2f} ms/token" if record.status == Status.OK else record.error)
 
     def settle(self) -> None:
         """Fail and queue again the trials this worker reserved but could not tell the study how they
         ended (the database went away meanwhile): no trial is left running for ever."""
-        S = optuna.trial.TrialState
         while self.unsettled:
             study, storage, trial_id = self.unsettled[0]
-            trial = storage.get_trial(trial_id)
-            # left running (whoever moves it to FAIL queues it again), or failed by the step's own
-            # last words before anything was measured, and not queued again yet
-            ours = trial.state == S.RUNNING and storage.set_trial_state_values(trial_id, S.FAIL)
-            if not ours and trial.state == S.FAIL and "measurement_id" not in trial.user_attrs:
-                ours = not any(t.system_attrs.get("failed_trial") == trial.number
-                               for t in study.get_trials(deepcopy=False))
-            if ours:
-                optuna.storages.RetryFailedTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
-                log.info("trial %s, cut off by the database outage: queued again", trial.number)
+            if protocol.settle(study, storage, trial_id):
+                log.info("trial %s, cut off by the database outage: queued again", storage.get_trial(trial_id).number)
             self.unsettled.pop(0)
 
     def _heartbeat(self, storage, trial_id: int, stop: threading.Event) -> None:
@@ -199,37 +191,44 @@ class Worker:
 
     def finish(self, job_id: int, search, study) -> None:
         """The plan is spent: when no trial is still running, record the result once."""
-        with queue.locked_job(self.store, job_id) as (s, job):
-            done, running = jobs.counted_trials(study)
-            if running or job.state not in queue.OPEN:
-                return
+
+        def outcome():
+            done, running = protocol.counted_trials(study)
+            if running:
+                return None
             try:
                 result = search.result(study)
-                job.state, job.best_measurement_id = "done", result.best[0].measurement_id
-                job.message = f"{done} trials"
             except NoFeasibleRecipe as exc:
-                job.state, job.message = "failed", str(exc)
-        log.info("job %s %s", job_id, job.state)
+                return JobState.FAILED, None, str(exc)
+            return JobState.DONE, result.best[0].measurement_id, f"{done} trials"
+
+        state = queue.finish_job(self.store, job_id, outcome)
+        if state is not None:
+            log.info("job %s %s", job_id, state)
 
 
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:
     """Re-measure the chosen recipes of this hardware class that were measured with other library
-    versions; mark them stale when they fail or lost more than 10% of their speed."""
+    versions, through the regression gate (:func:`autotune.budget.regression_checks` at
+    :data:`~autotune.budget.DEFAULT_FAIL_UNDER`); mark them stale when they fail or lose speed."""
+    from .budget import DEFAULT_FAIL_UNDER, parse_budget, regression_checks
     from .evaluate import evaluate
+    from .figures import Figures
     from .sources import resolve_model
     from .workload import Workload
 
     out = []
     for row in queries.chosen_with_other_versions(store, target.hardware_key, target.versions_key):
-        speed = row.tokens_per_s
         ev = evaluate(resolve_model(row.model.name, row.model.config_only), row.recipe.recipe,
                       Workload.from_dict(row.workload.definition), target, optimizations)
-        stale = not ev.ok or ev.figures.get("tokens_per_s", 0) < 0.9 * (speed or 0)
+        checks = regression_checks(Figures.from_dict(row.figures), ev.figures, DEFAULT_FAIL_UNDER,
+                                   parse_budget(queries.study_budget(store, row.study) or "")) if ev.ok else []
+        stale = not ev.ok or not all(c.ok for c in checks)
         if stale:
             writes.mark_stale(store, row.id)
         verdict = "stale" if stale else "still good"
-        out.append((row.id, f"{verdict}: {ev.status}" + (f", {ev.figures.tokens_per_s:.1f} tok/s (was {speed:.1f})"
-                                                          if ev.ok else f" ({ev.error})")))
+        detail = "; ".join(c.line() for c in checks) if ev.ok else f"({ev.error})"
+        out.append((row.id, f"{verdict}: {ev.status} {detail}"))
     return out
 
 

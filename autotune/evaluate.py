@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .figures import Figures, Status
+from .figures import Figures, Key
+from .states import Status
 from .isolate import run_isolated
 from .measure import first_divergence, token_agreement
 from .optimization import Optimization
@@ -34,20 +35,24 @@ class Evaluation:
 def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              optimizations: Mapping[str, Optimization], baseline: Evaluation | None = None,
              timeout: float | None = None, policy: MeasurePolicy | None = None,
-             incumbent: Figures | None = None, first_call_cap_s: float | None = None, gate=None) -> Evaluation:
+             incumbent: Figures | None = None, first_call_cap_s: float | None = None, gate=None,
+             compile_cache: str | None = None, compile_artifact: str | None = None) -> Evaluation:
     """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
     ``baseline=None`` means this *is* the baseline; ``incumbent``: the best feasible figures so far,
     against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
     compilation (the first call), beyond which the candidate is pruned; ``gate``: an
-    :class:`~autotune.isolate.Gate` shared with trials running at the same time."""
+    :class:`~autotune.isolate.Gate` shared with trials running at the same time; ``compile_cache``: the
+    team compile cache's URL, ``compile_artifact`` the artifact of it the database names for this recipe."""
     reason = impossible(recipe, optimizations, target, source.info_for(recipe))
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
     policy = policy or MeasurePolicy()
     request = TrialRequest(model_path=source.path, recipe=recipe, workload=workload.to_dict(), device=target.device,
                            policy=policy.to_dict(), plugin_modules=plugin_modules(),
-                           incumbent_e2e_s=_typical(incumbent, "e2e_ms_p50"),
-                           incumbent_tpot_s=_typical(incumbent, "tpot_ms_p50"))
+                           incumbent_e2e_s=_typical(incumbent, Key.e2e_ms_p50),
+                           incumbent_tpot_s=_typical(incumbent, Key.tpot_ms_p50),
+                           reference=str(reference_path(source, workload, target)), write_reference=baseline is None,
+                           compile_cache=compile_cache, compile_artifact=compile_artifact)
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
                            None if baseline is None else first_call_cap_s, gate)  # the baseline is never pruned
     figures = outcome.figures
@@ -60,6 +65,18 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
     score_quality(figures, baseline.figures if baseline is not None else figures,
                   comparable=baseline is None or baseline.ok)
     return Evaluation(recipe, Status.OK, figures)
+
+
+def reference_path(source: ModelSource, workload: Workload, target):
+    """Where the HF default's next-token distributions at the quality windows are kept, for the KL
+    divergence of every candidate measured against it: per model content, workload, hardware and
+    library versions."""
+    import hashlib
+
+    from .paths import cache_dir
+
+    raw = f"{source.fingerprint}|{workload.key}|{target.hardware_key}|{target.versions_key}"
+    return cache_dir() / "reference" / f"{hashlib.sha256(raw.encode()).hexdigest()[:24]}.pt"
 
 
 def _typical(figures: Figures | None, key: str) -> float | None:
@@ -93,6 +110,7 @@ def score_quality(figures: Figures, baseline: Figures, comparable: bool = True) 
     baseline nothing is comparable: quality is unknown, not perfect."""
     if not comparable:
         figures.quality = figures.perplexity_ratio = figures.greedy_match = figures.first_divergence = None
+        figures.kld = None
         return
     figures.quality = token_agreement(figures.top1, baseline.top1)
     if figures.perplexity and baseline.perplexity:

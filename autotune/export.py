@@ -11,6 +11,7 @@ from typing import Mapping
 
 from .errors import AutotuneError, NotFoundError, RecipeError
 from .figures import Figures
+from .states import Status
 from .logs import no_progress_bars
 from .optimization import ApplyContext, Optimization
 from .recipe import resolve
@@ -52,7 +53,7 @@ def stored_document(store, ref: str, target, optimizations, workload_kind: str |
     else:
         row = queries.best_for_model(store, ref, target.hardware_key, DEFAULT_QUALITY_FLOOR, target.describe(),
                                      workload_kind)
-    if row.status != "ok":
+    if row.status != Status.OK:
         raise NotFoundError(f"measurement {row.id} did not run successfully ({row.status}): nothing to load")
     return validate_document(document_of(row), optimizations, where=f"stored recipe {row.id}")
 

@@ -4,32 +4,9 @@ Every figure has its one definition here; text, JSON, export, the report and the
 derive their keys from :class:`Figures` rather than listing them again."""
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
-class Status(str, enum.Enum):
-    """How a trial ended. ``ok``: measured; ``pruned``: abandoned early as hopeless (partial figures
-    kept); ``invalid``: a plugin rule forbids the combination (never launched); the rest are failures."""
-
-    OK = "ok"
-    PRUNED = "pruned"
-    INVALID = "invalid"
-    ERROR = "error"
-    OOM = "oom"
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def failed(self) -> bool:
-        return self in FAILURES
-
-
-FAILURES = frozenset({Status.ERROR, Status.OOM, Status.CRASH, Status.TIMEOUT})
 
 
 @dataclass
@@ -79,11 +56,20 @@ class Figures:
     lanes: int | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
+    #: graphs inductor built (FX-graph cache misses): 0 when every compile came from a cache
+    graphs_built: int | None = None
+    #: the team compile cache: the artifact this trial saved (its SHA-256), and what became of the one
+    #: the database named for it ("loaded ...", "refused: ...", "missing: ...", "unreachable: ...")
+    compile_artifact: str | None = None
+    compile_shared: str | None = None
+    #: what autotune.compile_cost predicted for the first call before launching it (None: no history)
+    predicted_first_call_s: float | None = None
     # quality against the HF-default baseline, through the served generate path
     quality: float | None = None  # teacher-forced top-1 agreement in decode steps
     perplexity: float | None = None
     perplexity_ratio: float | None = None
     greedy_match: float | None = None  # free-running greedy tokens equal to the baseline's
+    kld: float | None = None  # mean KL divergence from the baseline's next-token distribution, forced steps
     first_divergence: int | None = None  # index of the first greedy token that differs (None: none)
     quality_valid: bool | None = None  # False for config-only (random-weight) models
     #: per timed shape: prompt_tokens, new_tokens, tokens_per_s, ttft_ms_p50, tpot_ms_p50, e2e_ms_p50
@@ -118,3 +104,73 @@ class Figures:
 
 
 FIGURE_KEYS = tuple(f.name for f in fields(Figures))
+
+
+class Key:
+    """Figure keys by name, for figures held as dicts (stored rows, JSON): ``Key.tpot_ms_p50`` is
+    ``"tpot_ms_p50"`` — a misspelt key is an AttributeError, not a figure silently missing."""
+
+
+for _key in FIGURE_KEYS:
+    setattr(Key, _key, _key)
+
+
+# -- the registry: what each figure means, once ------------------------------------------------------
+@dataclass(frozen=True)
+class Figure:
+    """A figure's meaning: its key in :class:`Figures`, its label and unit, which way is better, and
+    where it takes part — ``speed`` (a candidate may be abandoned on it, a re-measured recipe is held to
+    it: ``gate``), ``objective`` (the ``--objective`` name), ``budget`` (the budget metrics that read
+    it), ``show`` (a row of ``autotune show``, with a ratio to the baseline when ``better`` is set)."""
+
+    key: str
+    label: str
+    unit: str  # ms, s, tok/s, bytes, or "" (a share, a count)
+    better: str | None = None  # "lower", "higher", or None (no direction)
+    speed: bool = False
+    gate: bool = False
+    objective: str | None = None
+    budget: tuple[str, ...] = ()
+    show: bool = False
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.better == "higher" else "minimize"
+
+
+REGISTRY = (
+    Figure("tokens_per_s", "tokens/s", "tok/s", "higher", speed=True, gate=True, objective="throughput",
+           budget=("throughput",), show=True),
+    Figure("tpot_ms_p50", "TPOT p50 ms", "ms", "lower", speed=True, gate=True, objective="tpot", budget=("tpot_p50",),
+           show=True),
+    Figure("tpot_ms_p95", "TPOT p95 ms", "ms", "lower", budget=("tpot_p95",)),
+    Figure("ttft_ms_p50", "TTFT p50 ms", "ms", "lower", speed=True, gate=True, objective="ttft", budget=("ttft_p50",),
+           show=True),
+    Figure("ttft_ms_p95", "TTFT p95 ms", "ms", "lower", budget=("ttft_p95",)),
+    Figure("e2e_ms_p50", "e2e p50 ms", "ms", "lower", speed=True, objective="e2e", budget=("e2e_p50",)),
+    Figure("e2e_ms_p95", "e2e p95 ms", "ms", "lower", budget=("e2e_p95",)),
+    Figure("peak_memory_bytes", "peak memory (timed)", "bytes", "lower", objective="memory", budget=("memory",),
+           show=True),
+    Figure("load_peak_bytes", "peak memory (load)", "bytes", show=True),
+    Figure("weights_bytes", "weights", "bytes", show=True),
+    Figure("mbu", "MBU (share of memory bandwidth)", "", show=True),
+    Figure("tokens_per_step", "tokens per step", "", show=True),
+    Figure("compile_s", "compile s (the envelope)", "s", show=True),
+    Figure("first_call_s", "first call s", "s", show=True),
+    Figure("predicted_first_call_s", "first call predicted s", "s", show=True),
+    Figure("graphs_built", "graphs compiled (not cached)", "", show=True),
+    Figure("steady_compiles", "compiles in steady state", "", show=True),
+    Figure("quality", "quality", "", budget=("quality",), show=True),
+    Figure("greedy_match", "greedy match", "", budget=("greedy_match",), show=True),
+    Figure("kld", "KL divergence", "", budget=("kld",), show=True),
+    Figure("perplexity", "perplexity", "", show=True),
+)
+FIGURES = {f.key: f for f in REGISTRY}
+#: objectives whose candidates can be judged hopeless by their speed alone
+SPEED_KEYS = tuple(f.key for f in REGISTRY if f.speed)
+#: the figures a re-measured recipe is held to (the regression gate)
+GATED = tuple(f for f in REGISTRY if f.gate)
+#: the rows of ``autotune show``
+SHOWN = tuple(f for f in REGISTRY if f.show)
+#: budget metric -> the figure it reads
+BUDGET_METRICS = {metric: f for f in REGISTRY for metric in f.budget}

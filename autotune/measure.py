@@ -19,7 +19,7 @@ class TimingStreamer:
     synchronise per token would time a loop production never runs. The events are read once the
     call has finished. Only a call with ``tpot_limit_s`` synchronises per token, to judge its steps
     as they come: once ``SETTLE`` decode steps have passed (the first may compile) and five more
-    were timed, a median step slower than the limit calls ``on_slow(tpot, limit)`` (which raises,
+    were timed, a median step slower than the limit calls ``on_slow(tpot, limit, step)`` (which raises,
     to stop a hopeless candidate mid-call)."""
 
     SETTLE = 3
@@ -57,7 +57,7 @@ class TimingStreamer:
         if self.limit is not None and len(self._times) >= self.SETTLE + 5:
             recent = statistics.median(self.tpots[self.SETTLE:][-5:])
             if recent > self.limit:
-                self.on_slow(recent, self.limit)
+                self.on_slow(recent, self.limit, len(self._times) - 2)
 
     def end(self) -> None:
         pass
@@ -144,6 +144,15 @@ def compile_count() -> int:
     if engines is not None:
         total += engines.AheadOfTimeLoop.compiled_packages
     return total
+
+
+def graphs_built() -> int:
+    """Graphs inductor built in this process (its FX-graph cache's misses): 0 when every compile was
+    served from a cache, local or the team's."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    return 0 if dynamo is None else int(dynamo.counters["inductor"]["fxgraph_cache_miss"])
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -268,7 +277,8 @@ def forcing_processor(forced):
             step = input_ids.shape[1] - self.prompt
             target = forced[:, step].to(scores.device)
             logp = torch.log_softmax(scores.float(), dim=-1)
-            self.by_position[step] = (scores.argmax(-1).cpu(), -logp.gather(-1, target[:, None])[:, 0].cpu())
+            self.by_position[step] = (scores.argmax(-1).cpu(), -logp.gather(-1, target[:, None])[:, 0].cpu(),
+                                      logp.to(torch.float16).cpu())
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(-1, target[:, None], 0.0)
 
@@ -280,7 +290,25 @@ def forcing_processor(forced):
         def nll(self) -> list:
             return [self.by_position[i][1] for i in sorted(self.by_position)]
 
+        @property
+        def logp(self) -> list:
+            """The next-token log-probabilities at each position, ``[batch, vocab]`` (float16)."""
+            return [self.by_position[i][2] for i in sorted(self.by_position)]
+
     return Force()
+
+
+def kl_divergence(reference, candidate) -> float:
+    """Mean over positions of KL(reference || candidate), both ``[positions, vocab]`` log-probabilities
+    (as llama.cpp's quantization tables report it): what the candidate loses of the reference's
+    next-token distribution, which top-1 agreement alone hides (an answer that flips at a near tie)."""
+    import torch
+
+    ref, cand = reference.float(), candidate.float()
+    p = ref.exp()
+    # a token both ruled out (-inf: EOS under min_new_tokens) adds nothing, not 0 * (inf - inf)
+    terms = torch.where(p > 0, p * (ref - cand), torch.zeros_like(p))
+    return float(terms.sum(-1).mean())
 
 
 def token_agreement(candidate: list[int], baseline: list[int]) -> float | None:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 from .budget import Budget, cost_per_mtok, parse_budget
 from .export import recipe_document
-from .figures import Figures
+from .figures import Figures, Key
+from .states import Status
 from .recipe import describe
 from .registry import get_optimizations
+from . import study as protocol
 from .store import queries
 
 STATUS_COLOURS = {"ok": "#1a9850", "over budget": "#fdae61", "pruned": "#4393c3", "error": "#d73027",
@@ -57,29 +59,29 @@ def gather(store, ref: str, target) -> ReportData:
     budget = parse_budget(st.budget)
     study = optuna.load_study(study_name=st.name, storage=store.optuna_storage())
     trials = study.get_trials(deepcopy=False)
-    wanted = [t.user_attrs["measurement_id"] for t in trials if "measurement_id" in t.user_attrs]
+    wanted = list(protocol.measurement_ids(study))
     by_id = queries.by_ids(store, wanted + [i for i in (st.baseline_measurement_id,) if i])
     base = by_id.get(st.baseline_measurement_id)
     if base is None:
         base = next((by_id[i] for i in wanted if by_id.get(i) is not None and by_id[i].is_baseline
-                     and by_id[i].status == "ok"), None)
+                     and by_id[i].status == Status.OK), None)
     baseline = dict(base.figures) if base is not None else None
     rows = []
     for t in trials:
-        mid = t.user_attrs.get("measurement_id")
+        mid = protocol.measurement_id(t)
         if mid not in by_id:
             continue  # still running
         m = by_id[mid]
         row = Row(t.number, mid, m.status, m.recipe.recipe, describe(m.recipe.recipe, optimizations),
                   dict(m.figures or {}), m.error)
-        if m.status == "ok":
+        if m.status == Status.OK:
             row.missed = budget.missed(Figures.from_dict(row.figures))
             if row.missed:
                 row.status = "over budget"
         rows.append(row)
     chosen = next((r for r in rows if r.measurement_id == st.best_measurement_id), None)
     binding = None
-    if not any(r.status == "ok" for r in rows):
+    if not any(r.status == Status.OK for r in rows):
         binding = budget.explain_miss((r.label, Figures.from_dict(r.figures)) for r in rows if r.status == "over budget")
     doc = None
     if chosen is not None:
@@ -90,7 +92,7 @@ def gather(store, ref: str, target) -> ReportData:
         if doc.get("baseline"):
             doc["baseline"].pop("output_ids", None)
     return ReportData(st.name, st.model.name, budget, st.objective, st.target.fingerprint, st.workload.definition, rows,
-                      baseline, chosen, binding, doc, study.user_attrs.get("price_per_hour"))
+                      baseline, chosen, binding, doc, study.user_attrs.get(protocol.Attr.PRICE_PER_HOUR))
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -98,19 +100,19 @@ def pareto_figure(data: ReportData):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    measured = [r for r in data.rows if r.figures.get("tpot_ms_p50") is not None]
-    top = max((r.figures["tpot_ms_p50"] for r in measured), default=1.0) * 1.15
+    measured = [r for r in data.rows if r.figures.get(Key.tpot_ms_p50) is not None]
+    top = max((r.figures[Key.tpot_ms_p50] for r in measured), default=1.0) * 1.15
     for status, colour in STATUS_COLOURS.items():
         group = [r for r in data.rows if r.status == status]
         if not group:
             continue
         failed = status not in ("ok", "over budget")
-        xs = [r.figures["peak_memory_bytes"] / 2**20 if not failed else None for r in group]
+        xs = [r.figures[Key.peak_memory_bytes] / 2**20 if not failed else None for r in group]
         if failed:  # no figures: a row of crosses along the top, one per trial
-            lo = min((r.figures["peak_memory_bytes"] / 2**20 for r in measured), default=0)
-            hi = max((r.figures["peak_memory_bytes"] / 2**20 for r in measured), default=1)
+            lo = min((r.figures[Key.peak_memory_bytes] / 2**20 for r in measured), default=0)
+            hi = max((r.figures[Key.peak_memory_bytes] / 2**20 for r in measured), default=1)
             xs = [lo + (hi - lo) * (i + 0.5) / len(group) for i in range(len(group))]
-        ys = [top if failed else r.figures["tpot_ms_p50"] for r in group]
+        ys = [top if failed else r.figures[Key.tpot_ms_p50] for r in group]
         hover = [f"trial {r.number}: {html.escape(r.label)}<br>{status}" +
                  (f": {html.escape(str(r.error))[:200]}" if r.error else "") +
                  ("" if failed else f"<br>TPOT {r.figures['tpot_ms_p50']:.2f} ms, "
@@ -120,9 +122,9 @@ def pareto_figure(data: ReportData):
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{status} ({len(group)})", text=hover,
                                  hoverinfo="text", marker=dict(color=colour, size=11,
                                                                symbol="x" if failed else "circle")))
-    if data.chosen is not None and data.chosen.figures.get("tpot_ms_p50") is not None:
-        fig.add_trace(go.Scatter(x=[data.chosen.figures["peak_memory_bytes"] / 2**20],
-                                 y=[data.chosen.figures["tpot_ms_p50"]], mode="markers", name="chosen recipe",
+    if data.chosen is not None and data.chosen.figures.get(Key.tpot_ms_p50) is not None:
+        fig.add_trace(go.Scatter(x=[data.chosen.figures[Key.peak_memory_bytes] / 2**20],
+                                 y=[data.chosen.figures[Key.tpot_ms_p50]], mode="markers", name="chosen recipe",
                                  text=[f"chosen: {html.escape(data.chosen.label)}"], hoverinfo="text",
                                  marker=dict(symbol="star", size=22, color="#2166ac",
                                              line=dict(width=2, color="white"))))
@@ -131,9 +133,9 @@ def pareto_figure(data: ReportData):
         fig.add_hline(y=roof, line_dash="dot", line_color="#555555",
                       annotation_text=f"memory roofline of the chosen recipe ({roof:.2f} ms)")
     for lim in data.budget.limits:
-        if lim.key == "tpot_ms_p50":
+        if lim.key == Key.tpot_ms_p50:
             fig.add_hline(y=lim.value, line_dash="dash", line_color="#b2182b", annotation_text=f"budget {lim}")
-        if lim.key == "peak_memory_bytes":
+        if lim.key == Key.peak_memory_bytes:
             fig.add_vline(x=lim.value / 2**20, line_dash="dash", line_color="#b2182b", annotation_text=f"budget {lim}")
     fig.update_layout(title="Every trial: latency against peak memory (lower-left is better)",
                       xaxis_title="peak memory (MiB)", yaxis_title="TPOT p50 (ms per token)", height=520,
@@ -145,18 +147,18 @@ def roofline_ms(row) -> float | None:
     """The TPOT at 100% MBU for a measured row: its bytes per step at the target's bandwidth
     (recovered from its own TPOT and MBU, per output token)."""
     f = row.figures if row is not None else {}
-    if not (f.get("mbu") and f.get("tpot_ms_p50")):
+    if not (f.get(Key.mbu) and f.get(Key.tpot_ms_p50)):
         return None
-    return f["tpot_ms_p50"] * f["mbu"]
+    return f[Key.tpot_ms_p50] * f[Key.mbu]
 
 
 def speedup_figure(data: ReportData):
     import plotly.graph_objects as go
 
-    base = (data.baseline or {}).get("tokens_per_s")
-    ok = sorted((r for r in data.rows if r.figures.get("tokens_per_s") and base), key=lambda r: r.figures["tokens_per_s"])
+    base = (data.baseline or {}).get(Key.tokens_per_s)
+    ok = sorted((r for r in data.rows if r.figures.get(Key.tokens_per_s) and base), key=lambda r: r.figures[Key.tokens_per_s])
     fig = go.Figure(go.Bar(
-        x=[r.figures["tokens_per_s"] / base for r in ok], y=[f"#{r.number}" for r in ok], orientation="h",
+        x=[r.figures[Key.tokens_per_s] / base for r in ok], y=[f"#{r.number}" for r in ok], orientation="h",
         text=[f"{r.figures['tokens_per_s'] / base:.2f}x" for r in ok], hovertext=[r.label for r in ok],
         marker_color=[STATUS_COLOURS[r.status] if r is not data.chosen else "#2166ac" for r in ok]))
     fig.add_vline(x=1.0, line_dash="dot", annotation_text="HF default")
@@ -170,14 +172,14 @@ def importance(data: ReportData) -> list[tuple[str, float, str]]:
     (successful trials only). Robust with few trials, unlike fitted importances."""
     import statistics
 
-    ok = [r for r in data.rows if r.figures.get("tpot_ms_p50") is not None]
+    ok = [r for r in data.rows if r.figures.get(Key.tpot_ms_p50) is not None]
     out = []
     options = {(p, o) for r in ok for p, opts in r.recipe.items() for o in opts}
     for plugin, option in sorted(options):
         groups: dict = {}
         for r in ok:
             if option in r.recipe.get(plugin, {}):
-                groups.setdefault(str(r.recipe[plugin][option]), []).append(r.figures["tpot_ms_p50"])
+                groups.setdefault(str(r.recipe[plugin][option]), []).append(r.figures[Key.tpot_ms_p50])
         if len(groups) < 2:
             continue
         medians = {k: statistics.median(v) for k, v in groups.items()}
@@ -208,14 +210,14 @@ def headline(data: ReportData) -> str:
         return f"<p class='bad'>Nothing met the budget ({html.escape(data.budget.text)}). " \
                f"{html.escape(data.binding or '')}</p><p>{tried}</p>"
     f, base = data.chosen.figures, data.baseline or {}
-    ratio = f"{f['tokens_per_s'] / base['tokens_per_s']:.2f}x the HF default" if base.get("tokens_per_s") else ""
+    ratio = f"{f['tokens_per_s'] / base['tokens_per_s']:.2f}x the HF default" if base.get(Key.tokens_per_s) else ""
     why = {}
     for r in data.rows:
         if r.status == "over budget":
             for lim in r.missed:
                 why[lim.split("<=")[0].split(">=")[0]] = why.get(lim.split("<=")[0].split(">=")[0], 0) + 1
     lost = ", ".join(f"{n} missed {k}" for k, n in why.items())
-    cost = cost_per_mtok(f.get("tokens_per_s"), data.price_per_hour)
+    cost = cost_per_mtok(f.get(Key.tokens_per_s), data.price_per_hour)
     priced = f", ${cost:,.2f} per 1M output tokens at ${data.price_per_hour:g}/h" if cost is not None else ""
     return (f"<p class='win'>Winner: <b>{html.escape(data.chosen.label)}</b> — <b>{ratio}</b> "
             f"({f['tokens_per_s']:.1f} vs {base.get('tokens_per_s', 0):.1f} tokens/s{priced}), TPOT p50 "
@@ -225,12 +227,12 @@ def headline(data: ReportData) -> str:
 
 def trials_table(data: ReportData) -> str:
     cols = [("#", lambda r: r.number), ("status", lambda r: r.status), ("recipe", lambda r: r.label),
-            ("tok/s", lambda r: r.figures.get("tokens_per_s")),
-            ("$ / 1M tokens", lambda r: cost_per_mtok(r.figures.get("tokens_per_s"), data.price_per_hour)),
-            ("TPOT p50 ms", lambda r: r.figures.get("tpot_ms_p50")),
-            ("TTFT p50 ms", lambda r: r.figures.get("ttft_ms_p50")),
-            ("memory MiB", lambda r: r.figures.get("peak_memory_bytes") and r.figures["peak_memory_bytes"] / 2**20),
-            ("MBU", lambda r: r.figures.get("mbu")),
+            ("tok/s", lambda r: r.figures.get(Key.tokens_per_s)),
+            ("$ / 1M tokens", lambda r: cost_per_mtok(r.figures.get(Key.tokens_per_s), data.price_per_hour)),
+            ("TPOT p50 ms", lambda r: r.figures.get(Key.tpot_ms_p50)),
+            ("TTFT p50 ms", lambda r: r.figures.get(Key.ttft_ms_p50)),
+            ("memory MiB", lambda r: r.figures.get(Key.peak_memory_bytes) and r.figures[Key.peak_memory_bytes] / 2**20),
+            ("MBU", lambda r: r.figures.get(Key.mbu)),
             ("quality", lambda r: r.figures.get("quality")), ("why", lambda r: r.error or ", ".join(r.missed))]
     if data.price_per_hour is None:
         cols = [c for c in cols if not c[0].startswith("$")]
@@ -308,20 +310,20 @@ def render_png(data: ReportData, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     for status, colour in STATUS_COLOURS.items():
-        group = [r for r in data.rows if r.status == status and r.figures.get("tpot_ms_p50") is not None]
+        group = [r for r in data.rows if r.status == status and r.figures.get(Key.tpot_ms_p50) is not None]
         if group:
-            ax.scatter([r.figures["peak_memory_bytes"] / 2**20 for r in group],
-                       [r.figures["tpot_ms_p50"] for r in group], c=colour, label=f"{status} ({len(group)})", s=40)
-    failed = [r for r in data.rows if r.figures.get("tpot_ms_p50") is None]
+            ax.scatter([r.figures[Key.peak_memory_bytes] / 2**20 for r in group],
+                       [r.figures[Key.tpot_ms_p50] for r in group], c=colour, label=f"{status} ({len(group)})", s=40)
+    failed = [r for r in data.rows if r.figures.get(Key.tpot_ms_p50) is None]
     if failed:
         ax.scatter([], [], marker="x", c="#d73027", label=f"failed / pruned ({len(failed)})")
-    if data.chosen is not None and data.chosen.figures.get("tpot_ms_p50") is not None:
-        ax.scatter([data.chosen.figures["peak_memory_bytes"] / 2**20], [data.chosen.figures["tpot_ms_p50"]],
+    if data.chosen is not None and data.chosen.figures.get(Key.tpot_ms_p50) is not None:
+        ax.scatter([data.chosen.figures[Key.peak_memory_bytes] / 2**20], [data.chosen.figures[Key.tpot_ms_p50]],
                    marker="*", s=300, c="#2166ac", label="chosen", edgecolors="white")
     for lim in data.budget.limits:
-        if lim.key == "tpot_ms_p50":
+        if lim.key == Key.tpot_ms_p50:
             ax.axhline(lim.value, ls="--", c="#b2182b")
-        if lim.key == "peak_memory_bytes":
+        if lim.key == Key.peak_memory_bytes:
             ax.axvline(lim.value / 2**20, ls="--", c="#b2182b")
     ax.set_xlabel("peak memory (MiB)")
     ax.set_ylabel("TPOT p50 (ms per token)")

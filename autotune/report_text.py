@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .budget import cost_per_mtok, format_value
-from .figures import Figures
+from .figures import SHOWN, Key
+from .states import JobState, Status
 from .recipe import describe
 
 
@@ -47,7 +48,7 @@ def shape_ratio(candidate: dict, baseline: dict) -> float | None:
     key = [(s["prompt_tokens"], s["new_tokens"]) for s in mine]
     if not mine or key != [(s["prompt_tokens"], s["new_tokens"]) for s in theirs]:
         return None
-    logs = [math.log(a["tokens_per_s"] / b["tokens_per_s"]) for a, b in zip(mine, theirs)]
+    logs = [math.log(a[Key.tokens_per_s] / b[Key.tokens_per_s]) for a, b in zip(mine, theirs)]
     return math.exp(sum(logs) / len(logs))
 
 
@@ -67,11 +68,11 @@ def ratios(candidate: dict, baseline: dict) -> dict:
     """Candidate over baseline, each "higher is better" except memory (a share of the baseline's);
     ``tokens_per_s`` over the traffic mix, ``tokens_per_s_geomean`` the geometric mean of the shapes'
     ratios; ``noisy_baseline`` says when the baseline missed its CV target, so the ratios are loose."""
-    return {"tokens_per_s": ratio(candidate, baseline, "tokens_per_s"),
+    return {Key.tokens_per_s: ratio(candidate, baseline, Key.tokens_per_s),
             "tokens_per_s_geomean": shape_ratio(candidate, baseline),
-            "tpot_speedup": ratio(candidate, baseline, "tpot_ms_p50", higher_is_better=False),
-            "ttft_speedup": ratio(candidate, baseline, "ttft_ms_p50", higher_is_better=False),
-            "memory": ratio(candidate, baseline, "peak_memory_bytes"),
+            "tpot_speedup": ratio(candidate, baseline, Key.tpot_ms_p50, higher_is_better=False),
+            "ttft_speedup": ratio(candidate, baseline, Key.ttft_ms_p50, higher_is_better=False),
+            "memory": ratio(candidate, baseline, Key.peak_memory_bytes),
             "noisy_baseline": bool(baseline.get("noisy"))}
 
 
@@ -111,16 +112,16 @@ def bench_text(p: dict, optimizations) -> str:
     b = p["baseline"]
     rows = [("", "baseline (HF default)", "recipe"),
             ("status", b["status"], p["status"]),
-            ("tokens/s", fmt(b.get("tokens_per_s")), fmt(p.get("tokens_per_s"))),
+            ("tokens/s", fmt(b.get(Key.tokens_per_s)), fmt(p.get(Key.tokens_per_s))),
             ("TPOT p50 / p95 ms", f"{fmt(b.get('tpot_ms_p50'), 2)} / {fmt(b.get('tpot_ms_p95'), 2)}",
              f"{fmt(p.get('tpot_ms_p50'), 2)} / {fmt(p.get('tpot_ms_p95'), 2)}"),
             ("TTFT p50 / p95 ms", f"{fmt(b.get('ttft_ms_p50'))} / {fmt(b.get('ttft_ms_p95'))}",
              f"{fmt(p.get('ttft_ms_p50'))} / {fmt(p.get('ttft_ms_p95'))}"),
-            ("e2e p50 ms", fmt(b.get("e2e_ms_p50")), fmt(p.get("e2e_ms_p50"))),
+            ("e2e p50 ms", fmt(b.get(Key.e2e_ms_p50)), fmt(p.get(Key.e2e_ms_p50))),
             ("CV / runs", f"{fmt(b.get('cv'), 3)} / {fmt(b.get('runs'))}", f"{fmt(p.get('cv'), 3)} / {fmt(p.get('runs'))}"),
             ("MBU / tokens per step", f"{fmt(b.get('mbu'), 3)} / {fmt(b.get('tokens_per_step'), 2)}",
              f"{fmt(p.get('mbu'), 3)} / {fmt(p.get('tokens_per_step'), 2)}"),
-            ("peak memory (timed runs)", fmt_bytes(b.get("peak_memory_bytes")), fmt_bytes(p.get("peak_memory_bytes"))),
+            ("peak memory (timed runs)", fmt_bytes(b.get(Key.peak_memory_bytes)), fmt_bytes(p.get(Key.peak_memory_bytes))),
             ("peak memory (load) / weights", f"{fmt_bytes(b.get('load_peak_bytes'))} / {fmt_bytes(b.get('weights_bytes'))}",
              f"{fmt_bytes(p.get('load_peak_bytes'))} / {fmt_bytes(p.get('weights_bytes'))}"),
             ("load / compile s", f"{fmt(b.get('load_s'))} / {fmt(b.get('compile_s'))}",
@@ -137,7 +138,7 @@ def bench_text(p: dict, optimizations) -> str:
     if p.get("shapes"):
         lines.append("per timed shape (prompt + new tokens), recipe vs baseline:")
         lines += shapes_lines(p, b)
-    if r["tokens_per_s"]:
+    if r[Key.tokens_per_s]:
         geo = f" ({r['tokens_per_s_geomean']:.2f}x over the shapes, geometric mean)" if r.get("tokens_per_s_geomean") else ""
         lines.append(f"ratio: {r['tokens_per_s']:.2f}x tokens/s{geo}, TPOT {r['tpot_speedup']:.2f}x faster, "
                      f"memory {r['memory']:.2f}x of baseline{noisy_note(b)}")
@@ -181,7 +182,7 @@ class Progress:
             value = record.figures.get(key)
             if self.best is None or (value < self.best if direction == "minimize" else value > self.best):
                 self.best = value
-        if record.status != "invalid":
+        if record.status != Status.INVALID:
             self.bar.update(1)
         best = "-" if self.best is None else format_value(key, self.best)
         self.bar.set_postfix_str(f"last: {record.status}{' (reused)' if record.reused else ''}, best {best}")
@@ -194,8 +195,8 @@ class Progress:
 def measurement_row(r) -> dict:
     return {"id": r.id, "model": r.model.name, "config_only": r.model.config_only, "status": r.status,
             "recipe": r.recipe.recipe, "study": r.study,
-            "target": r.target.name, "hardware_key": r.target.hardware_key, "tokens_per_s": r.tokens_per_s, "tpot_ms_p50": r.tpot_ms_p50,
-            "ttft_ms_p50": r.ttft_ms_p50, "peak_memory_bytes": r.peak_memory_bytes, "quality": r.quality,
+            "target": r.target.name, "hardware_key": r.target.hardware_key, Key.tokens_per_s: r.tokens_per_s, Key.tpot_ms_p50: r.tpot_ms_p50,
+            Key.ttft_ms_p50: r.ttft_ms_p50, Key.peak_memory_bytes: r.peak_memory_bytes, "quality": r.quality,
             "error": r.error, "stale": r.stale, "workload": r.workload.definition and {
                 k: v for k, v in r.workload.definition.items() if k != "prompts"}}
 
@@ -211,8 +212,8 @@ def recipes_text(rows, target) -> str:
         mark = " (stale)" if r.stale else ""
         mark += " (config-only)" if r.model.config_only else ""
         tail = describe(r.recipe.recipe, optimizations)
-        if r.status != "ok":
-            tail = f"{r.status}: {r.error}" + (f" [{tail}]" if r.status == "pruned" else "")
+        if r.status != Status.OK:
+            tail = f"{r.status}: {r.error}" + (f" [{tail}]" if r.status == Status.PRUNED else "")
         lines.append(f"{r.id:>5}  {r.model.name[:22]:<22} {fmt(r.tokens_per_s):>7} {fmt(r.tpot_ms_p50, 2):>8} "
                      f"{fmt_bytes(r.peak_memory_bytes):>10} {fmt(r.quality, 3):>7}  {tail}{mark}")
     return "\n".join(lines)
@@ -226,11 +227,12 @@ def show_text(r) -> str:
              f"study: {r.study}",
              f"target: {r.target.name} ({r.target.device}); versions: " +
              ", ".join(f"{k} {v}" for k, v in r.target.fingerprint.get("versions", {}).items()),
-             f"workload: " + ", ".join(f"{k}={v}" for k, v in r.workload.definition.items() if k != "prompts"),
+             "workload: " + ", ".join(f"{k}={v}" for k, v in r.workload.definition.items() if k != "prompts"),
              "recipe:", _json.dumps(r.recipe.recipe, indent=2)]
     if r.error:
         lines.append(f"error: {r.error}")
-    for key, label, higher in SHOW_ROWS:
+    for figure in SHOWN:
+        key, label, higher = figure.key, figure.label, None if figure.better is None else figure.better == "higher"
         val, base = f.get(key), b.get(key)
         shown = fmt_bytes(val) if key.endswith("_bytes") else fmt(val, 2)
         based = fmt_bytes(base) if key.endswith("_bytes") else fmt(base, 2)
@@ -249,16 +251,6 @@ def show_text(r) -> str:
     return "\n".join(lines)
 
 
-#: (figure, label, higher is better — None: no ratio) rows of `autotune show`
-SHOW_ROWS = (("tokens_per_s", "tokens/s", True), ("tpot_ms_p50", "TPOT p50 ms", False),
-             ("ttft_ms_p50", "TTFT p50 ms", False), ("peak_memory_bytes", "peak memory (timed)", False),
-             ("load_peak_bytes", "peak memory (load)", None), ("weights_bytes", "weights", None),
-             ("mbu", "MBU (share of memory bandwidth)", None), ("tokens_per_step", "tokens per step", None),
-             ("compile_s", "compile s (the envelope)", None), ("steady_compiles", "compiles in steady state", None),
-             ("quality", "quality", None), ("greedy_match", "greedy match", None),
-             ("perplexity", "perplexity", None))
-
-
 def search_payload(result, search) -> dict:
     base = result.baseline.figures.shown() if result.baseline else {}
     price = getattr(search.spec, "price_per_hour", None)
@@ -268,16 +260,25 @@ def search_payload(result, search) -> dict:
         row = {"measurement_id": rec.measurement_id, "number": rec.number, "recipe": rec.recipe,
                "status": rec.status.value, "error": rec.error, "reused": rec.reused, "feasible": rec.feasible,
                "missed": rec.missed, **shown, "output_ids": rec.figures.output_ids,
-               "speedup_tokens_per_s": ratio(shown, base, "tokens_per_s")}
+               "speedup_tokens_per_s": ratio(shown, base, Key.tokens_per_s)}
         if price is not None:
-            row["cost_per_mtok"] = cost_per_mtok(shown.get("tokens_per_s"), price)
+            row["cost_per_mtok"] = cost_per_mtok(shown.get(Key.tokens_per_s), price)
         return row
 
     return {"study": result.study_name, "budget": search.budget.text, "interrupted": result.interrupted,
             "price_per_hour": price, "binding": result.binding,
             "trial_limit_s": result.trial_limit_s, "time": time_split(result.records, result.wall_s),
+            "counts": outcome_counts(result.records), "compile_prediction": prediction_payload(search),
             "best": [one(r) for r in result.best], "baseline": one(result.baseline) if result.baseline else None,
             "trials": [one(r) for r in result.records]}
+
+
+def prediction_payload(search) -> dict | None:
+    cost = getattr(search, "compile_cost", None)
+    if cost is None:
+        return None
+    error, n = cost.error()
+    return {"median_error": error, "held_back": n}
 
 
 def time_split(records, search_wall_s: float | None = None) -> dict:
@@ -292,6 +293,53 @@ def time_split(records, search_wall_s: float | None = None) -> dict:
             "measured_share": parts["measure_s"] / wall if wall else None}
 
 
+def outcome_counts(records) -> dict:
+    """What this study's trials taught: recipes with figures (ok, within the budget or not), the
+    pruned by reason (stopped at the compile cap, deferred on a predicted compile, hopeless), the
+    failed, and the rule-pruned (invalid, free)."""
+    out = {"with_figures": 0, "within_budget": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
+           "failed": 0, "ruled_out": 0}
+    for r in records:
+        if r.status == Status.OK:
+            out["with_figures"] += 1
+            out["within_budget"] += r.feasible
+        elif r.status == Status.PRUNED:
+            reason = ("deferred" if r.figures.phase == "deferred" else
+                      "pruned_at_cap" if r.figures.first_call_cap_s is not None else "hopeless")
+            out[reason] += 1
+        elif r.status == Status.INVALID:
+            out["ruled_out"] += 1
+        else:
+            out["failed"] += 1
+    return out
+
+
+def shared_lines(records, url: str | None) -> list[str]:
+    """What the team compile cache did for this run's trials: loaded, refused (each refusal's line)."""
+    if not url:
+        return []
+    from .compile_share import mask
+
+    notes = [r.figures.compile_shared for r in records if not r.reused and r.figures.compile_shared]
+    saved = sum(1 for r in records if not r.reused and r.figures.compile_artifact)
+    loaded = sum(1 for n in notes if n.startswith("loaded"))
+    lines = [f"team compile cache {mask(url)}: {loaded} trials loaded compiled artifacts, {saved} saved theirs"]
+    lines += [f"  {n}" for n in dict.fromkeys(n for n in notes if not n.startswith("loaded"))]
+    return lines
+
+
+def counts_text(c: dict, prediction: tuple | None = None) -> str:
+    pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
+    text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget); "
+            f"pruned: {pruned} ({c['pruned_at_cap']} at the compile cap, {c['deferred']} deferred on a "
+            f"predicted compile, {c['hopeless']} hopeless); failed: {c['failed']}; "
+            f"ruled out by the rules: {c['ruled_out']}")
+    if prediction and prediction[0] is not None:
+        text += f"\ncompile-time prediction: median error {100 * prediction[0]:.0f}% over {prediction[1]} " \
+                "first calls of this model here, each held back in turn"
+    return text
+
+
 def search_text(result, search) -> str:
     base = result.baseline.figures.shown() if result.baseline else {}
     counts: dict[str, int] = {}
@@ -302,18 +350,21 @@ def search_text(result, search) -> str:
              ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f"; {reused} reused" if reused else "") + ")"]
     split = time_split(result.records, result.wall_s)
     if split["trials_measured"]:
-        side = (f" ({result.jobs} side by side: {split['wall_s']:.0f} s of trials, {split['paused_s']:.0f} s of it "
-                "stopped while another measured)" if result.jobs > 1 else "")
+        side = (f" ({result.lanes} side by side: {split['wall_s']:.0f} s of trials, {split['paused_s']:.0f} s of it "
+                "stopped while another measured)" if result.lanes > 1 else "")
         lines.append(f"time: {split['trials_measured']} measured trials in "
                      f"{split['search_wall_s'] or split['wall_s']:.0f} s{side}; "
                      f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
                      f"first calls {split['first_call_s']:.0f} s, quality {split['quality_s']:.0f} s); "
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")
+    lines += shared_lines(result.records, getattr(search, "compile_cache", None))
+    lines.append(counts_text(outcome_counts(result.records),
+                             search.compile_cost.error() if getattr(search, "compile_cost", None) else None))
     if result.interrupted:
         lines.append("interrupted: run the same command again to resume")
     for i, r in enumerate(result.best):
         f = r.figures
-        speed = ratio(f.shown(), base, "tokens_per_s")
+        speed = ratio(f.shown(), base, Key.tokens_per_s)
         ratio_text = f" = {speed:.2f}x the HF default{noisy_note(base)}" if speed else ""
         lines.append(f"{'best' if i == 0 else 'front'}: recipe {r.measurement_id}: {describe(r.recipe, search.optimizations)}")
         lines.append(f"  {fmt(f.tokens_per_s)} tok/s{cost_text(f.tokens_per_s, search)}{ratio_text}; TPOT p50 {fmt(f.tpot_ms_p50, 2)} ms; "
@@ -344,6 +395,6 @@ def jobs_text(rows: list[dict]) -> str:
         best = f"{r['best_tpot_ms_p50']:.2f} ms" if r["best_tpot_ms_p50"] else "-"
         lines.append(f"{r['id']:>4}  {r['state']:<9} {r['model'][:24]:<24} {r['trials_done']:>3}/{r['trials_planned']:<3}"
                      f"  {best:>9}  {r['hardware']} / {workers}")
-        if r["message"] and r["state"] in ("failed", "cancelled"):
+        if r["message"] and r["state"] in (JobState.FAILED, JobState.CANCELLED):
             lines.append(f"      {r['message']}")
     return "\n".join(lines)

@@ -49,7 +49,7 @@ class ModelSource:
             config = {}
         return ModelInfo(config if isinstance(config, dict) else {}, draft=draft.info() if draft else None)
 
-    def info_for(self, recipe) -> "ModelInfo":
+    def info_for(self, recipe):
         """:meth:`info` with the draft a recipe names (its :data:`DRAFT_OPTION`), as a study gives it."""
         plugin, option = DRAFT_OPTION.split(".")
         draft = (recipe.get(plugin) or {}).get(option)

@@ -113,7 +113,7 @@ class SearchSpec:
     #: trials run side by side (lanes): they load and compile at once, and each measures alone (see
     #: :class:`autotune.isolate.Gate`); how this process runs, not what is searched (a queued job's
     #: workers are the daemon's ``--workers``)
-    jobs: int = 1
+    lanes: int = 1
 
     def default_study_name(self) -> str:
         raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
@@ -247,7 +247,7 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         remeasure=bool(cli.get("remeasure")),
         price_per_hour=price,
         draft=draft,
-        jobs=parse_jobs(pick("jobs", default="auto"), target, source),
+        lanes=parse_jobs(pick("jobs", default="auto"), target, source),
     )
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import measure, roofline
-from .figures import Figures, Status
+from .figures import Figures, Key
+from .states import Status
 from .paths import use_persistent_compile_cache
 from .workload import Workload, shipped_text
 
@@ -35,6 +36,14 @@ class TrialRequest:
     #: ``policy.abandon_factor`` times these abandons the trial (status pruned); None: never
     incumbent_e2e_s: float | None = None
     incumbent_tpot_s: float | None = None
+    #: the baseline's next-token distributions at the quality windows' positions (a file): the baseline
+    #: writes it (``write_reference``), a candidate scores its KL divergence against it
+    reference: str | None = None
+    write_reference: bool = False
+    #: the team compile cache (autotune.compile_share): its URL, and the artifact the database names for
+    #: this recipe (loaded, verified, before the first call); the trial saves its own after its warm-up
+    compile_cache: str | None = None
+    compile_artifact: str | None = None
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Outcome:
     error: str | None = None
 
 
-class Abandoned(Exception):
+class Hopeless(Exception):
     """A warm call or decode step was far slower than the incumbent: not worth measuring to the end."""
 
 
@@ -73,6 +82,10 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     use_persistent_compile_cache()
     policy = MeasurePolicy.from_dict(request.policy)
     figures = Figures()
+    if request.compile_cache and request.compile_artifact:
+        from .compile_share import load_into_torch
+
+        figures.compile_shared = load_into_torch(request.compile_cache, request.compile_artifact)
     on_phase("load")
     run = _Run.prepare(request, figures, policy)
     limits = Limits.of(request, policy.abandon_factor)
@@ -81,12 +94,17 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
         run.first_calls(figures, limits)
         on_phase("warm-up")
         run.warm_up(figures, limits)
+        figures.graphs_built = measure.graphs_built()
+        if request.compile_cache:  # every program of the envelope is compiled by now
+            from .compile_share import save_from_torch
+
+            figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
         run.measure(figures, policy)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
-    except Abandoned as exc:
+    except Hopeless as exc:
         figures.phase = "warm-up"
         return Outcome(Status.PRUNED, figures, str(exc))
     return Outcome(Status.OK, figures)
@@ -129,6 +147,8 @@ class _Run:
         applied = apply_recipe(request.model_path, optimizations, request.recipe, ctx)
         figures.load_s = time.perf_counter() - t0
         run = cls(applied, workload, request.device, policy.quality)
+        if run.quality is not None:
+            run.quality.reference, run.quality.write_reference = request.reference, request.write_reference
         run.memory.release_freed()
         figures.load_peak_bytes = run.memory.peak()
         figures.weights_bytes = measure.weights_bytes(applied.model)
@@ -140,7 +160,8 @@ class _Run:
         window, greedy and forced) instead; ``ids``: other inputs (the envelope's widest call)."""
         import torch
 
-        streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s, on_slow=_abandon_tpot)
+        streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s,
+                                          on_slow=_abandon_tpot(measure.compile_count()))
         prompt, new, inputs = self.shapes[shape]
         extra = dict(self.sampling)
         if call is not None:
@@ -178,11 +199,13 @@ class _Run:
     def warm_up(self, figures: Figures, limits: Limits) -> None:
         """Every shape again, warm (the typical one as quality call 1): a typical call or decode step
         slower than ``limits`` abandons the trial, keeping the figures so far."""
+        compiles = measure.compile_count()
         second = self.one_call(0, limits, 1 if self.quality is not None else None)[2]
         figures.e2e_ms_p50 = second * 1e3
-        if limits.e2e_s is not None and second > limits.e2e_s:
-            raise Abandoned(f"a warm call took {second:.2f} s, beyond the {limits.e2e_s:.2f} s limit "
-                            f"derived from the incumbent")
+        # judged on evidence: a call that compiled is not a call that decodes (its time says nothing)
+        if limits.e2e_s is not None and second > limits.e2e_s and measure.compile_count() == compiles:
+            raise Hopeless(f"its warm typical call took {second:.2f} s, beyond the {limits.e2e_s:.2f} s limit "
+                           f"derived from the incumbent (nothing compiled in it)")
         figures.warmup_s = second + sum(self.one_call(shape)[2] for shape in range(1, len(self.shapes)))
 
     def measure(self, figures: Figures, policy) -> None:
@@ -228,10 +251,10 @@ class _Run:
             mine = [r[index] for r in rounds]
             e2e_s = statistics.median(c[2] for c in mine)
             figures.shapes.append({
-                "prompt_tokens": prompt, "new_tokens": new, "tokens_per_s": batch * new / e2e_s,
-                "e2e_ms_p50": e2e_s * 1e3, "ttft_ms_p50": statistics.median(c[1].ttft for c in mine) * 1e3,
-                "tpot_ms_p50": statistics.median(t for c in mine for t in c[1].tpots) * 1e3})
-        steady = sum(s["e2e_ms_p50"] for s in figures.shapes) / 1e3
+                "prompt_tokens": prompt, "new_tokens": new, Key.tokens_per_s: batch * new / e2e_s,
+                Key.e2e_ms_p50: e2e_s * 1e3, Key.ttft_ms_p50: statistics.median(c[1].ttft for c in mine) * 1e3,
+                Key.tpot_ms_p50: statistics.median(t for c in mine for t in c[1].tpots) * 1e3})
+        steady = sum(s[Key.e2e_ms_p50] for s in figures.shapes) / 1e3
         figures.compile_s = max(0.0, figures.first_call_s + figures.warmup_s - 2 * steady)
         steps = sum(c[1].steps for c in calls)
         figures.tokens_per_step = sum(len(c[1].tpots) for c in calls) / steps if steps else None
@@ -246,9 +269,21 @@ class _Run:
         return out[:, prompt:].flatten().tolist()
 
 
-def _abandon_tpot(tpot: float, limit: float) -> None:
-    raise Abandoned(f"decode steps took {tpot * 1e3:.1f} ms, beyond the {limit * 1e3:.1f} ms limit derived from "
-                    f"the incumbent")
+def _abandon_tpot(compiles_at_start: int):
+    """What a call does with decode steps far slower than the incumbent's: abandon the trial — judged
+    on steps that ran compiled code: while something compiles (the count moved since the last slow
+    window) the window says nothing, and the next slow one decides."""
+    seen = [compiles_at_start]
+
+    def on_slow(tpot: float, limit: float, step: int) -> None:
+        now = measure.compile_count()
+        if now != seen[0]:
+            seen[0] = now
+            return
+        raise Hopeless(f"decode steps {step - 4}-{step} took {tpot * 1e3:.1f} ms (median), beyond the "
+                       f"{limit * 1e3:.1f} ms limit derived from the incumbent (nothing compiled meanwhile)")
+
+    return on_slow
 
 
 class _Quality:
@@ -269,6 +304,8 @@ class _Quality:
         self.applied, self.workload = applied, workload
         self.forcers: dict[int, object] = {}
         self.seconds = 0.0
+        self.reference: str | None = None
+        self.write_reference = False
 
     def inputs(self, call: int):
         context, forced = self.calls[call]
@@ -300,7 +337,30 @@ class _Quality:
             nll += torch.stack(force.nll, 1).flatten().tolist()
         figures.top1 = top1
         figures.perplexity = float(torch.tensor(nll).mean().exp())
+        self._divergence(figures)
         figures.quality_s = time.perf_counter() - start
+
+    def _divergence(self, figures: Figures) -> None:
+        """The baseline keeps its next-token distributions for the candidates; a candidate's KL
+        divergence from them (None when the baseline's are not on this machine)."""
+        import os
+        from pathlib import Path
+
+        import torch
+
+        if self.reference is None:
+            return
+        mine = torch.cat([torch.cat(self.forcers[call].logp) for call in range(QUALITY_CALLS)])
+        path = Path(self.reference)
+        if self.write_reference:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{os.getpid()}-{path.name}")
+            torch.save(mine, tmp)
+            os.replace(tmp, path)  # whole or not at all: a candidate may read it now
+        if path.exists():
+            theirs = torch.load(path)
+            if theirs.shape == mine.shape:
+                figures.kld = measure.kl_divergence(theirs, mine)
 
 
 #: how much slower than the warm limit a decode step of the first (compiling) call may be

@@ -23,10 +23,13 @@ from pathlib import Path
 import optuna
 
 from autotune.budget import parse_budget, parse_objectives
-from autotune.figures import Figures, Status
+from autotune.figures import Figures
+from autotune.states import Status
 from autotune.recipe import describe, impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
-from autotune.search import Search, make_sampler, refinement, tell_pruned
+from autotune.proposals import make_sampler, refinement
+from autotune.study import tell_pruned
+from autotune.tuner import Search
 from autotune.sources import resolve_model
 from autotune.space import build_space, count, suggest
 from autotune.spec import SearchSpec
@@ -40,7 +43,8 @@ GRID = {  # the levers that matter on a CPU host, small enough to measure whole
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.freezing": [False], "compile.cpp_wrapper": [False],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "quantization.head": ["keep"],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],
 }
 

@@ -21,8 +21,8 @@ from autotune.evaluate import evaluate
 from autotune.sources import resolve_model
 from autotune.registry import get_optimizations
 from autotune.recipe import describe, resolve
-from autotune.search import Search, SearchSpec
-from autotune.space import build_space, count, enumerate_recipes
+from autotune.tuner import Search, SearchSpec
+from autotune.space import build_space, count
 from autotune.store import Store
 from autotune.target import current_target
 from autotune.workload import Workload
@@ -32,9 +32,9 @@ GRID = {  # what matters on a CPU host, small enough to measure whole
     "dtype.dtype": ["auto", "bfloat16"],
     "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
-    "cache.pad_to_multiple_of": [None],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.fullgraph": [False], "compile.freezing": [False], "compile.cpp_wrapper": [False],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "quantization.head": ["keep"],
 }
 
 

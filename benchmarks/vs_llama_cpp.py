@@ -169,9 +169,9 @@ def main() -> int:
     if args.job:
         worker(args)
         return 0
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
         print("benchmarks/vs_llama_cpp.py: llama-cpp-python is not installed: bash benchmarks/install-llama-cpp.sh")
         return 1
 

@@ -56,6 +56,9 @@ class Compile(Optimization):
                    active=_not_aoti),
             Option("cpp_wrapper", (False, True), False, "inductor C++ wrapper: less Python launch overhead",
                    active=_not_aoti),
+            Option("prefill", ("eager", "compiled"), "eager", "the decode loop's prompt pass: eager, or compiled "
+                   "once for every prompt length (where the prompt's pass dominates: long prompts)",
+                   active=lambda o: o.get("target") == "decode"),
         ]
 
     def unavailable(self, target, model=None):
@@ -105,7 +108,7 @@ class Compile(Optimization):
         from autotune import engines
 
         if opts["target"] == "decode":
-            return engines.DecodeLoop(model, ctx.ladder, compile_kwargs(opts))
+            return engines.DecodeLoop(model, ctx.ladder, compile_kwargs(opts), opts["prefill"] == "compiled")
         if opts["target"] == "aoti":  # a program depends on the recipe, the hardware and the versions too
             identity = {"recipe": ctx.recipe, "hardware": ctx.target.hardware_key, "versions": ctx.target.versions}
             return engines.AheadOfTimeLoop(model, ctx.ladder, compile_kwargs(opts)["options"], identity)

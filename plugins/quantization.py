@@ -49,7 +49,7 @@ CUDA_INT4_PACKING = "tile_packed_to_4d"
 class Quantization(Optimization):
     name = "quantization"
     order = 5
-    version = "2"  # int4: group size 32 by default (was 128), tinygemm packing on CUDA
+    version = "2"  # int4: group size 32 by default (was 128), tinygemm packing on CUDA; the head option
     description = "quantize weights while loading (bitsandbytes, torchao)"
 
     def options(self):
@@ -61,6 +61,9 @@ class Quantization(Optimization):
                    "dtype bitsandbytes 4-bit matmuls compute in", active=_is_4bit),
             Option("group_size", GROUP_SIZES, 32, "int4 weights per scale and zero point (32: llama.cpp's Q4_1 "
                    "layout)", active=_is_int4),
+            Option("head", ("keep", "int8", "int4"), "keep", "the LM head (the output projection, read whole at "
+                   "every step): as loaded, or torchao int8 / int4 weight-only (a tied embedding is untied first: "
+                   "the input lookup keeps its own)"),
         ]
 
     def unavailable(self, target, model=None):
@@ -71,11 +74,15 @@ class Quantization(Optimization):
         if _missing("torchao"):
             for m in TORCHAO:
                 out[f"method={m}"] = "torchao is not installed (pip install 'autotune[quant]')"
+            for h in ("int8", "int4"):
+                out[f"head={h}"] = "torchao is not installed (pip install 'autotune[quant]')"
         elif not target.has_cuda:
             if "avx512f" not in target.cpu_flags and "avx2" not in target.cpu_flags:
                 out["method=torchao-int4-weight"] = "torch's CPU int4 matmul (_weight_int4pack_mm_for_cpu) needs AVX2"
             elif _missing(CPU_INT4):
                 out["method=torchao-int4-weight"] = "this torchao has no CPU int4 layout (Int4OpaqueTensor): upgrade it"
+            if "method=torchao-int4-weight" in out:
+                out["head=int4"] = out["method=torchao-int4-weight"]
             if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(target.cpu_flags):
                 out["method=torchao-int8-dynamic"] = ("no int8 dot-product instructions on this CPU (VNNI / AMX): "
                                                        "int8 x int8 matmuls are emulated, slower than weight-only")
@@ -96,6 +103,8 @@ class Quantization(Optimization):
             dtype = model.dtype
         if method in ("torchao-int4-weight", "torchao-int8-dynamic") and dtype != "bfloat16":
             return f"{method} computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
+        if recipe.get(self.name, {}).get("head") == "int4" and dtype != "bfloat16":
+            return "an int4 LM head computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
         compiled = recipe.get("compile", {}).get("target", "off")
         if str(method).startswith("bnb") and compiled != "off":
             return (f"bitsandbytes layers cannot be compiled (transformers marks them not compileable; "
@@ -127,15 +136,31 @@ class Quantization(Optimization):
 
             PrototypeInt4WeightOnlyConfig = import_module(CPU_INT4).PrototypeInt4WeightOnlyConfig
 
-            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=opts["group_size"]))
+            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=opts.get("group_size", GROUP_SIZES[0])))
         # CUDA: tinygemm's tile-packed layout and kernel (torch's own _weight_int4pack_mm); torchao's default
         # packing (plain) needs the separate mslk package
-        return TorchAoConfig(Int4WeightOnlyConfig(group_size=opts["group_size"], int4_packing_format=CUDA_INT4_PACKING))
+        return TorchAoConfig(Int4WeightOnlyConfig(group_size=opts.get("group_size", GROUP_SIZES[0]), int4_packing_format=CUDA_INT4_PACKING))
 
     def load_kwargs(self, opts, ctx):
         if opts["method"] == "none":
             return {}
         return {"quantization_config": self._config(opts, ctx)}
+
+    def after_load(self, model, opts, ctx):
+        """The LM head, quantized on its own (transformers leaves it out of the weights it quantizes)."""
+        head = opts.get("head", "keep")
+        if head == "keep":
+            return model
+        import torch
+        from torchao.quantization import quantize_
+
+        lm = model.get_output_embeddings()
+        if lm.weight is model.get_input_embeddings().weight:  # tied: the lookup keeps the float table
+            lm.weight = torch.nn.Parameter(lm.weight.detach().clone(), requires_grad=False)
+            model.config.get_text_config().tie_word_embeddings = False
+        config = self._config({**opts, "method": f"torchao-{head}-weight"}, ctx).quant_type
+        quantize_(model, config, filter_fn=lambda module, fqn: module is lm)
+        return model
 
     def transformers_export(self, opts):
         # the quantized weights and their quantization_config are written by save_pretrained itself

@@ -2,7 +2,6 @@
 loaded through the real from_pretrained path, and a real SQLite database per test."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -48,18 +47,36 @@ def chaos():
         pm.unregister(name="plugins_for_tests")
 
 
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'tune.db'}"
+
+
 @pytest.fixture
-def db_url(tmp_path) -> str:
+def db_url(request, tmp_path) -> str:
+    """Tests that use the module's shared search (``searched``) read its database; the others get their own."""
+    if "searched" in request.fixturenames:
+        return request.getfixturevalue("shared_db")
     return f"sqlite:///{tmp_path / 'tune.db'}"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_model, shared_db):
+    """One real search shared by a module's tests that read its results (each trial is a real process)."""
+    f = study_file(tmp_path_factory.mktemp("study"), tiny_model)
+    result, payload = cli_search(["--study-file", f, "--study", "s1"], shared_db)
+    assert result.exit_code == 0, result.output
+    return payload
 
 
 #: fast measurement for tests: a few runs, no long CV wait, and no candidate abandoned as hopeless — a
 #: tiny model's timings are noise (a test about abandoning asks for it: :data:`ABANDONING`)
 FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5, "abandon_factor": 0}
 ABANDONING = {**FAST, "abandon_factor": 3.0}
-#: choices a test study keeps fixed unless it names them: search-mechanics tests are not about threads
-#: or decoding, and a random pick of them (1 thread, prompt lookup) changes which trials get pruned
-PINNED = {"runtime.threads": ["auto"], "decoding.method": ["greedy"]}
+#: choices a test study keeps fixed unless it names them: search-mechanics tests are not about threads,
+#: decoding or the LM head, and a random pick of them (1 thread, prompt lookup) changes which trials get
+#: pruned, or (an int4 head on a random-weight model) leaves no candidate above the quality floor
+PINNED = {"runtime.threads": ["auto"], "decoding.method": ["greedy"], "quantization.head": ["keep"]}
 
 
 def write_study(folder: Path, model: str, space: dict, pin: bool = True, **top) -> str:
@@ -76,3 +93,27 @@ def write_study(folder: Path, model: str, space: dict, pin: bool = True, **top) 
     path = folder / "study.toml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+#: the search space of the shared search: nothing compiled, two quantizations, two cache ladders
+SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
+         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+         "cache.ladder": ["x2", "one"], "runtime.threads": ["auto"], "decoding.method": ["greedy"]}
+
+
+def study_file(tmp_path, model, trials=3, **space) -> str:
+    if any(k.startswith("chaos.") for k in space):  # the test plugins are loaded: keep decode steps clean
+        space = {"corrupt.decode": ["clean"], **space}
+    return write_study(tmp_path, model, {**SPACE, **space}, trials=trials)
+
+
+def cli_search(args, db_url):
+    """``autotune search ... --json`` through click: (result, payload or None)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autotune.cli import cli
+
+    result = CliRunner().invoke(cli, ["search", *args, "--db", db_url, "--json"])
+    return result, (json.loads(result.stdout) if result.exit_code == 0 else None)

@@ -16,13 +16,21 @@ class Chaos(Optimization):
 
     def options(self):
         return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog", "slow-compile",
-                                     "busy-compile", "slow-calls"), "none")]
+                                     "busy-compile", "slow-calls", "compiling-calls"), "none")]
 
     def wrap_generate(self, generate, model, opts, ctx):
-        if opts["behaviour"] == "slow-calls":  # a long timed window: every call after the first is slow
+        if opts["behaviour"] in ("slow-calls", "compiling-calls"):
+            # a long timed window: every call after the first is slow; compiling-calls: because each
+            # compiles something (a fresh graph each call, as a recompile would)
+            compiling = opts["behaviour"] == "compiling-calls"
+
             def slow(*args, _calls=[], **kwargs):
                 if _calls:
                     time.sleep(float(os.environ.get("CHAOS_CALL_S", "0.3")))
+                    if compiling:
+                        import torch
+
+                        torch.compile(lambda x: x * len(_calls), backend="eager")(torch.ones(len(_calls)))
                 _calls.append(1)
                 return generate(*args, **kwargs)
 

@@ -78,7 +78,7 @@ def test_search_with_a_draft_exports_a_recipe_that_loads_with_it(tiny_model, dra
     names it, the export carries it, and autotune.load serves the model's greedy text with it."""
     import autotune
 
-    from test_search import SPACE
+    from conftest import SPACE
 
     space = {**SPACE, "quantization.method": ["none"], "decoding.method": ["assisted"], "decoding.draft_tokens": [3, 5],
              "decoding.schedule": ["heuristic"], "decoding.confidence": [0.4]}
@@ -114,7 +114,7 @@ def test_a_missing_draft_is_one_line(tiny_model, tmp_path):
 
 def test_the_draft_is_part_of_what_a_measurement_stands_for(tiny_model, draft):
     """A study with another draft does not reuse this one's measurements."""
-    from autotune.search import reuse_key
+    from autotune.reuse import reuse_key
     from autotune.spec import build
 
     opts = get_optimizations()

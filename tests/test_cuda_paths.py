@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autotune.figures import Figures, Status
+from autotune.figures import Figures
+from autotune.states import Status
 from autotune.optimization import ApplyContext, ModelInfo
 from autotune.recipe import impossible, resolve
 from autotune.registry import get_optimizations

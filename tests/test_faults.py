@@ -324,7 +324,7 @@ def test_kill_9_of_a_search_mid_trial_leaves_no_orphan_and_resumes(tmp_path, tin
     for dead in killed:
         retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
         assert len(retried) == 1 and retried[0].state in (S.COMPLETE, S.PRUNED)  # measured to its end
-    from autotune.jobs import counted_trials
+    from autotune.study import counted_trials
 
     assert counted_trials(optuna.load_study(study_name="k9", storage=f"sqlite:///{db_file}")) == (2, 0)
     print(f"kill -9 of a search: 1 injected, 0 orphans, {len(killed)} trials failed and retried, 0 lost")
@@ -405,7 +405,7 @@ def test_postgresql_down_30s_under_two_daemons(postgres_outage, tmp_path, tiny_m
     once, none is left running."""
     import optuna
 
-    from autotune.jobs import counted_trials
+    from autotune.study import counted_trials
 
     trials = 8
     f = write_study(tmp_path, tiny_model, {"chaos.behaviour": ["slow"], **ONE_RECIPE}, trials=trials)
@@ -444,7 +444,7 @@ def test_postgresql_down_under_a_search_then_resume(postgres_outage, tmp_path, t
     once the database is back, resumes the study and finishes the plan."""
     import optuna
 
-    from autotune.jobs import counted_trials
+    from autotune.study import counted_trials
 
     # three different recipes (the grid of these two choices), each slow: the outage hits a trial
     space = {**ONE_RECIPE, "chaos.behaviour": ["slow"], "cache.implementation": ["dynamic", "static"],

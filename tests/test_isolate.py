@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.figures import Status
+from autotune.states import Status
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

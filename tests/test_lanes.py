@@ -92,7 +92,7 @@ def test_two_lanes_measure_alone_and_keep_stopped_time_out_of_the_figures(chaos,
     """One lane compiles (a first call of 4 s of CPU) while the other measures slowly: the compiling trial is
     stopped for the other's whole timed window, and its first call still reads 4 s, not 4 s plus
     the time it stood stopped."""
-    from autotune.search import Search
+    from autotune.tuner import Search
     from autotune.spec import build, with_policy
     from autotune.store import Store
 
@@ -106,7 +106,7 @@ def test_two_lanes_measure_alone_and_keep_stopped_time_out_of_the_figures(chaos,
              "decoding.method": ["greedy"]}
     f = write_study(tmp_path, tiny_model, space, trials=2)
     spec = with_policy(build(study_file=f, jobs=2), abandon_factor=1e6)
-    assert spec.jobs == 2
+    assert spec.lanes == 2
     search = Search(spec, Store(f"sqlite:///{tmp_path / 'lanes.db'}"), chaos)
     study = search.open_study()
     for behaviour in ("busy-compile", "slow-calls"):  # one lane each
@@ -124,7 +124,7 @@ def test_two_lanes_measure_alone_and_keep_stopped_time_out_of_the_figures(chaos,
     assert all(s == "T" for states in gate.checked for s in states), gate.checked
     windows = sorted(gate.windows)
     assert all(a[1] <= b[0] for a, b in zip(windows, windows[1:]))  # timed windows never overlap
-    assert result.jobs == 2
+    assert result.lanes == 2
 
 
 def test_jobs_auto_and_bad_values(tiny_model, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from conftest import ABANDONING, FAST, build_tiny_model
 
 from autotune.evaluate import evaluate
-from autotune.figures import Status
+from autotune.states import Status
 from autotune.measure import Stats, cv, first_divergence, reference_windows, token_agreement
 from autotune.recipe import resolve
 from autotune.registry import get_optimizations
@@ -110,6 +110,19 @@ def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
     assert "limit derived from the incumbent" in ev.error
 
 
+def test_a_warm_call_that_compiled_is_not_judged_hopeless(chaos, tiny_model):
+    """Prune on evidence: the same slow warm call is hopeless when it decoded, not when it compiled."""
+    from autotune.figures import Figures
+
+    incumbent = Figures(e2e_ms_p50=1e-3, tpot_ms_p50=1e3)
+    slow = run(tiny_model, chaos, {"chaos": {"behaviour": "slow-calls"}}, incumbent=incumbent,
+               policy=MeasurePolicy(**ABANDONING))
+    compiling = run(tiny_model, chaos, {"chaos": {"behaviour": "compiling-calls"}}, incumbent=incumbent,
+                    policy=MeasurePolicy(**ABANDONING))
+    assert slow.status == Status.PRUNED and "nothing compiled in it" in slow.error
+    assert compiling.status == Status.OK, compiling.error
+
+
 def test_slow_decode_steps_abandon_mid_call(tiny_model):
     """Decode steps far slower than the incumbent's stop the first call itself (a 4-bit CPU matmul
     that takes seconds per token never gets to run 64 of them, twice)."""
@@ -118,7 +131,7 @@ def test_slow_decode_steps_abandon_mid_call(tiny_model):
     long = Workload(prompt_tokens=8, new_tokens=40)
     ev = run(tiny_model, get_optimizations(), {}, workload=long, incumbent=Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e-6),
              policy=MeasurePolicy(**ABANDONING))
-    assert ev.status == Status.PRUNED and "decode steps took" in ev.error
+    assert ev.status == Status.PRUNED and "decode steps" in ev.error and "nothing compiled meanwhile" in ev.error
     assert ev.figures.first_call_s is None  # stopped inside the first call
 
 
@@ -186,3 +199,19 @@ def test_trials_compile_into_autotunes_persistent_cache(tiny_model, monkeypatch,
                   policy=MeasurePolicy(min_runs=2, max_runs=2, quality=False))
     assert ev.ok, ev.error
     assert any(p.is_file() for p in set(ours.rglob("*")) - before), f"nothing compiled into {ours}"
+
+
+def test_kl_divergence_from_the_baseline_through_the_served_path(tiny_model):
+    """The HF default keeps its next-token distributions; a candidate's mean KL divergence from them:
+    0 for the same program, above 0 for bf16 weights, a quality figure the budget can hold
+    (``kld<=...``)."""
+    base = run(tiny_model, get_optimizations(), {})
+    same = run(tiny_model, get_optimizations(), {"cache": {"implementation": "static"}}, baseline=base)
+    bf16 = run(tiny_model, get_optimizations(), {"dtype": {"dtype": "bfloat16"}}, baseline=base)
+    assert base.ok and same.ok and bf16.ok, (base.error, same.error, bf16.error)
+    assert base.figures.kld == 0.0
+    assert same.figures.kld == pytest.approx(0.0, abs=1e-6)  # a static cache runs the same math
+    assert bf16.figures.kld > 20 * max(same.figures.kld, 1e-7)  # rounding the weights moves the distribution
+    from autotune.budget import parse_budget
+
+    assert parse_budget(f"kld<={bf16.figures.kld / 2:.9f}").missed(bf16.figures) != []

@@ -11,11 +11,10 @@ from click.testing import CliRunner
 
 import autotune
 from autotune import hookspecs
-from autotune.apply import finish, load_model, load_tokenizer
+from autotune.apply import load_model
 from autotune.cli import cli
 from autotune.optimization import ApplyContext, Optimization, Option
 from autotune.registry import get_model_aliases, get_optimizations, pm
-from autotune.recipe import resolve
 from autotune.target import current_target
 
 BUILTINS = {"quantization", "dtype", "attention", "cache", "compile"}

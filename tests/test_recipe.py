@@ -1,10 +1,9 @@
-"""Recipes, rules, the search space, the budget grammar."""
+"""Recipes, rules, the search space."""
 from __future__ import annotations
 
 import pytest
 
-from autotune.budget import DEFAULT_QUALITY_FLOOR, parse_budget, parse_objectives
-from autotune.errors import BudgetError, PluginError, RecipeError
+from autotune.errors import PluginError, RecipeError
 from autotune.registry import get_optimizations
 from autotune.recipe import impossible, parse_sets, recipe_key, resolve
 from autotune.space import build_space, count, enumerate_recipes
@@ -70,28 +69,3 @@ def test_space_leaves_out_unavailable_choices():
     assert len({recipe_key(r) for r in recipes}) == len(recipes)
     with pytest.raises(PluginError, match="unknown option"):
         build_space(OPTS, current_target("cpu"), {"cache.nope": [1]})
-
-
-def test_budget_grammar():
-    b = parse_budget("tpot_p50<=25ms,memory<=4GiB,ttft_p95<=0.5s")
-    by = {lim.metric: lim for lim in b.limits}
-    assert by["tpot_p50"].value == 25 and by["ttft_p95"].value == 500
-    assert by["memory"].value == 4 * 2**30
-    assert by["quality"].value == DEFAULT_QUALITY_FLOOR  # default floor applies
-    assert parse_budget("quality>=0.97").quality_floor == 0.97
-    assert parse_budget(b.text) == b  # the normalised text reads back the same
-
-
-@pytest.mark.parametrize("bad", ["tpot<=25ms", "memory<=4", "tpot_p50<=25parsecs", "quality<=0.5", "quality>=2",
-                                 "tpot_p50=25", "x"])
-def test_budget_errors_show_the_grammar(bad):
-    with pytest.raises(BudgetError, match="budget grammar"):
-        parse_budget(bad)
-
-
-def test_objectives():
-    assert parse_objectives("tpot", False) == [("tpot_ms_p50", "minimize")]
-    assert parse_objectives("throughput", False) == [("tokens_per_s", "maximize")]
-    assert len(parse_objectives("tpot", True)) == 2
-    with pytest.raises(BudgetError):
-        parse_objectives("speed", False)

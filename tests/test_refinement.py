@@ -10,7 +10,8 @@ import pytest
 from autotune import space as spaces
 from autotune.recipe import impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
-from autotune.search import COMPILE_CAPPED, TPE_STARTUP, make_sampler, refinement
+from autotune.proposals import TPE_STARTUP, make_sampler, refinement
+from autotune.study import Attr
 from autotune.target import current_target
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -21,7 +22,8 @@ GRID = {
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto", "math"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.freezing": [False], "compile.cpp_wrapper": [False],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "quantization.head": ["keep"],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],
 }
 
@@ -168,7 +170,7 @@ def test_refinements_pause_when_a_neighbour_of_the_leader_ran_past_the_compile_c
     told({**base, "compile.target": "forward"}, 20.0)  # the leader
     told({**base, "dtype.dtype": "auto"}, 40.0)
     assert refinement(study, space, optimizations, target, 0) is not None
-    told({**base, "compile.target": "decode"}, None, proposed_by="refinement", **{COMPILE_CAPPED: True})
+    told({**base, "compile.target": "decode"}, None, proposed_by="refinement", **{Attr.COMPILE_CAPPED: True})
     told({**base, "quantization.method": "torchao-int8-weight"}, 35.0)  # the sampler's turn, no new leader
     assert refinement(study, space, optimizations, target, 0) is None
     told({**base, "attention.implementation": "eager"}, 15.0)  # a new leader: refinements resume

@@ -1,59 +1,19 @@
-"""Search end to end on a tiny model into a real SQLite file; export, load, verify."""
+"""Search end to end on a tiny model into a real SQLite file: what it stores, resumes, reuses, prunes and asks."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-import warnings
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_study
+from conftest import cli_search as search, study_file, write_study
 
-import autotune
 from autotune.cli import cli
-from autotune.errors import AutotuneError, RecipeError
 from autotune.store import Store
 from autotune.store import tables as m
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
-         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
-         "cache.ladder": ["x2", "one"], "runtime.threads": ["auto"], "decoding.method": ["greedy"]}
-
-
-def study_file(tmp_path, model, trials=3, **space) -> str:
-    if any(k.startswith("chaos.") for k in space):  # the test plugins are loaded: keep decode steps clean
-        space = {"corrupt.decode": ["clean"], **space}
-    return write_study(tmp_path, model, {**SPACE, **space}, trials=trials)
-
-
-def search(args, db_url):
-    result = CliRunner().invoke(cli, ["search", *args, "--db", db_url, "--json"])
-    return result, (json.loads(result.stdout) if result.exit_code == 0 else None)
-
-
-@pytest.fixture(scope="module")
-def shared_db(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'tune.db'}"
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory, tiny_model, shared_db):
-    """One real search shared by the tests that read its results (each trial is a real process)."""
-    f = study_file(tmp_path_factory.mktemp("study"), tiny_model)
-    result, payload = search(["--study-file", f, "--study", "s1"], shared_db)
-    assert result.exit_code == 0, result.output
-    return payload
-
-
-@pytest.fixture
-def db_url(request, shared_db, tmp_path):
-    """Tests that use the shared search read its database; the others get their own."""
-    return shared_db if "searched" in request.fixturenames else f"sqlite:///{tmp_path / 'tune.db'}"
 
 
 def test_search_stores_every_trial(searched, db_url):
@@ -79,7 +39,7 @@ def test_baseline_and_guide_are_enqueued_first(tiny_model, db_url):
     from autotune.budget import parse_budget, parse_objectives
     from autotune.sources import resolve_model
     from autotune.registry import get_optimizations
-    from autotune.search import Search, SearchSpec
+    from autotune.tuner import Search, SearchSpec
     from autotune.target import current_target
     from autotune.workload import Workload
 
@@ -144,156 +104,6 @@ def test_budget_nobody_meets_names_the_binding_limit(tmp_path, tiny_model, db_ur
 def test_malformed_budget(tiny_model, db_url):
     result = CliRunner().invoke(cli, ["search", tiny_model, "--db", db_url, "--budget", "speed>=fast"])
     assert result.exit_code == 2 and "budget grammar" in result.output
-
-
-def test_export_load_generates_the_measured_tokens(searched, tmp_path, db_url):
-    best = searched["best"][0]
-    out = tmp_path / "recipe.json"
-    result = CliRunner().invoke(cli, ["export", str(best["measurement_id"]), "-o", str(out), "--db", db_url])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
-    assert doc["format"] == "autotune-recipe" and doc["recipe"] == best["recipe"]
-    code = f"""
-import json, autotune
-from autotune.workload import Workload
-doc = json.load(open({str(out)!r}))
-r = autotune.load({str(out)!r})
-w = Workload.from_dict(doc["workload"])
-ids = w.input_ids(r.tokenizer, r.model.config.vocab_size)
-out = r.generate_ids(ids, max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens)
-print(json.dumps(out[0, ids.shape[1]:].tolist()))
-print(json.dumps(r.generate("The capital of France is", max_new_tokens=4)))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert json.loads(lines[-2]) == doc["figures"]["output_ids"]  # same tokens as measured
-    assert isinstance(json.loads(lines[-1]), str)
-
-
-def test_export_creates_a_missing_folder(searched, tmp_path, db_url):
-    """``-o`` into a folder that does not exist yet creates it (as ``mkdir -p``), for both formats."""
-    best = str(searched["best"][0]["measurement_id"])
-    for args, made in ((["-o", str(tmp_path / "new" / "deeper" / "recipe.json")], "new/deeper/recipe.json"),
-                       (["-o", str(tmp_path / "new2" / "hf"), "--format", "transformers"], "new2/hf/config.json")):
-        result = CliRunner().invoke(cli, ["export", best, *args, "--db", db_url])
-        assert result.exit_code == 0, result.output
-        assert (tmp_path / made).is_file()
-
-
-def test_export_best_and_transformers_format(searched, tmp_path, tiny_model, db_url):
-    out = tmp_path / "hf"
-    result = CliRunner().invoke(cli, ["export", "--best", tiny_model, "-o", str(out), "--format", "transformers",
-                                      "--db", db_url])
-    assert result.exit_code == 0, result.output
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    model = AutoModelForCausalLM.from_pretrained(out)
-    recipe = json.loads((out / "autotune-recipe.json").read_text())["recipe"]
-    gen = GenerationConfig.from_pretrained(out)
-    if recipe["cache"]["implementation"] != "dynamic":
-        assert gen.cache_implementation == recipe["cache"]["implementation"]
-    if recipe["quantization"]["method"] != "none":
-        assert getattr(model.config, "quantization_config", None) is not None
-    assert "autotune.load" in (out / "README.md").read_text()
-
-
-def test_recipes_show_verify(searched, db_url):
-    r = CliRunner().invoke(cli, ["recipes", "--db", db_url, "--json"])
-    assert r.exit_code == 0
-    rows = json.loads(r.output)
-    speeds = [x["tokens_per_s"] for x in rows]
-    assert speeds == sorted(speeds, reverse=True)
-    best_id = searched["best"][0]["measurement_id"]
-    r = CliRunner().invoke(cli, ["show", str(best_id), "--db", db_url])
-    assert r.exit_code == 0 and "vs baseline" in r.output
-    r = CliRunner().invoke(cli, ["verify", str(best_id), "--db", db_url])
-    assert r.exit_code == 0, r.output
-    assert re.search(rf"recipe {best_id}: stored [0-9.]+ tok/s, now [0-9.]+ tok/s: ratio [0-9.]+x", r.output)
-    r = CliRunner().invoke(cli, ["show", "99999", "--db", db_url])
-    assert r.exit_code == 1 and "no measurement with id 99999" in r.output
-    r = CliRunner().invoke(cli, ["export", "99999", "-o", "x.json", "--db", db_url])
-    assert r.exit_code == 1 and "Traceback" not in r.output
-
-
-@pytest.mark.parametrize("mutate,match", [
-    (lambda d: d["recipe"].update({"warp": {"drive": 1}}), "unknown plugin 'warp'"),
-    (lambda d: d["recipe"]["cache"].update({"size": 3}), "unknown option cache.size"),
-    (lambda d: d["recipe"]["cache"].update({"implementation": 7}), "not one of"),
-    (lambda d: d.pop("format"), "not an autotune recipe"),
-    (lambda d: d.update({"workload": {"new_tokens": -1}}), "positive integer"),
-])
-def test_bad_recipe_files(searched, tmp_path, db_url, mutate, match):
-    out = tmp_path / "r.json"
-    CliRunner().invoke(cli, ["export", str(searched["best"][0]["measurement_id"]), "-o", str(out), "--db", db_url])
-    doc = json.loads(out.read_text())
-    mutate(doc)
-    out.write_text(json.dumps(doc))
-    with pytest.raises(RecipeError, match=match):
-        autotune.load(str(out))
-
-
-def test_not_json_recipe(tmp_path):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{ not json")
-    with pytest.raises(AutotuneError, match="not valid JSON"):
-        autotune.load(str(bad))
-
-
-def test_other_hardware_warns_and_strict_raises(searched, tmp_path, db_url):
-    out = tmp_path / "r.json"
-    CliRunner().invoke(cli, ["export", str(searched["best"][0]["measurement_id"]), "-o", str(out), "--db", db_url])
-    doc = json.loads(out.read_text())
-    doc["target"]["name"] = "NVIDIA H100 80GB HBM3"
-    doc["target"]["versions"]["torch"] = "1.0"
-    out.write_text(json.dumps(doc))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        autotune.load(str(out))
-    assert any("measured elsewhere" in str(w.message) for w in caught)
-    with pytest.raises(RecipeError, match="torch 1.0 then"):
-        autotune.load(str(out), strict=True)
-
-
-def test_load_by_model_name_uses_the_best_known(searched, tiny_model, db_url):
-    tuned = autotune.load(tiny_model, db=db_url)
-    assert tuned.document["measurement_id"] == searched["best"][0]["measurement_id"]
-
-
-def test_load_by_model_name_answers_per_workload_kind(searched, tiny_model, db_url, tmp_path):
-    """The searched recipes are for chat: a code-edit search stores its own, and each kind loads
-    its own winner; a kind nobody measured is a clear NotFoundError."""
-    from autotune.errors import NotFoundError
-
-    f = write_study(tmp_path, tiny_model, SPACE, trials=2)
-    result, payload = search(["--study-file", f, "--workload", "code-edit", "--prompt-tokens", "24",
-                              "--study", "edits"], db_url)
-    assert result.exit_code == 0, result.output
-    chat = autotune.load(tiny_model, db=db_url, workload="chat")
-    edits = autotune.load(tiny_model, db=db_url, workload="code-edit")
-    assert chat.document["workload"].get("kind", "chat") == "chat"
-    assert edits.document["workload"]["kind"] == "code-edit"
-    assert edits.document["measurement_id"] == payload["best"][0]["measurement_id"]
-    with pytest.raises(NotFoundError, match="summarize workload"):
-        autotune.load(tiny_model, db=db_url, workload="summarize")
-
-
-def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
-    """Runs last in this module: it makes the stored target look like an older torch."""
-    from autotune.daemon import reverify
-    from autotune.registry import get_optimizations
-    from autotune.target import current_target
-
-    store = Store(db_url)
-    best_id = searched["best"][0]["measurement_id"]
-    with store.session() as s:
-        s.get(m.Measurement, best_id).target.versions_key = "older-torch"
-    results = dict(reverify(store, current_target("cpu"), get_optimizations()))
-    assert best_id in results
-    verdict = results[best_id]
-    assert verdict.startswith(("stale", "still good")) and "tok/s" in verdict
-    with store.session() as s:
-        assert s.get(m.Measurement, best_id).stale == verdict.startswith("stale")
 
 
 def test_ctrl_c_stops_after_the_current_trial_and_resumes(tmp_path, tiny_model):
@@ -376,7 +186,7 @@ def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
     assert "narrow the space" in result.output and len(result.output.strip().splitlines()) == 1
     from autotune.errors import UsageError
     from autotune.registry import get_optimizations
-    from autotune.search import Search
+    from autotune.tuner import Search
     from autotune.spec import build
 
     with pytest.raises(UsageError, match="narrow the space"):  # when the search is set up: before any bar is drawn
@@ -388,7 +198,7 @@ def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
     AOTInductor seed compiles ~65 s cold) keep the policy's cap."""
     from autotune.recipe import recipe_key
     from autotune.registry import get_optimizations
-    from autotune.search import Search
+    from autotune.tuner import Search
     from autotune.spec import build
 
     spec = build(model=tiny_model, timeout=600)
@@ -403,7 +213,7 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
     """Compile time is the recipe's, the target's and the versions' (all in the reuse key), not the
     incumbent's: a candidate whose first call ran past a 2 s cap is not compiled again by another
     study with a cap of at most 2 s; a larger cap measures it again."""
-    from autotune.search import Search
+    from autotune.tuner import Search
     from autotune.spec import build, with_policy
 
     monkeypatch.setenv("CHAOS_SLOW_S", "60")
@@ -420,10 +230,10 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
     assert not first.reused and first.figures.first_call_cap_s == 2.0
     import optuna
 
-    from autotune.search import COMPILE_CAPPED
+    from autotune.study import Attr
 
     told = optuna.load_study(study_name="a", storage=store.url).get_trials()
-    assert [t.user_attrs.get(COMPILE_CAPPED) for t in told] == [True]  # what pauses refinements
+    assert [t.user_attrs.get(Attr.COMPILE_CAPPED) for t in told] == [True]  # what pauses refinements
     again = trial("b", 2.0)
     assert again.reused and again.measurement_id == first.measurement_id
     larger = trial("c", 3.0)
@@ -435,7 +245,7 @@ def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tm
     assert [r.figures.first_call_cap_s for r in records] == [3.0, 4.0], records
     # it compiled sharing the CPU with another trial (two lanes): a search that runs one trial at a
     # time measures it again; one with as many lanes reuses it
-    assert spec.jobs == 2 and records[-1].figures.lanes == 2
+    assert spec.lanes == 2 and records[-1].figures.lanes == 2
     for study, jobs, reused in (("d", 1, False), ("e", 2, True)):
         spec = with_policy(build(study_file=f, study_name=study, jobs=jobs), max_first_call_s=4.0)
         again = Search(spec, store, chaos).run(strict=False).records
@@ -447,7 +257,7 @@ def test_trials_say_what_proposed_them_and_refinements_are_untried(tmp_path, tin
     one option away); each trial's proposed_by says which it was."""
     import optuna
 
-    from autotune.search import TPE_STARTUP
+    from autotune.proposals import TPE_STARTUP
 
     f = study_file(tmp_path, tiny_model, trials=6, **{"cache.implementation": ["dynamic", "static"]})
     result, payload = search(["--study-file", f, "--study", "r"], db_url)

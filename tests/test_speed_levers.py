@@ -19,7 +19,7 @@ from autotune.registry import get_optimizations
 from autotune.sources import resolve_model
 from autotune.spec import MeasurePolicy
 from autotune.target import current_target
-from autotune.workload import KINDS, Workload
+from autotune.workload import Workload
 
 POLICY = MeasurePolicy(**FAST)
 
@@ -103,26 +103,6 @@ def test_threads_equal_to_the_default_or_above_the_cores_are_unavailable():
     unavailable = get_optimizations()["runtime"].unavailable(current_target("cpu"))
     assert f"threads={torch.get_num_threads()}" in unavailable
     assert "threads=128" in unavailable and "cores" in unavailable["threads=128"]
-
-
-def test_workload_kinds():
-    chat, summary = Workload(), Workload(kind="summarize")
-    assert chat.prompt_tokens == KINDS["chat"] and summary.prompt_tokens == KINDS["summarize"]
-    assert chat.key != summary.key and Workload.from_dict(summary.to_dict()) == summary
-    assert "Summary:" in summary.prompts[0] and len(summary.prompts) >= 3
-    assert Workload.from_dict({"kind": "code-edit", "prompt_tokens": 40}).prompt_tokens == 40
-    with pytest.raises(Exception, match="unknown workload kind"):
-        Workload(kind="poetry")
-
-
-def test_document_kinds_keep_the_end_of_the_prompt(tiny_model):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    w = Workload(kind="summarize", prompt_tokens=40)
-    ids = w.input_ids(tok, tok.vocab_size)
-    assert ids.shape == (1, 40)
-    assert tok.decode(ids[0]).endswith(w.prompts[0][-20:])  # the instruction and the answer's start
 
 
 def test_unknown_workload_kind_is_one_line(tiny_model):

@@ -1,6 +1,6 @@
-"""The compiled decode loop (the Transformers guide's, grown to serve an envelope): an eager prefill
-that keeps only the last position's logits, then one compiled step per token over the smallest
-static cache of the ladder that holds the call.
+"""The compiled decode loop (the Transformers guide's, grown to serve an envelope): a prefill that
+keeps only the last position's logits (eager, or compiled once for every prompt length), then one
+compiled step per token over the smallest static cache of the ladder that holds the call.
 
 Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
 change and nothing recompiles in steady state); a left-padded batch runs with its attention mask
@@ -14,6 +14,13 @@ from typing import Any
 
 from .ladder import CacheLadder, cache_kwarg
 from .plan import GenerationPlan
+
+
+def prompt_pass(model, input_ids, position_ids, attention_mask, cache, cache_kw: str):
+    """The prompt's pass for every row: fills the cache, returns the last position's logits."""
+    out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1, **{cache_kw: cache})
+    return out.logits[:, -1]
 
 
 def decode_step(model, token, position_ids, attention_mask, cache, cache_kw: str):
@@ -74,19 +81,21 @@ class DecodeLoop:
 
     name = "compile.target=decode"
 
-    def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None):
+    def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None, compiled_prefill: bool = False):
+        """``compiled_prefill``: the prompt's pass compiled too, once for every prompt length (dynamic
+        shapes); else it runs eager."""
         import torch
 
         self.ladder = ladder
         self.cache_kw = cache_kwarg(model)
         self.compiled = torch.compile(decode_step, **(compile_options or {}))
+        self.prompt_pass = torch.compile(prompt_pass, dynamic=True, **(compile_options or {})) if compiled_prefill \
+            else prompt_pass
 
     # -- the model's two passes (what the ahead-of-time loop replaces) -----------------------------
     def prefill(self, model, rows: Rows):
         """The prompt's pass: fills the cache, returns the last position's logits, ``[batch, vocab]``."""
-        out = model(rows.input_ids, attention_mask=rows.mask, position_ids=rows.positions, use_cache=True,
-                    logits_to_keep=1, **{self.cache_kw: rows.cache})
-        return out.logits[:, -1]
+        return self.prompt_pass(model, rows.input_ids, rows.positions, rows.mask, rows.cache, self.cache_kw)
 
     def step(self, model, token, rows: Rows):
         """One new token per row at ``rows.next_positions``: its logits, ``[batch, vocab]`` (cloned: a
@@ -114,9 +123,6 @@ class DecodeLoop:
             streamer.put(input_ids)
         logits = self.prefill(model, rows)[:real]
         for i in range(max_new_tokens):
-            if i:
-                logits = self.step(model, rows.widen(token), rows)[:real]
-                rows.advance()
             token, scores = plan.pick(sequence, logits)
             if not plan.exact and plan.pad is not None:
                 token = token * unfinished + plan.pad * (1 - unfinished)
@@ -127,6 +133,9 @@ class DecodeLoop:
                 unfinished = unfinished & ~plan.stopped(sequence, scores).to(unfinished.dtype)
                 if int(unfinished.max()) == 0:
                     break
+            if i + 1 < max_new_tokens:  # the next token's logits
+                logits = self.step(model, rows.widen(token), rows)[:real]
+                rows.advance()
         if streamer is not None:
             streamer.end()
         return sequence

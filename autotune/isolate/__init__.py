@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..figures import Status
+from ..states import Status
 from ..trial import Outcome, TrialRequest
 from . import process
 from .gate import Gate, Member

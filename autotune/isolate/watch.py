@@ -1,7 +1,7 @@
 """The parent's side of a trial: read the child's messages (phases, then a result) until it ends or
 its limit passes, keep time it stood stopped off its limits and figures, and classify how it ended.
 
-Classes (:class:`~autotune.figures.Status`): ``ok``; ``pruned`` (abandoned early as hopeless, or its
+Classes (:class:`~autotune.states.Status`): ``ok``; ``pruned`` (abandoned early as hopeless, or its
 compilation ran past the cap); ``oom`` (out-of-memory exception, or killed by the kernel's OOM
 killer); ``crash`` (the child died: segfault, abort, an exit before it reported); ``timeout`` (killed
 at the wall-clock limit, with the phase it was in); ``error`` (an exception, with its message)."""
@@ -11,7 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from ..figures import Figures, Status
+from ..figures import Figures
+from ..states import Status
 from ..trial import Outcome
 from . import process
 from .gate import Gate, Member

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from ..errors import NotFoundError
+from ..states import Status
 from . import tables as t
 
 
@@ -24,9 +25,9 @@ def list_measurements(store, hardware_key: str | None, model: str | None = None,
         if model:
             q = q.where(t.Model.name == model)
         if not include_failed:
-            q = q.where(t.Measurement.status == "ok")
+            q = q.where(t.Measurement.status == Status.OK.value)
         rows = [_loaded(r) for r in s.scalars(q)]
-    return sorted(rows, key=lambda r: (r.status != "ok", -(r.tokens_per_s or 0)))
+    return sorted(rows, key=lambda r: (r.status != Status.OK, -(r.tokens_per_s or 0)))
 
 
 def get_measurement(store, measurement_id: int) -> t.Measurement:
@@ -92,7 +93,7 @@ def previous(store, model_id: int, target_id: int, workload_id: int, recipe_key_
         q = (select(t.Measurement).join(t.Recipe)
              .where(t.Measurement.model_id == model_id, t.Measurement.target_id == target_id,
                     t.Measurement.workload_id == workload_id, t.Recipe.key_hash == recipe_key_hash,
-                    t.Measurement.reuse_key == reuse_key, t.Measurement.status != "invalid")
+                    t.Measurement.reuse_key == reuse_key, t.Measurement.status != Status.INVALID.value)
              .order_by(t.Measurement.id.desc()))
         return [_loaded(r) for r in s.scalars(q)]
 
@@ -131,3 +132,48 @@ def study_budget(store, name: str | None) -> str | None:
         return None
     with store.session() as s:
         return s.scalar(select(t.Study.budget).where(t.Study.name == name))
+
+
+def compile_history(store, limit: int = 5000):
+    """Every measured first call the database holds (newest ``limit``), as
+    :class:`autotune.compile_cost.Past` rows: a compile stopped at a cap counts as at least the cap;
+    a deferred one (never launched) and a rule-pruned one (never compiled) are left out."""
+    from ..compile_cost import Past
+
+    with store.session() as s:
+        q = (select(t.Measurement.id, t.Measurement.model_id, t.Measurement.is_baseline, t.Measurement.figures,
+                    t.Target.hardware_key, t.Target.versions_key, t.Recipe.recipe)
+             .join(t.Target, t.Measurement.target_id == t.Target.id).join(t.Recipe)
+             .where(t.Measurement.status != Status.INVALID.value)
+             .order_by(t.Measurement.id.desc()).limit(limit))
+        rows = s.execute(q).all()
+    sizes: dict[int, float] = {}
+    for r in rows:
+        if r.is_baseline and (r.figures or {}).get("weights_bytes"):
+            sizes.setdefault(r.model_id, float(r.figures["weights_bytes"]))
+    out = []
+    for r in rows:
+        f = r.figures or {}
+        if f.get("phase") == "deferred":
+            continue
+        censored = f.get("first_call_cap_s") is not None
+        seconds = f.get("first_call_cap_s") if censored else f.get("first_call_s")
+        if seconds is None:
+            continue
+        out.append(Past(r.id, r.model_id, r.hardware_key, r.versions_key, r.recipe, float(seconds), censored,
+                        sizes.get(r.model_id)))
+    return out
+
+
+def compile_artifact(store, model_id: int, hardware_key: str, versions_key: str, recipe_key_hash: str) -> str | None:
+    """The newest team-cache artifact a measurement of this recipe and model saved on this hardware
+    class and library versions (any workload: other shapes' graphs only add cache entries)."""
+    with store.session() as s:
+        q = (select(t.Measurement.figures).join(t.Recipe).join(t.Target, t.Measurement.target_id == t.Target.id)
+             .where(t.Measurement.model_id == model_id, t.Target.hardware_key == hardware_key,
+                    t.Target.versions_key == versions_key, t.Recipe.key_hash == recipe_key_hash)
+             .order_by(t.Measurement.id.desc()))
+        for figures in s.scalars(q):
+            if (figures or {}).get("compile_artifact"):
+                return figures["compile_artifact"]
+    return None

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from ..errors import NotFoundError
 from . import tables as t
+from ..states import JobState, WorkerState
 from .tables import utcnow
 
 OPEN = t.Job.OPEN
@@ -45,7 +46,7 @@ def _guard(store):
 def add_job(store, *, model: str, search_spec: dict, hardware: dict, study_name: str | None, trials: int,
             submitted_from: str) -> int:
     with store.session() as s:
-        job = t.Job(model=model, search_spec=search_spec, hardware=hardware, state="queued", study_name="",
+        job = t.Job(model=model, search_spec=search_spec, hardware=hardware, state=JobState.QUEUED.value, study_name="",
                     trials_planned=trials, submitted_from=submitted_from)
         s.add(job)
         s.flush()
@@ -60,8 +61,8 @@ def cancel_job(store, job_id: int) -> str:
             raise NotFoundError(f"no job {job_id} in {store.display_url}")
         if job.state not in OPEN:
             return job.state
-        job.state, job.message = "cancelled", "cancelled by user"
-        return "cancelled"
+        job.state, job.message = JobState.CANCELLED.value, "cancelled by user"
+        return JobState.CANCELLED.value
 
 
 def get_job(store, job_id: int) -> t.Job:
@@ -90,9 +91,9 @@ def claim_job(store, can_run: Callable[[dict], bool], worker_id: int) -> int | N
             q = q.with_for_update(skip_locked=True)
         for job in s.scalars(q):
             if can_run(job.hardware):
-                job.state = "running"
+                job.state = JobState.RUNNING.value
                 worker = s.get(t.Worker, worker_id)
-                worker.job_id, worker.state = job.id, "running"
+                worker.job_id, worker.state = job.id, WorkerState.RUNNING.value
                 return job.id
     return None
 
@@ -101,7 +102,7 @@ def jobs_with_workers(store) -> list[tuple[t.Job, list[t.Worker], t.Measurement 
     with store.session() as s:
         out = []
         for job in s.scalars(select(t.Job).order_by(t.Job.id)):
-            workers = s.scalars(select(t.Worker).where(t.Worker.job_id == job.id, t.Worker.state == "running")).all()
+            workers = s.scalars(select(t.Worker).where(t.Worker.job_id == job.id, t.Worker.state == WorkerState.RUNNING.value)).all()
             best = s.get(t.Measurement, job.best_measurement_id) if job.best_measurement_id else None
             out.append((job, list(workers), best))
         return out
@@ -109,7 +110,7 @@ def jobs_with_workers(store) -> list[tuple[t.Job, list[t.Worker], t.Measurement 
 
 def add_worker(store, *, host: str, pid: int, hardware_key: str) -> int:
     with store.session() as s:
-        w = t.Worker(host=host, pid=pid, hardware_key=hardware_key, state="idle", trials_done=0)
+        w = t.Worker(host=host, pid=pid, hardware_key=hardware_key, state=WorkerState.IDLE.value, trials_done=0)
         s.add(w)
         s.flush()
         return w.id
@@ -127,3 +128,17 @@ def beat_worker(store, worker_id: int, **fields) -> None:
 def count_worker_trial(store, worker_id: int) -> None:
     with store.session() as s:
         s.get(t.Worker, worker_id).trials_done += 1
+
+
+def finish_job(store, job_id: int, outcome: Callable[[], tuple[JobState, int | None, str] | None]) -> str | None:
+    """Under the job's lock: ``outcome()`` says how the job ended — (state, best measurement id,
+    message) — or None while trials still run; the job row records it once. Returns the new state."""
+    with locked_job(store, job_id) as (s, job):
+        if job is None or job.state not in OPEN:
+            return None
+        ended = outcome()
+        if ended is None:
+            return None
+        state, best, message = ended
+        job.state, job.best_measurement_id, job.message = JobState(state).value, best, message
+        return job.state

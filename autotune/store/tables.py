@@ -9,6 +9,8 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Stri
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from ..states import OPEN_JOB_STATES, JobState, Status, WorkerState
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -107,7 +109,7 @@ class Measurement(Base):
     recipe_id: Mapped[int] = mapped_column(ForeignKey("autotune_recipes.id"))
     study: Mapped[str | None] = mapped_column(String(300), index=True)
     is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16))  # autotune.figures.Status values
+    status: Mapped[str] = mapped_column(String(16))  # autotune.states.Status values
     error: Mapped[str | None] = mapped_column(Text)
     #: what else must match for this measurement to stand for a new one: measurement policy, model
     #: content, autotune's and the plugins' versions (the target and workload have their own columns)
@@ -135,7 +137,7 @@ class Measurement(Base):
     def baseline_for(cls, s: Session, model: Model, target: Target, workload: Workload):
         return s.scalar(select(cls).where(cls.model_id == model.id, cls.target_id == target.id,
                                           cls.workload_id == workload.id, cls.is_baseline.is_(True),
-                                          cls.status == "ok").order_by(cls.id.desc()).limit(1))
+                                          cls.status == Status.OK.value).order_by(cls.id.desc()).limit(1))
 
 
 class Study(Base):
@@ -160,8 +162,7 @@ class Study(Base):
 
 
 class Job(Base):
-    """A queued tuning job: a study spec, the hardware it must run on, and its state
-    (queued -> running -> done | failed | cancelled)."""
+    """A queued tuning job: a study spec, the hardware it must run on, and its :class:`JobState`."""
 
     __tablename__ = "autotune_jobs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -169,7 +170,7 @@ class Job(Base):
     search_spec: Mapped[dict] = mapped_column("spec", JSON)  # autotune.spec.SearchSpec.to_dict()
     hardware: Mapped[dict] = mapped_column(JSON)
     study_name: Mapped[str] = mapped_column(String(300))
-    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    state: Mapped[str] = mapped_column(String(16), index=True, default=JobState.QUEUED.value)
     trials_planned: Mapped[int] = mapped_column(Integer)
     submitted_from: Mapped[str] = mapped_column(String(200))
     best_measurement_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_measurements.id"))
@@ -177,7 +178,7 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
-    OPEN = ("queued", "running")
+    OPEN = OPEN_JOB_STATES
 
 
 class Worker(Base):
@@ -189,7 +190,7 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     hardware_key: Mapped[str] = mapped_column(String(32))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("autotune_jobs.id"))
-    state: Mapped[str] = mapped_column(String(16), default="idle")
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.IDLE.value)
     current: Mapped[str | None] = mapped_column(Text)
     trials_done: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,5 +1,5 @@
-"""Tuning jobs: hardware classes, submitting, claiming, reserving trials, listing. The rows and
-their locks live in :mod:`autotune.store.queue`."""
+"""The queue of tuning jobs: hardware classes, submitting, claiming, reserving trials, listing. The
+rows and their locks live in :mod:`autotune.store.queue`; the trials' protocol in :mod:`autotune.study`."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import optuna
 
 from .errors import UsageError
 from .store import queue
+from .study import counted_trials
 
 HARDWARE_HELP = ("this (default: the submitter's hardware), any, cpu, cuda, cuda>=40GiB, or a hardware key "
                  "from `autotune jobs --json`")
@@ -56,20 +57,6 @@ def cancel(store, job_id: int) -> str:
 def claim(store, target, worker_id: int) -> int | None:
     """The oldest open job this hardware can run that still has trials to do, or None."""
     return queue.claim_job(store, lambda hw: hardware_matches(hw, target), worker_id)
-
-
-def counted_trials(study) -> tuple[int, int]:
-    """(trials that count toward the plan, trials running now). A measured trial counts once
-    finished, whatever its outcome (hopeless ones pruned after measuring too); a trial failed because
-    its worker died does not count (its retry does); rule-pruned candidates do not count."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
-    S = optuna.trial.TrialState
-    measured = ("measurement_id" in t.user_attrs and t.user_attrs.get("status") != "invalid" for t in trials)
-    done = sum(1 for t, m in zip(trials, measured)
-               if t.state == S.COMPLETE or (t.state in (S.FAIL, S.PRUNED) and m and t.number not in retried))
-    running = sum(1 for t in trials if t.state == S.RUNNING)
-    return done, running
 
 
 def reserve_trial(store, job_id: int, study, ask):

@@ -1,0 +1,125 @@
+"""How long a candidate's first call (its compilation) will take, predicted before it is paid.
+
+Compile time is a property of what is compiled — the recipe's options, the model's shape, the
+hardware and the library versions — and the tuning database records every trial's ``first_call_s``
+with all of them. :class:`CompileCost` predicts a proposal's from that history: the measurements of
+the most similar recipes, this host class and versions and this model first, then other models of
+this host (scaled by the size of their weights), then other hosts. A recipe pruned at a compile cap
+is a lower bound (it took at least the cap), and a prediction built on one says so.
+
+The search (:mod:`autotune.tuner`) uses it to spend its time: a candidate predicted past its compile
+cap gets a cap that fits, when the search can afford it, or is deferred — recorded as pruned with the
+prediction, never launched blind. :meth:`CompileCost.error` checks the predictor on the database's
+own history, each measurement held back in turn."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Iterable
+
+#: how much a differing option of each plugin moves a recipe away (``compile.target`` must match)
+WEIGHTS = {"compile": 3.0, "quantization": 2.0, "dtype": 2.0, "cache": 1.0, "attention": 1.0,
+           "decoding": 1.0, "runtime": 0.5}
+#: beyond this many weighted differences, a row says nothing about a recipe
+MAX_DISTANCE = 4.0
+#: what a step further from home costs: another model on this host, another host or versions
+TIER_COST = 1.5
+#: the margin a cap that fits leaves above a prediction
+MARGIN = 1.3
+
+
+@dataclass(frozen=True)
+class Past:
+    """One measured first call: what was compiled, where, and how long it took (``censored``: it
+    was stopped at a cap, so it took at least ``seconds``)."""
+
+    id: int
+    model_id: int
+    hardware_key: str
+    versions_key: str
+    recipe: dict
+    seconds: float
+    censored: bool = False
+    weights_bytes: float | None = None  # the model's as the HF default loads it
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    n: int  # measurements it rests on
+    basis: str  # e.g. "2 of this recipe here", "3 similar on this host, other models"
+    at_least: bool = False  # some rest on a compile stopped at a cap
+
+    def text(self) -> str:
+        return f"{'>= ' if self.at_least else ''}{self.seconds:.0f} s ({self.basis})"
+
+
+def flat(recipe: dict) -> dict[str, object]:
+    return {f"{p}.{o}": v for p, opts in recipe.items() if isinstance(opts, dict) for o, v in opts.items()}
+
+
+def distance(a: dict[str, object], b: dict[str, object]) -> float:
+    """Weighted count of the options two flattened recipes differ in; infinite when they compile
+    different things (``compile.target``)."""
+    if a.get("compile.target") != b.get("compile.target"):
+        return float("inf")
+    return sum(WEIGHTS.get(k.split(".")[0], 1.0) for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+class CompileCost:
+    """A predictor over ``history`` for one model (``model_id``, its weights' bytes) on one host
+    class and library versions."""
+
+    def __init__(self, history: Iterable[Past], hardware_key: str, versions_key: str, model_id: int,
+                 weights_bytes: float | None = None):
+        self.history = [(p, flat(p.recipe)) for p in history]
+        self.hardware_key, self.versions_key = hardware_key, versions_key
+        self.model_id, self.weights_bytes = model_id, weights_bytes
+
+    def add(self, p: Past) -> None:
+        self.history.append((p, flat(p.recipe)))
+
+    def _tier(self, p: Past) -> int:
+        here = p.hardware_key == self.hardware_key and p.versions_key == self.versions_key
+        return (0 if p.model_id == self.model_id else 1) if here else 2
+
+    def _scaled(self, p: Past) -> float | None:
+        if p.model_id == self.model_id:
+            return p.seconds
+        if not (self.weights_bytes and p.weights_bytes):
+            return None  # another model of unknown size says nothing
+        return p.seconds * self.weights_bytes / p.weights_bytes
+
+    def predict(self, recipe: dict, exclude: int | None = None) -> Prediction | None:
+        """The first call's predicted seconds, from the nearest rows of the nearest tier (``exclude``:
+        a measurement id held back); None when nothing in the history is near enough."""
+        mine = flat(recipe)
+        scored = []
+        for p, theirs in self.history:
+            if p.id == exclude:
+                continue
+            d = distance(mine, theirs)
+            seconds = self._scaled(p)
+            if d <= MAX_DISTANCE and seconds is not None:
+                scored.append((d + TIER_COST * self._tier(p), d, self._tier(p), seconds, p.censored))
+        if not scored:
+            return None
+        best = min(s[0] for s in scored)
+        near = [s for s in scored if s[0] == best]
+        d, tier = near[0][1], near[0][2]
+        where = ("here", "on this host, other models", "on other hosts or versions")[tier]
+        what = "of this recipe" if d == 0 else "similar"
+        return Prediction(statistics.median(s[3] for s in near), len(near), f"{len(near)} {what} {where}",
+                          at_least=any(s[4] for s in near))
+
+    def error(self) -> tuple[float | None, int]:
+        """Median absolute relative error of :meth:`predict` on this model's uncensored history, each
+        measurement held back in turn, and how many could be predicted."""
+        errors = []
+        for p, _ in self.history:
+            if p.censored or p.model_id != self.model_id or p.hardware_key != self.hardware_key or p.seconds <= 0:
+                continue
+            guess = self.predict(p.recipe, exclude=p.id)
+            if guess is not None:
+                errors.append(abs(guess.seconds - p.seconds) / p.seconds)
+        return (statistics.median(errors) if errors else None), len(errors)

@@ -1,0 +1,107 @@
+"""The compile-time predictor (autotune.compile_cost) and how the search spends its time on it: a
+candidate predicted past its cap gets a cap that fits or is deferred, never launched blind."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import FAST
+
+from autotune.compile_cost import CompileCost, Past, distance, flat
+from autotune.recipe import recipe_key
+from autotune.states import Status
+from autotune.store import Store, queries, writes
+
+
+
+def recipe(target="forward", mode="default", dtype="bfloat16"):
+    return {"compile": {"target": target, "mode": mode}, "dtype": {"dtype": dtype}}
+
+
+def test_nearest_rows_of_the_nearest_tier():
+    history = [Past(1, 1, "h", "v", recipe(), 40.0), Past(2, 1, "h", "v", recipe(), 44.0),
+               Past(3, 1, "h", "v", recipe(dtype="float32"), 30.0),
+               Past(4, 2, "h", "v", recipe(mode="max-autotune"), 100.0, weights_bytes=2e9),
+               Past(5, 1, "other", "v", recipe(mode="max-autotune"), 500.0)]
+    cost = CompileCost(history, "h", "v", model_id=1, weights_bytes=1e9)
+    exact = cost.predict(recipe())
+    assert exact.seconds == 42.0 and exact.n == 2 and "of this recipe here" in exact.basis
+    # nothing of this mode on this model here: the other model's, scaled by size, beats another host's
+    other = cost.predict(recipe(mode="max-autotune"))
+    assert other.seconds == 50.0 and "other models" in other.basis
+    assert cost.predict(recipe(target="aoti")) is None  # another compile target says nothing
+    assert distance(flat(recipe()), flat(recipe(target="off"))) == float("inf")
+
+
+def test_a_compile_stopped_at_the_cap_is_a_lower_bound():
+    cost = CompileCost([Past(1, 1, "h", "v", recipe(), 60.0, censored=True)], "h", "v", 1)
+    guess = cost.predict(recipe())
+    assert guess.at_least and guess.seconds == 60.0 and guess.text().startswith(">= 60 s")
+
+
+def test_error_holds_each_measurement_back():
+    history = [Past(1, 1, "h", "v", recipe(), 40.0), Past(2, 1, "h", "v", recipe(), 60.0),
+               Past(3, 1, "h", "v", recipe(), 50.0, censored=True)]
+    error, n = CompileCost(history, "h", "v", 1).error()
+    assert n == 2  # the censored row is predicted from, never scored
+    # 40 held back: predicted from 60 and >=50 -> 55 (37.5% off); 60: from 40 and 50 -> 45 (25% off)
+    assert error == pytest.approx((0.375 + 0.25) / 2)
+
+
+@pytest.fixture
+def tiny_search(tiny_model, tmp_path):
+    from dataclasses import replace
+
+    from autotune.budget import parse_budget, parse_objectives
+    from autotune.registry import get_optimizations
+    from autotune.sources import resolve_model
+    from autotune.spec import MeasurePolicy, SearchSpec
+    from autotune.target import current_target
+    from autotune.tuner import Search
+    from autotune.workload import Workload
+
+    policy = replace(MeasurePolicy(**FAST), max_first_call_s=60.0)
+    spec = SearchSpec(resolve_model(tiny_model), Workload(prompt_tokens=8, new_tokens=6, max_context=64),
+                      current_target("cpu"), parse_budget(""), parse_objectives("tpot", False), policy=policy,
+                      restrict={"compile.target": ["forward"], "runtime.threads": ["auto"]})
+    return Search(spec, Store(f"sqlite:///{tmp_path / 'tune.db'}"), get_optimizations())
+
+
+def test_a_candidate_predicted_past_its_cap_is_deferred_and_remembered(tiny_search):
+    """The history says this recipe's first call took 500 s: under a 60 s policy cap it is recorded
+    as pruned (deferred) with the prediction, without a trial process; a later ask reuses that."""
+    search = tiny_search
+    search.baseline()
+    candidate = next(r for r in search.seeds[1:] if r["compile"]["target"] == "forward")
+    past = writes.record_measurement(
+        search.store, search.ids, recipe_key=recipe_key(candidate),
+        recipe=candidate, study="earlier", is_baseline=False, status=Status.OK.value, error=None,
+        figures={"first_call_s": 500.0, "tpot_ms_p50": 1.0}, reuse_key="another policy", trial_limit_s=None)
+    assert any(p.id == past.id for p in queries.compile_history(search.store))
+    search.compile_cost.add(next(p for p in queries.compile_history(search.store) if p.id == past.id))
+    started = time.monotonic()
+    record = search.measure_or_reuse(candidate)
+    assert time.monotonic() - started < 5, "a deferred candidate is never launched"
+    assert record.status == Status.PRUNED and record.figures.phase == "deferred"
+    assert record.figures.predicted_first_call_s == 500.0
+    assert "predicted at 500 s" in record.error and "60 s cap" in record.error
+    again = search.measure_or_reuse(candidate)
+    assert again.measurement_id == record.measurement_id  # not proposed again under the same cap
+    # the deferred row is not history: it measured nothing
+    assert all(p.id != record.measurement_id for p in queries.compile_history(search.store))
+
+
+def test_a_cap_that_fits(tiny_search):
+    """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
+    and the time left affords it; deferred when it does not."""
+    from autotune.compile_cost import Prediction
+
+    search = tiny_search
+    guess = Prediction(40.0, 1, "1 of this recipe here")
+    assert search.cap_for(guess, 30.0) == (pytest.approx(52.0), False)
+    assert search.cap_for(Prediction(20.0, 1, "x"), 30.0) == (30.0, False)
+    assert search.cap_for(None, 30.0) == (30.0, False)
+    search.deadline = time.monotonic() + 120  # a quarter of what is left is under 52 s
+    assert search.cap_for(guess, 30.0) == (30.0, True)
+    search.deadline = None
+    assert search.cap_for(Prediction(50.0, 1, "x"), 30.0) == (30.0, True)  # 65 s is past the policy's 60 s

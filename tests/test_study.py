@@ -1,0 +1,85 @@
+"""The protocol between Optuna trials and stored measurements (autotune.study), on a real SQLite
+storage: what counts toward a plan, orphans of a killed search queued again, trials cut off by an
+outage settled once."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from autotune import study as protocol
+from autotune.figures import Figures
+from autotune.states import Status
+from autotune.study import Attr
+
+S = optuna.trial.TrialState
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+
+
+@pytest.fixture
+def study(storage):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name="s", storage=storage)
+
+
+def measured(study, status: Status, state, value=None):
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])})
+    protocol.record(trial, 100 + trial.number, "x", status, None if status == Status.OK else "why")
+    if state == S.COMPLETE:
+        study.tell(trial, value if value is not None else 1.0)
+    elif state is not None:
+        study.tell(trial, state=state)
+    return trial
+
+
+def test_what_counts_toward_the_plan(study, storage):
+    measured(study, Status.OK, S.COMPLETE)
+    measured(study, Status.PRUNED, S.PRUNED)  # measured, then pruned as hopeless: counts
+    measured(study, Status.INVALID, S.PRUNED)  # a rule pruned it before launch: free
+    measured(study, Status.CRASH, S.FAIL)  # measured, crashed: counts
+    died = study.ask()  # its worker died: failed without a measurement, then queued again
+    study.tell(died, state=S.FAIL)
+    protocol.retry(study, storage, protocol.trial_id(storage, study, died.number))
+    study.ask()  # the retry, now running
+    assert protocol.counted_trials(study) == (3, 1)
+    assert set(protocol.measurement_ids(study)) == {100, 101, 102, 103}
+
+
+def test_tell_puts_the_budget_in_the_constraints(study):
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2])})
+    protocol.tell(study, trial, Status.OK, Figures(tpot_ms_p50=12.0), {"tpot_p50<=10.0 ms": 0.2},
+                  [("tpot_ms_p50", "minimize")])
+    done = study.trials[0]
+    assert done.state == S.COMPLETE and done.value == 12.0 and list(done.constraints.values()) == [0.2]
+    capped = study.ask()
+    protocol.tell(study, capped, Status.PRUNED, Figures(first_call_cap_s=60.0), {}, [("tpot_ms_p50", "minimize")])
+    assert study.trials[1].state == S.PRUNED and study.trials[1].user_attrs[Attr.COMPILE_CAPPED] is True
+
+
+def test_orphans_of_a_dead_process_of_this_host_are_queued_again(study, storage):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    for worker in (f"{host}:{dead.pid}", protocol.worker_id(), "elsewhere:1"):
+        trial = study.ask()
+        trial.set_user_attr(Attr.WORKER, worker)
+    retried = protocol.retry_orphans(study, storage)
+    assert retried == [0]  # not this live process's, not another host's (left to its heartbeat)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states[:3] == [S.FAIL, S.RUNNING, S.RUNNING] and states[3] == S.WAITING
+
+
+def test_a_trial_cut_off_by_an_outage_is_settled_once(study, storage):
+    trial = study.ask()
+    tid = protocol.trial_id(storage, study, trial.number)
+    assert protocol.settle(study, storage, tid) is True  # left running: failed and queued again
+    assert protocol.settle(study, storage, tid) is False  # already queued again: not twice
+    assert sum(1 for t in study.get_trials(deepcopy=False) if t.state == S.WAITING) == 1
