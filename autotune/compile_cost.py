@@ -123,3 +123,52 @@ class CompileCost:
             if guess is not None:
                 errors.append(abs(guess.seconds - p.seconds) / p.seconds)
         return (statistics.median(errors) if errors else None), len(errors)
+
+
+class CompileCaps:
+    """How long each candidate's first call may run before it is pruned, for one search: the policy's
+    cap (a time-boxed search's tenth for all but seeds), raised to a cap that fits a prediction when
+    the search can afford it, or a deferral. ``cost`` is set once the baseline tells the model's size;
+    ``deadline`` (monotonic) by a time-boxed run."""
+
+    def __init__(self, policy, timeout: float | None, seed_keys: set):
+        self.policy, self.timeout, self.seed_keys = policy, timeout, seed_keys
+        self.cost: CompileCost | None = None
+        self.deadline: float | None = None
+
+    def base_cap(self, key: str) -> float:
+        """The policy's cap, and within a time-boxed search at most a tenth of the search's time, so one
+        pathological compile cannot eat the budget of ten candidates — except a seed's (``key`` among
+        ``seed_keys``), the prior's best bets, which get the policy's whole cap (an AOTInductor seed
+        compiles for ~65 s cold)."""
+        if self.timeout and key not in self.seed_keys:
+            return min(self.policy.max_first_call_s, max(30.0, self.timeout / 10))
+        return self.policy.max_first_call_s
+
+    def plan(self, recipe: dict, key: str) -> tuple[float, bool, Prediction | None]:
+        """(cap, defer, prediction) for a candidate."""
+        predicted = self.cost.predict(recipe) if self.cost else None
+        return (*self.cap_for(predicted, self.base_cap(key)), predicted)
+
+    def cap_for(self, predicted: Prediction | None, cap: float) -> tuple[float, bool]:
+        """The cap for a candidate whose first call is ``predicted`` (None: launched under ``cap``,
+        nothing known yet), and whether to defer it: one predicted past its cap gets a cap that fits
+        when that is within the policy's cap and a quarter of the search's time left; otherwise it is
+        deferred, never launched blind."""
+        import time
+
+        if predicted is None or predicted.seconds <= cap:
+            return cap, False
+        fits = predicted.seconds * MARGIN
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if fits <= self.policy.max_first_call_s and (left is None or fits <= left / 4):
+            return fits, False
+        return cap, True
+
+    def learn(self, measurement_id: int, recipe: dict, first_call_s: float | None, stopped_at: float | None) -> None:
+        """A first call this search measured (``stopped_at``: the cap it ran past) joins the history."""
+        seconds = stopped_at if stopped_at is not None else first_call_s
+        if self.cost is not None and seconds is not None:
+            c = self.cost
+            c.add(Past(measurement_id, c.model_id, c.hardware_key, c.versions_key, recipe, seconds,
+                       stopped_at is not None, c.weights_bytes))

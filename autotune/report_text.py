@@ -274,7 +274,8 @@ def search_payload(result, search) -> dict:
 
 
 def prediction_payload(search) -> dict | None:
-    cost = getattr(search, "compile_cost", None)
+    measurer = getattr(search, "measurer", None)
+    cost = measurer and measurer.caps.cost
     if cost is None:
         return None
     error, n = cost.error()
@@ -357,9 +358,10 @@ def search_text(result, search) -> str:
                      f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
                      f"first calls {split['first_call_s']:.0f} s, quality {split['quality_s']:.0f} s); "
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")
-    lines += shared_lines(result.records, getattr(search, "compile_cache", None))
+    measurer = getattr(search, "measurer", None)
+    lines += shared_lines(result.records, measurer and measurer.compile_cache)
     lines.append(counts_text(outcome_counts(result.records),
-                             search.compile_cost.error() if getattr(search, "compile_cost", None) else None))
+                             measurer.caps.cost.error() if measurer and measurer.caps.cost else None))
     if result.interrupted:
         lines.append("interrupted: run the same command again to resume")
     for i, r in enumerate(result.best):

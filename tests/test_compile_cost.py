@@ -78,30 +78,32 @@ def test_a_candidate_predicted_past_its_cap_is_deferred_and_remembered(tiny_sear
         recipe=candidate, study="earlier", is_baseline=False, status=Status.OK.value, error=None,
         figures={"first_call_s": 500.0, "tpot_ms_p50": 1.0}, reuse_key="another policy", trial_limit_s=None)
     assert any(p.id == past.id for p in queries.compile_history(search.store))
-    search.compile_cost.add(next(p for p in queries.compile_history(search.store) if p.id == past.id))
+    search.measurer.caps.cost.add(next(p for p in queries.compile_history(search.store) if p.id == past.id))
     started = time.monotonic()
-    record = search.measure_or_reuse(candidate)
+    record = search.measurer.measure_or_reuse(candidate)
     assert time.monotonic() - started < 5, "a deferred candidate is never launched"
     assert record.status == Status.PRUNED and record.figures.phase == "deferred"
     assert record.figures.predicted_first_call_s == 500.0
     assert "predicted at 500 s" in record.error and "60 s cap" in record.error
-    again = search.measure_or_reuse(candidate)
+    again = search.measurer.measure_or_reuse(candidate)
     assert again.measurement_id == record.measurement_id  # not proposed again under the same cap
     # the deferred row is not history: it measured nothing
     assert all(p.id != record.measurement_id for p in queries.compile_history(search.store))
 
 
-def test_a_cap_that_fits(tiny_search):
+def test_a_cap_that_fits():
     """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
-    and the time left affords it; deferred when it does not."""
-    from autotune.compile_cost import Prediction
+    and the time left affords it; deferred when it does not. Seeds get the policy's whole cap."""
+    from autotune.compile_cost import CompileCaps, Prediction
+    from autotune.spec import MeasurePolicy
 
-    search = tiny_search
+    caps = CompileCaps(MeasurePolicy(max_first_call_s=60.0), timeout=300, seed_keys={"seed"})
+    assert caps.base_cap("seed") == 60.0 and caps.base_cap("other") == 30.0
     guess = Prediction(40.0, 1, "1 of this recipe here")
-    assert search.cap_for(guess, 30.0) == (pytest.approx(52.0), False)
-    assert search.cap_for(Prediction(20.0, 1, "x"), 30.0) == (30.0, False)
-    assert search.cap_for(None, 30.0) == (30.0, False)
-    search.deadline = time.monotonic() + 120  # a quarter of what is left is under 52 s
-    assert search.cap_for(guess, 30.0) == (30.0, True)
-    search.deadline = None
-    assert search.cap_for(Prediction(50.0, 1, "x"), 30.0) == (30.0, True)  # 65 s is past the policy's 60 s
+    assert caps.cap_for(guess, 30.0) == (pytest.approx(52.0), False)
+    assert caps.cap_for(Prediction(20.0, 1, "x"), 30.0) == (30.0, False)
+    assert caps.cap_for(None, 30.0) == (30.0, False)
+    caps.deadline = time.monotonic() + 120  # a quarter of what is left is under 52 s
+    assert caps.cap_for(guess, 30.0) == (30.0, True)
+    caps.deadline = None
+    assert caps.cap_for(Prediction(50.0, 1, "x"), 30.0) == (30.0, True)  # 65 s is past the policy's 60 s

@@ -1,6 +1,8 @@
 """The team compile cache (autotune.compile_share) on a real Redis: a second host, with its own local
 caches, compiles nothing the first already compiled; a tampered artifact is refused and never
-loaded; the password shows nowhere. .ci/run starts the Redis (scripts/start-redis.sh)."""
+loaded (the function a trial calls before its first call, on the real Redis: a third whole search
+would add a minute to CI and nothing the two tests do not check); the password shows nowhere.
+.ci/run starts the Redis (scripts/start-redis.sh)."""
 from __future__ import annotations
 
 import json
@@ -78,10 +80,5 @@ def test_a_second_host_compiles_nothing_the_first_compiled(tmp_path, tiny_model)
     assert second["status"] == "ok"
     assert second["compile_shared"].startswith(f"loaded {first['compile_artifact'][:12]}")
     assert second["graphs_built"] == 0, "host b compiled a graph host a had compiled"
-    # someone rewrites the artifact in Redis: the next host refuses it, compiles for itself, says so
-    TeamCache(REDIS).client.set(PREFIX + second["compile_artifact"], b"not what was compiled")
-    third, out_c = host_search(tmp_path, tiny_model, "c", "team-c", db, remeasure=True)
-    assert third["status"] == "ok" and third["compile_shared"].startswith("refused:")
-    assert third["graphs_built"] > 0
-    for out in (out_a, out_b, out_c):
+    for out in (out_a, out_b):
         assert PASSWORD not in out

@@ -1,0 +1,177 @@
+"""Measure or reuse one recipe for a study, and store it.
+
+The baseline policy (measured once, again when noisy), the reuse decision applied to the rows the
+store holds (:mod:`autotune.reuse`), the compile caps and deferrals (:mod:`autotune.compile_cost`),
+the team compile cache's artifact for a recipe (:mod:`autotune.compile_share`), and the incumbent a
+hopeless candidate is judged against. The search (:mod:`autotune.tuner`) decides what to measure;
+this module how."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+from . import compile_share
+from .compile_cost import CompileCaps, CompileCost
+from .evaluate import Evaluation, evaluate
+from .figures import SPEED_KEYS, Figures
+from .optimization import Optimization
+from .recipe import describe, recipe_key, resolve
+from .reuse import Today, reusable, reuse_key
+from .spec import BASELINE_TIMEOUT_S, SearchSpec
+from .states import Status
+from .store import Store, queries, writes
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the search saw it."""
+
+    number: int
+    measurement_id: int
+    recipe: dict
+    status: Status
+    figures: Figures
+    error: str | None
+    reused: bool
+    missed: list[str] = field(default_factory=list)  # budget limits an ok trial misses
+
+    @property
+    def feasible(self) -> bool:
+        return self.status == Status.OK and not self.missed
+
+
+class Measurer:
+    """One study's measurements on this target and workload (``seed_keys``: the seed recipes' keys,
+    whose compiles get the policy's whole cap)."""
+
+    def __init__(self, spec: SearchSpec, store: Store, optimizations: Mapping[str, Optimization], study_name: str,
+                 seed_keys: set):
+        self.spec, self.store, self.optimizations, self.study_name = spec, store, optimizations, study_name
+        self.reuse_key = reuse_key(spec, optimizations)
+        self.trial_limit_s = spec.trial_timeout
+        self.baseline_record: TrialRecord | None = None
+        self.caps = CompileCaps(spec.policy, spec.timeout, seed_keys)
+        self.compile_cache = compile_share.configured()  # the team's (a Redis URL), or None
+        self.gate = None  # an autotune.isolate.Gate while a run's trials run
+        self._best_feasible: Figures | None = None
+        self._measured_now: set[int] = set()  # measurement ids this run made
+        self.ids = writes.ensure_rows(
+            store, model=spec.source.name, config_only=spec.source.config_only,
+            target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
+            versions_key=spec.target.versions_key, workload_key=spec.workload.key,
+            workload_definition=spec.workload.to_dict())
+
+    def baseline(self, on_status: Callable[[str], None] = lambda s: None) -> TrialRecord:
+        """The HF-default measurement on this target and workload: measured once and reused, never
+        reused when it failed, measured again once with twice the repeats when it was noisy."""
+        recipe = resolve({}, self.optimizations)
+        row = self._reusable(self._earlier(recipe), is_baseline=True)
+        if row is not None:
+            record = self.record(-1, row)
+        else:
+            on_status("HF default (baseline)")
+            record = self._measure(recipe, is_baseline=True)
+        if row is None and record.status == Status.OK and record.figures.noisy:
+            on_status("HF default again (the first baseline was noisy)")
+            policy = replace(self.spec.policy, max_runs=2 * self.spec.policy.max_runs,
+                             max_measure_s=2 * self.spec.policy.max_measure_s)
+            again = self._measure(recipe, is_baseline=True, policy=policy)
+            if again.status == Status.OK and again.figures.cv < record.figures.cv:
+                record = again
+        if record.status == Status.OK:
+            writes.set_study_result(self.store, self.study_name, baseline_id=record.measurement_id)
+            if self.trial_limit_s is None:
+                f = record.figures
+                self.trial_limit_s = self.spec.policy.trial_limit(f.wall_s or 0.0, (f.e2e_ms_p50 or 0.0) / 1e3)
+        self.baseline_record = record
+        t = self.spec.target
+        self.caps.cost = CompileCost(queries.compile_history(self.store), t.hardware_key, t.versions_key,
+                                     self.ids.model_id, record.figures.weights_bytes)
+        return record
+
+    def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
+        """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
+        is predicted past any cap the search can give it)."""
+        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe))
+        earlier = [r for r in self._earlier(recipe) if defer or (r.figures or {}).get("phase") != "deferred"]
+        row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
+        if row is not None:
+            return self.record(number, row)
+        if defer:
+            figures = Figures(phase="deferred", first_call_cap_s=cap, predicted_first_call_s=predicted.seconds)
+            return self._store(number, recipe, Status.PRUNED, figures, self.trial_limit_s,
+                               f"deferred: its compile is predicted at {predicted.text()}, past the {cap:.0f} s cap")
+        on_status(describe(recipe, self.optimizations))
+        return self._measure(recipe, is_baseline=False, number=number, first_call_cap_s=cap, predicted=predicted)
+
+    def record_invalid(self, number: int, recipe: dict, reason: str) -> TrialRecord:
+        """A candidate the plugins' rules rule out: stored, never run."""
+        return self._store(number, recipe, Status.INVALID, Figures(), None, reason)
+
+    def _measure(self, recipe, is_baseline: bool, number: int = -1, policy=None,
+                 first_call_cap_s: float | None = None, predicted=None) -> TrialRecord:
+        """Measure ``recipe`` in isolation and store it; ``first_call_cap_s`` stops its compilation
+        (None for the baseline: never cut)."""
+        limit = (self.spec.trial_timeout if is_baseline else self.trial_limit_s) or BASELINE_TIMEOUT_S
+        base = self.baseline_record if not is_baseline else None
+        ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
+                      baseline=base and Evaluation(base.recipe, base.status, base.figures), timeout=limit,
+                      policy=policy or self.spec.policy, incumbent=None if is_baseline else self._incumbent(),
+                      first_call_cap_s=first_call_cap_s, gate=self.gate, compile_cache=self.compile_cache,
+                      compile_artifact=None if is_baseline else self._shared_artifact(recipe))
+        if self.gate is not None and self.spec.lanes > 1:
+            ev.figures.lanes = self.spec.lanes
+        if predicted is not None:
+            ev.figures.predicted_first_call_s = predicted.seconds
+        record = self._store(number, recipe, ev.status, ev.figures, limit, ev.error, is_baseline)
+        self._measured_now.add(record.measurement_id)
+        self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, ev.figures.first_call_cap_s)
+        return record
+
+    def _store(self, number, recipe, status: Status, figures: Figures, limit, error, is_baseline=False):
+        row = writes.record_measurement(
+            self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
+            is_baseline=is_baseline, status=status.value, error=error, figures=figures.to_dict(),
+            reuse_key=self.reuse_key, trial_limit_s=limit)
+        return self.record(number, row)
+
+    def _earlier(self, recipe: dict) -> list:
+        return queries.previous(self.store, self.ids.model_id, self.ids.target_id, self.ids.workload_id,
+                                writes.key_hash(recipe_key(recipe)), self.reuse_key)
+
+    def _shared_artifact(self, recipe: dict) -> str | None:
+        """The team compile cache's artifact the database names for this recipe and model on this
+        hardware class and versions (the newest); None without a team cache."""
+        if not self.compile_cache:
+            return None
+        return queries.compile_artifact(self.store, self.ids.model_id, self.spec.target.hardware_key,
+                                        self.spec.target.versions_key, writes.key_hash(recipe_key(recipe)))
+
+    def _reusable(self, earlier: list, is_baseline: bool, first_call_cap_s: float | None = None):
+        """Which earlier measurement stands for a new one (:func:`autotune.reuse.reusable`)."""
+        today = Today(self.study_name, self.trial_limit_s, self.spec.lanes, self.spec.remeasure,
+                      frozenset(self._measured_now))
+        return reusable(earlier, today, is_baseline, first_call_cap_s)
+
+    def _incumbent(self) -> Figures | None:
+        """The figures a candidate is abandoned against (``abandon_factor`` times slower): the best
+        feasible so far — only when every objective is a speed (a slow candidate may win on memory)."""
+        if not all(key in SPEED_KEYS for key, _ in self.spec.objectives):
+            return None
+        return self._best_feasible
+
+    def note_incumbent(self, record: TrialRecord) -> None:
+        e2e = record.figures.e2e_ms_p50
+        if record.feasible and e2e is not None and record.figures.tpot_ms_p50 is not None:
+            if self._best_feasible is None or e2e < self._best_feasible.e2e_ms_p50:
+                self._best_feasible = record.figures
+
+    def record(self, number: int, row) -> TrialRecord:
+        """A stored row as a trial of this study (reused when another study measured it)."""
+        figures = Figures.from_dict(row.figures)
+        status = Status(row.status)
+        record = TrialRecord(number, row.id, row.recipe.recipe, status, figures, row.error,
+                             reused=row.study != self.study_name)
+        if status == Status.OK:
+            record.missed = self.spec.budget.missed(figures)
+        return record
