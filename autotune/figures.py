@@ -39,7 +39,8 @@ class Figures:
     mbu: float | None = None
     # where the trial's time went (seconds)
     load_s: float | None = None
-    first_call_s: float | None = None  # the first warm-up call: pays compilation
+    first_call_s: float | None = None  # the typical call and every program once: pays compilation
+    envelope_pass_s: float | None = None  # then every other shape once (and the widest batch)
     compile_s: float | None = None  # the first and second calls of every shape beyond two steady-state ones
     #: compilations (dynamo graphs, ahead-of-time programs) during the measured calls: 0 in a recipe that
     #: serves its envelope without compiling in steady state

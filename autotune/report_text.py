@@ -288,7 +288,8 @@ def time_split(records, search_wall_s: float | None = None) -> dict:
     search's own wall time when it is given (``search_wall_s``), else of the trials' summed."""
     measured = [r.figures for r in records if not r.reused and r.figures.wall_s]
     parts = {k: sum(f.get(k, 0.0) for f in measured)
-             for k in ("load_s", "first_call_s", "warmup_s", "measure_s", "quality_s", "wall_s", "paused_s")}
+             for k in ("load_s", "first_call_s", "envelope_pass_s", "warmup_s", "measure_s", "quality_s", "wall_s",
+                       "paused_s")}
     wall = search_wall_s or parts["wall_s"]
     return {"trials_measured": len(measured), **parts, "search_wall_s": search_wall_s,
             "measured_share": parts["measure_s"] / wall if wall else None}
@@ -356,7 +357,8 @@ def search_text(result, search) -> str:
         lines.append(f"time: {split['trials_measured']} measured trials in "
                      f"{split['search_wall_s'] or split['wall_s']:.0f} s{side}; "
                      f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
-                     f"first calls {split['first_call_s']:.0f} s, quality {split['quality_s']:.0f} s); "
+                     f"first calls {split['first_call_s']:.0f} s, envelope passes {split['envelope_pass_s']:.0f} s, "
+                     f"quality {split['quality_s']:.0f} s); "
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")
     measurer = getattr(search, "measurer", None)
     lines += shared_lines(result.records, measurer and measurer.compile_cache)

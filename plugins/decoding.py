@@ -73,9 +73,11 @@ class Decoding(Optimization):
     def generate_kwargs(self, opts, ctx):
         if opts["method"] == "greedy":
             return {}
-        if ctx.batch_size != 1:
+        rows = max(ctx.batch_size, ctx.max_batch)
+        if rows != 1:
             raise RecipeError(f"decoding.method={opts['method']} runs one sequence at a time (transformers' assisted "
-                              f"decoding): the workload has batch size {ctx.batch_size}")
+                              f"decoding): the workload's calls have up to {rows} rows (batch size {ctx.batch_size}, "
+                              f"max_batch {ctx.max_batch})")
         if opts["method"] == "assisted":
             return {}  # the draft is passed by wrap_generate, once it is loaded
         return {"prompt_lookup_num_tokens": opts["num_tokens"], "max_matching_ngram_size": opts["max_ngram"]}

@@ -203,10 +203,11 @@ def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
 
     spec = build(model=tiny_model, timeout=600)
     run = Search(spec, Store(db_url), get_optimizations())
-    assert run.first_call_cap_s(spec.policy) == 60
-    assert run.first_call_cap_s(spec.policy, seed=True) == spec.policy.max_first_call_s == 120
+    caps = run.measurer.caps
     aoti = [r for r in run.seeds if r["compile"].get("target") == "aoti"]
-    assert aoti and recipe_key(aoti[0]) in run._seed_keys
+    assert aoti and recipe_key(aoti[0]) in caps.seed_keys
+    assert caps.base_cap("not a seed") == 60
+    assert caps.base_cap(recipe_key(aoti[0])) == spec.policy.max_first_call_s == 120
 
 
 def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tmp_path, tiny_model, monkeypatch):

@@ -56,6 +56,7 @@ class Watch:
                 if overlap > 0:
                     stopped_in[phase] = stopped_in.get(phase, 0.0) + overlap
         for key, phase in (("load_s", "load"), ("first_call_s", "first call"), ("compile_s", "first call"),
+                           ("compile_s", "envelope pass"), ("envelope_pass_s", "envelope pass"),
                            ("quality_s", "quality")):
             value = getattr(figures, key)
             if value is not None and stopped_in.get(phase):
