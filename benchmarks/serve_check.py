@@ -44,14 +44,18 @@ def main() -> int:
 
     hf = AutoModelForCausalLM.from_pretrained(resolve_model(tuned.document["model"]).path, dtype="auto").eval()
     long_ids = tok(PROMPT, return_tensors="pt")["input_ids"][:, :250]
-    short = "What is the capital of France?"
+
+    def chat(text: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    short = chat("What is the capital of France?")
     envelope = tuned.workload
     print(f"# {target.describe()}; recipe {args.recipe}: {envelope.describe()}; warm-up {warm_s:.1f} s", flush=True)
 
     calls = {
         "250-token prompt, 32 new": dict(ids=long_ids, new=32),
         "short prompt, 200 new": dict(ids=tok(short, return_tensors="pt")["input_ids"], new=200),
-        "padded batch of 2": dict(texts=[short, "Tell me, in a few words, about the sea at night."], new=32),
+        "padded batch of 2": dict(texts=[short, chat("Tell me, in a few words, about the sea at night.")], new=32),
     }
     rows = []
     for name, call in calls.items():
@@ -64,7 +68,9 @@ def main() -> int:
                 ids, mask = enc["input_ids"], enc["attention_mask"]
             else:
                 ids, mask = call["ids"], torch.ones_like(call["ids"])
-            out, secs = timed(lambda: tuned.generate_ids(ids, mask, max_new_tokens=call["new"]))
+            # every call generates exactly its new tokens (EOS may not end it early), as the benchmark times it
+            out, secs = timed(lambda: tuned.generate_ids(ids, mask, max_new_tokens=call["new"],
+                                                         min_new_tokens=call["new"]))
             with torch.inference_mode():
                 ref, ref_secs = timed(lambda: hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=call["new"],
                                                           min_new_tokens=call["new"], do_sample=False))
@@ -81,12 +87,12 @@ def main() -> int:
     samples = set()
     for seed in range(4):
         torch.manual_seed(seed)
-        samples.add(tuned.generate(short, max_new_tokens=24, do_sample=True, temperature=1.0, top_p=0.95))
+        samples.add(tuned.generate(chat("Write one sentence about the sea."), max_new_tokens=24, do_sample=True,
+                                   temperature=1.0, top_p=0.95))
     rows.append({"call": "do_sample=True, temperature=1.0, top_p=0.95, 4 seeds", "status": "ok",
                  "distinct_outputs": len(samples)})
     print(json.dumps(rows[-1]), flush=True)
-    answer = tuned.generate(tok.apply_chat_template([{"role": "user", "content": short}], tokenize=False,
-                                                    add_generation_prompt=True), max_new_tokens=12, do_sample=False)
+    answer = tuned.generate(short, max_new_tokens=12, do_sample=False)
     rows.append({"call": "chat: What is the capital of France?", "status": "ok", "answer": answer.strip()})
     print(json.dumps(rows[-1]), flush=True)
     with open(args.out, "w") as f:
