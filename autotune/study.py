@@ -88,11 +88,23 @@ def tell(study: optuna.Study, trial: optuna.Trial, status: Status, figures: Figu
         single = len(objectives) == 1 and status == Status.PRUNED
         tell_pruned(study, trial, figures, objectives[0][0] if single else None)
     elif status != Status.OK:
-        study.tell(trial, state=S.FAIL)
+        _tell(study, trial, state=S.FAIL)
     else:
         for name, value in violations.items():
             trial.set_constraint(name, value)
-        study.tell(trial, [figures.get(key) for key, _ in objectives])
+        _tell(study, trial, [figures.get(key) for key, _ in objectives])
+
+
+def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
+    """``study.tell``, outside ``study.optimize`` as every search tells: Optuna's grid sampler calls
+    ``study.stop()`` when the trial told was the grid's last, which raises outside ``optimize`` —
+    after the trial is stored (Optuna stores it in a ``finally``); the search asks no more of an
+    exhausted grid (``sampler.is_exhausted``)."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def tell_pruned(study: optuna.Study, trial, figures: Figures, objective: str | None) -> None:
@@ -104,7 +116,7 @@ def tell_pruned(study: optuna.Study, trial, figures: Figures, objective: str | N
     partial = figures.get(objective) if objective else None
     if partial is not None:
         trial.report(partial, step=0)
-    study.tell(trial, state=S.PRUNED)
+    _tell(study, trial, state=S.PRUNED)
 
 
 def counted_trials(study: optuna.Study) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import cli_search as search, study_file, write_study
+from conftest import SPACE, cli_search as search, study_file, write_study
 
 from autotune.cli import cli
 from autotune.store import Store
@@ -176,6 +176,17 @@ def test_remeasure_reuses_nothing(tmp_path, tiny_model):
     result, payload = search(["--study-file", f, "--study", "c", "--remeasure"], db)
     assert result.exit_code == 0 and not any(t["reused"] for t in payload["trials"])
     assert measured() >= before + len(payload["trials"])  # the baseline and every other trial, again
+
+
+def test_a_grid_search_ends_when_its_grid_does(tmp_path, tiny_model, db_url):
+    """Optuna's grid sampler calls study.stop() when the trial told was the grid's last, which raises
+    outside study.optimize: a one-recipe grid (a user checking one recipe over an envelope) ended in
+    a traceback. The search ends with the grid, every point measured."""
+    f = write_study(tmp_path, tiny_model, {**SPACE, "quantization.method": ["none"], "cache.ladder": ["x2"],
+                                           "cache.implementation": ["static"]}, trials=3, sampler="grid")
+    result, payload = search(["--study-file", f], db_url)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert any(t["recipe"]["cache"]["implementation"] == "static" and t["status"] == "ok" for t in payload["trials"])
 
 
 def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
