@@ -1,10 +1,11 @@
 """KV cache: dynamic (default), static (pre-allocated, compile-friendly), offloaded, quantized.
 
-A static cache serves the workload's whole envelope from a ladder of sizes (``ladder``: each rung
-``x2`` or ``x4`` the one below, up to the envelope's max_context, or ``one`` cache of max_context):
-each call uses the smallest rung that holds it, so a short call does not attend over the longest's
-cache — at the price of one program per rung where something is compiled. The ladder is core code
-(:mod:`autotune.engines.ladder`); this plugin provides it to the rest of the recipe (``ctx.ladder``)."""
+A static cache serves the workload's whole envelope: one cache of max_context positions, each call's
+attention reading only the smallest rung of a ladder of windows that holds it (``ladder``: each rung
+``x2`` or ``x4`` the one below, up to max_context, or ``one`` window of all of it), so a short call
+does not attend over the longest's slots; a compiled program takes the window as a dynamic size, so
+one program serves every rung. The ladder is core code (:mod:`autotune.engines.ladder`); this plugin
+provides it to the rest of the recipe (``ctx.ladder``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -34,7 +35,7 @@ def _importable(module: str) -> bool:
 class Cache(Optimization):
     name = "cache"
     order = 40
-    version = "2"  # static caches serve the envelope from a ladder (was: one cache sized by max_cache_len)
+    version = "3"  # one static cache per batch width, each call windowed to a rung (was: a cache per rung)
     description = "KV cache implementation used by generate"
 
     def options(self):
@@ -42,8 +43,8 @@ class Cache(Optimization):
             Option("implementation", ("dynamic", "static", "offloaded", "offloaded_static", "quantized"),
                    "dynamic", "transformers cache_implementation"),
             Option("ladder", ("x2", "x4", "one"), "x2",
-                   "static cache sizes for the envelope: rungs x2 / x4 apart up to max_context, or one of "
-                   "max_context", active=_static),
+                   "windows a call's attention reads of the static cache: rungs x2 / x4 apart up to max_context, "
+                   "or one of all of it", active=_static),
             Option("backend", tuple(QUANT_BACKENDS), "quanto", "quantized-cache backend", active=_quantized),
             Option("nbits", (2, 4), 4, "quantized-cache bits", active=_quantized),
         ]

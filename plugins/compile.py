@@ -44,7 +44,7 @@ def compile_kwargs(opts) -> dict:
 class Compile(Optimization):
     name = "compile"
     order = 90  # last: compile what the other plugins built
-    version = "2"  # decode and aoti serve the envelope (a program per rung of the cache ladder)
+    version = "3"  # decode and aoti: one program for every rung of the cache ladder (was: one per rung)
     description = "torch.compile of the forward pass, a decode step, or the whole generate"
 
     def options(self):

@@ -131,8 +131,8 @@ def test_a_ladder_serves_each_call_from_the_smallest_rung():
 
 
 def test_aoti_programs_share_the_models_weights(tiny_model):
-    """Each rung's program is handed the model's own weight tensors (user-managed constants): a ladder
-    of programs does not multiply the weights."""
+    """One program serves every rung (the window dynamic), handed the model's own weight tensors
+    (user-managed constants): programs do not multiply the weights."""
     from autotune.engines.aoti import AheadOfTimeLoop, constants_of
 
     opts = get_optimizations()
@@ -141,12 +141,40 @@ def test_aoti_programs_share_the_models_weights(tiny_model):
     applied = apply_recipe(tiny_model, opts, recipe, ctx)
     applied.warm_up()
     loop = applied.generate_fn
-    assert isinstance(loop, AheadOfTimeLoop) and len(loop.programs) == 2  # one per rung: 150 and 300
+    assert isinstance(loop, AheadOfTimeLoop) and loop.ladder.capacities == [150, 300]
+    assert list(loop.programs) == [1]  # one for both rungs, at the envelope's one batch width
     weight = applied.model.model.layers[0].mlp.down_proj.weight
-    for (batch, capacity), runner in loop.programs.items():
-        cache = loop.ladder.cache(batch, capacity)
+    for batch, runner in loop.programs.items():
+        cache = loop.ladder.cache(batch, 150)
         from autotune.engines.aoti import _module
 
         given = constants_of(_module(applied.model, cache), runner.get_constant_fqns())
         shared = [t for t in given.values() if t.data_ptr() == weight.data_ptr()]
         assert shared, "the program does not use the model's own down_proj weight"
+
+
+@pytest.mark.parametrize("path", ["decode", "aoti"])
+def test_one_program_serves_every_rung(tiny_model, path):
+    """A ladder of three rungs costs one compile, not three: the window each call reads is a dynamic
+    size of one program (dynamo's graph for the step, or one ahead-of-time package)."""
+    opts = get_optimizations()
+    recipe = resolve(PATHS[path], opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=600, max_batch=1)
+    applied = apply_recipe(tiny_model, opts, recipe, ctx)
+    assert applied.generate_fn.ladder.capacities == [150, 300, 600]
+    from autotune.engines.aoti import AheadOfTimeLoop
+
+    def programs():  # the step's dynamo graphs; ahead-of-time packages (export traces a graph too)
+        return AheadOfTimeLoop.compiled_packages if path == "aoti" else compile_count()
+
+    before, compiles = programs(), compile_count()
+    applied.warm_up()
+    assert programs() - before == 1
+    for length, new in ((10, 5), (200, 50), (500, 90)):  # one call per rung, each as plain greedy decoding
+        prompt = ids(length, 11)
+        out = applied.generate_ids(prompt, max_new_tokens=new, min_new_tokens=new)
+        with torch.inference_mode():
+            want = applied.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                                          min_new_tokens=new, do_sample=False)
+        assert torch.equal(out, want)
+    assert programs() - before == 1 and compile_count() == compiles + (2 if path == "aoti" else 1)

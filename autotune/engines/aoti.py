@@ -1,7 +1,7 @@
-"""The decode loop over AOTInductor programs: the model over one rung's static cache, exported once
-with ``torch.export`` (the query length dynamic, so the prompt's pass and every token's step are one
-program) and compiled ahead of time into a package cached on disk per model, recipe, rung, batch,
-hardware and library versions — driven with no dynamo guards or Python wrapper between the tokens
+"""The decode loop over AOTInductor programs: the model over its static cache, exported once with
+``torch.export`` (the query length dynamic, so the prompt's pass and every token's step are one
+program; the window's length dynamic, so every rung of the ladder is too) and compiled ahead of time
+into a package cached on disk per model, recipe, batch, cache length, hardware and library versions — driven with no dynamo guards or Python wrapper between the tokens
 (the CPU's answer to CUDA graphs; measured on a 2-core EPYC, the compiled decode step spent ~5 of
 its 12 ms per token in guards and the wrapper).
 
@@ -20,13 +20,17 @@ from .decode import DecodeLoop, Rows
 from .ladder import CacheLadder, cache_kwarg
 
 #: bump when what a package holds changes: older packages are then compiled again
-PACKAGE_FORMAT = "2"
+PACKAGE_FORMAT = "3"  # 3: one program for every rung (the window dynamic)
 
 
 def _module(model, cache):
     """The model over ``cache`` as an exportable module: the cache's tensors are its buffers, and its
-    forward takes the tokens, their positions, the mask over the cache's slots, and the first slot
-    they are written to; it returns the last position's logits, ``[batch, vocab]``."""
+    forward takes the tokens, their positions, the mask over the slots the call's window reads (its
+    length is the window's), and the first slot they are written to; it returns the last position's
+    logits, ``[batch, vocab]``."""
+    from .ladder import window_layer
+
+    windowed_layer = window_layer()
     import torch
 
     class OverStaticCache(torch.nn.Module):
@@ -41,6 +45,8 @@ def _module(model, cache):
         def forward(self, input_ids, position_ids, attention_mask, cache_position):
             for layer in self.cache.layers:
                 layer.cumulative_length.copy_(cache_position[0])
+                if type(layer) is windowed_layer:
+                    layer.span = attention_mask[0]
             out = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True,
                              logits_to_keep=1, **{self.cache_kw: self.cache})
             return out.logits[:, -1]
@@ -61,23 +67,26 @@ def package_path(model, identity: dict, batch: int, slots: int) -> Path:
     return cache_dir() / "aoti" / f"{hashlib.sha256(raw.encode()).hexdigest()[:24]}.pt2"
 
 
-def compile_package(module, batch: int, slots: int, device, options: dict, path: Path) -> None:
-    """Export ``module`` (the query length dynamic) and compile it into a package at ``path``, whole or
-    not at all (another trial may be reading it)."""
+def compile_package(module, batch: int, slots: int, window: int, device, options: dict, path: Path) -> None:
+    """Export ``module`` (the query length dynamic; the window too, up to the cache's ``slots``, traced
+    at ``window``) and compile it into a package at ``path``, whole or not at all (another trial may
+    be reading it)."""
     import torch
 
     seq = torch.export.Dim("seq", min=1, max=slots - 1)
-    example = min(4, slots - 1)
+    span = torch.export.Dim("window", min=2, max=slots) if window < slots else None
+    example = min(4, window - 1)
     kwargs = {"input_ids": torch.zeros(batch, example, dtype=torch.long, device=device),
               "position_ids": torch.arange(example, device=device).expand(batch, -1).contiguous(),
-              "attention_mask": torch.ones(batch, slots, dtype=torch.long, device=device),
+              "attention_mask": torch.ones(batch, window, dtype=torch.long, device=device),
               "cache_position": torch.arange(example, device=device)}
     # traced outside inference mode (the trial runs in it): torchao's weights, and the cache buffers
     # export mutates, cannot be inference tensors there
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(module, args=(), kwargs=kwargs, strict=True,
                                       dynamic_shapes={"input_ids": {1: seq}, "position_ids": {1: seq},
-                                                      "attention_mask": None, "cache_position": {0: seq}})
+                                                      "attention_mask": {1: span} if span else None,
+                                                      "cache_position": {0: seq}})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{os.getpid()}-{path.name}")
         try:
@@ -123,19 +132,27 @@ class AheadOfTimeLoop(DecodeLoop):
         self.programs: dict[tuple[int, int], object] = {}
 
     def program(self, model, rows: Rows):
-        key = (rows.input_ids.shape[0], rows.capacity)
+        """The program for the call's batch width (one for every rung of a windowed cache; else one per
+        rung)."""
+        from .ladder import windowed
+
+        batch, window = rows.input_ids.shape[0], rows.mask.shape[1]
+        key = batch if windowed(rows.cache) else (batch, window)
         if key not in self.programs:
-            self.programs[key] = self._load(model, rows.cache, *key)
+            self.programs[key] = self._load(model, rows.cache, batch, window)
         return self.programs[key]
 
-    def _load(self, model, cache, batch: int, capacity: int):
+    def _load(self, model, cache, batch: int, window: int):
         import torch
 
         slots = cache.layers[0].max_cache_len
         module = _module(model, cache)
         path = package_path(model, self.identity, batch, slots)
         if not path.exists():
-            compile_package(module, batch, slots, model.device, self.options, path)
+            try:
+                compile_package(module, batch, slots, window, model.device, self.options, path)
+            finally:
+                self.ladder.set_window(cache, window)  # tracing left the layers a traced span
             AheadOfTimeLoop.compiled_packages += 1
         runner = torch._inductor.aoti_load_package(str(path))
         runner.load_constants(constants_of(module, runner.get_constant_fqns()), check_full_update=True,

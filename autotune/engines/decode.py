@@ -1,6 +1,7 @@
 """The compiled decode loop (the Transformers guide's, grown to serve an envelope): a prefill that
 keeps only the last position's logits (eager, or compiled once for every prompt length), then one
-compiled step per token over the smallest static cache of the ladder that holds the call.
+compiled step per token over the static cache, its attention windowed to the smallest rung of the
+ladder that holds the call (one program for every rung: the window's length is a dynamic size).
 
 Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
 change and nothing recompiles in steady state); a left-padded batch runs with its attention mask
@@ -33,8 +34,8 @@ def decode_step(model, token, position_ids, attention_mask, cache, cache_kw: str
 @dataclass
 class Rows:
     """A call's rows as an engine runs them: ``batch`` rows (the caller's, then copies of its first),
-    the mask over the cache's slots (0 on left padding, 1 elsewhere: causality hides the slots not
-    yet written), and positions that skip the padding."""
+    the mask over the slots the call's window reads (0 on left padding, 1 elsewhere: causality hides
+    the slots not yet written), and positions that skip the padding."""
 
     input_ids: Any  # [batch, prompt]
     mask: Any  # [batch, cache slots]
@@ -46,7 +47,8 @@ class Rows:
     real: int  # rows the caller asked for
 
     @classmethod
-    def of(cls, input_ids, attention_mask, batch: int, cache, capacity: int) -> "Rows":
+    def of(cls, input_ids, attention_mask, batch: int, cache, capacity: int, slots: int) -> "Rows":
+        """``slots``: the length of the call's window over ``cache``."""
         import torch
 
         real, prompt = input_ids.shape
@@ -56,8 +58,8 @@ class Rows:
         extra = batch - real
         ids = torch.cat([input_ids, input_ids[:1].expand(extra, -1)]) if extra else input_ids
         given = torch.cat([attention_mask, attention_mask[:1].expand(extra, -1)]) if extra else attention_mask
-        slots = cache.layers[0].max_cache_len
         mask = torch.ones(batch, slots, dtype=torch.long, device=device)
+        torch._dynamo.maybe_mark_dynamic(mask, 1)  # the window's length: one program for every rung
         mask[:, :prompt] = given.to(device=device, dtype=torch.long)
         positions = (mask[:, :prompt].cumsum(-1) - 1).masked_fill(mask[:, :prompt] == 0, 1)
         return cls(ids, mask, positions, positions[:, -1:] + 1, torch.tensor([prompt], device=device), cache,
@@ -116,7 +118,8 @@ class DecodeLoop:
         import torch
 
         batch = self.ladder.envelope.max_batch
-        rows = Rows.of(input_ids, attention_mask, batch, self.ladder.cache(batch, capacity), capacity)
+        cache = self.ladder.cache(batch, capacity)
+        rows = Rows.of(input_ids, attention_mask, batch, cache, capacity, self.ladder.window(cache, capacity))
         sequence, real = input_ids, input_ids.shape[0]
         unfinished = torch.ones(real, dtype=torch.long, device=input_ids.device)
         if streamer is not None:

@@ -1,15 +1,19 @@
-"""The static KV caches a recipe serves its envelope with: a ladder of sizes.
+"""The static KV cache a recipe serves its envelope with, read through a ladder of windows.
 
 A static cache is allocated once and never grows, which is what compilation (fixed shapes) and CUDA
-graphs (fixed addresses) need — but every decode step attends over its whole length, so one cache
-sized for the envelope's ``max_context`` makes every short call pay for the longest (measured on a
-2-core EPYC: 3.10x the HF default with a cache sized to the call, 1.14x with one of 2048). A ladder
-holds several sizes, from ``max_context`` down by a growth factor to :data:`MIN_RUNG`, and serves
-each call from the smallest rung that holds it. Each rung's cache is allocated the first time it is
-asked for — outside any compiled region, so transformers marks its buffers' addresses static — and
-rewound, not reallocated, between calls."""
+graphs (fixed addresses) need — but attention over the whole of a cache sized for the envelope's
+``max_context`` makes every short call pay for the longest (measured on a 2-core EPYC: 3.10x the HF
+default with a cache sized to the call, 1.14x with one of 2048). So a recipe holds one cache of
+``max_context`` positions per batch width, and each call's attention reads only a window of its
+first slots: the smallest rung of a ladder of sizes (``max_context`` down by a growth factor to
+:data:`MIN_RUNG`) that holds the call. The window's length is a tensor's shape (a layer's ``span``),
+so a compiled or ahead-of-time program takes it as a dynamic size: **one program serves every
+rung**, where a cache per rung needed a program per rung (five for a 2048 envelope, each compile
+paid again). The cache is allocated the first time it is asked for — outside any compiled region, so
+transformers marks its buffers' addresses static — and rewound, not reallocated, between calls."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..errors import RecipeError
@@ -49,53 +53,107 @@ class Envelope:
 
 
 class CacheLadder:
-    """Static caches for one model: one per (rung, batch size), made on first use."""
+    """One static cache per batch width, each call's attention windowed to the smallest rung that holds
+    it (see the module)."""
 
     def __init__(self, model, envelope: Envelope, growth: int | None = 2, offloading: bool = False):
         self.model, self.envelope, self.offloading = model, envelope, offloading
         self.capacities = capacities(envelope.max_context, growth)
-        self._caches: dict[tuple[int, int], object] = {}
+        # each cache's length: one slot beyond the largest window, so that no window is the whole cache
+        # (a compiled slice of all of a tensor and one of a part are two programs)
+        self.slots = envelope.max_context + SLACK + 1
+        self._caches: dict[int, object] = {}
+        self._spans: dict[int, object] = {}
 
     def rung(self, needed: int) -> int:
         """The capacity of the smallest rung that holds ``needed`` positions."""
         return next(c for c in self.capacities if needed <= c)
 
+    def window(self, cache, capacity: int) -> int:
+        """The slots a call served by the ``capacity`` rung reads: the rung and its slack, or the whole
+        cache where its layers cannot be windowed."""
+        return capacity + SLACK if windowed(cache) else self.slots
+
     def cache_for(self, batch: int, needed: int, who: str = "this recipe"):
-        """The rewound StaticCache of the smallest rung holding ``needed`` positions, for ``batch`` rows."""
+        """The rewound cache for ``batch`` rows, windowed to the smallest rung holding ``needed``."""
         self.envelope.check(batch, needed, who)
         return self.cache(batch, self.rung(needed))
 
     def cache(self, batch: int, capacity: int):
-        key = (capacity, batch)
-        cache = self._caches.get(key)
+        """The rewound cache for ``batch`` rows, its attention windowed to the ``capacity`` rung."""
+        cache = self._caches.get(batch)
         if cache is None:
-            cache = self._caches[key] = self._allocate(batch, capacity)
+            cache = self._caches[batch] = self._allocate(batch)
         else:
             rewind(cache)
+        self.set_window(cache, self.window(cache, capacity))
         return cache
 
-    def _allocate(self, batch: int, capacity: int):
+    def set_window(self, cache, slots: int) -> None:
+        """Every windowed layer of ``cache`` reads its first ``slots`` slots from now on."""
+        span = self._spans.get(slots)
+        if span is None:
+            import torch
+
+            span = self._spans[slots] = torch.empty(slots, 0, device=self.model.device)
+            torch._dynamo.maybe_mark_dynamic(span, 0)  # one program for every window
+        for layer in cache.layers:
+            if type(layer) is window_layer():
+                layer.span = span
+
+    def _allocate(self, batch: int):
         """Outside inference mode (calls run inside it): an ahead-of-time program exports the cache's
         buffers, and export cannot update inference tensors."""
         import torch
         from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
 
         config = self.model.config.get_text_config(decoder=True)
         heads, head_dim = kv_shape(config)
         with torch.inference_mode(False):
-            cache = StaticCache(config=config, max_cache_len=capacity + SLACK, offloading=self.offloading)
+            cache = StaticCache(config=config, max_cache_len=self.slots, offloading=self.offloading)
+            for layer in cache.layers:
+                if type(layer) is StaticLayer:
+                    layer.__class__ = window_layer()
             cache.early_initialization(batch_size=batch, num_heads=heads, head_dim=head_dim, dtype=self.model.dtype,
                                        device=self.model.device)
         return cache
 
 
+@functools.cache
+def window_layer():
+    """transformers' plain static layer (full attention), reading only its first ``len(span)`` slots
+    when it has a ``span``: keys and values returned to attention, and the mask's length, are the
+    window's (slots past it hold nothing this call wrote: the call's rung holds it)."""
+    from transformers.cache_utils import StaticLayer
+
+    class WindowedStaticLayer(StaticLayer):
+        span = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            if self.span is None:
+                return keys, values
+            slots = self.span.shape[0]
+            return keys[:, :, :slots], values[:, :, :slots]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return (self.max_cache_len if self.span is None else self.span.shape[0]), 0
+
+    return WindowedStaticLayer
+
+
+def windowed(cache) -> bool:
+    """Whether every attention layer of ``cache`` reads a window (a model with sliding-window or other
+    layers reads its whole cache)."""
+    return all(type(layer) is window_layer() for layer in cache.layers)
+
+
 def rewind(cache) -> None:
     """Make a used static cache empty again: a plain static layer only moves its write position back
     (what it held past the position is masked by causality); other layers reset themselves."""
-    from transformers.cache_utils import StaticLayer
-
     for layer in cache.layers:
-        if type(layer) is StaticLayer and layer.is_initialized:
+        if type(layer) is window_layer() and layer.is_initialized:
             layer.cumulative_length.zero_()
         else:
             layer.reset()
