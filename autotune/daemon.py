@@ -138,7 +138,7 @@ class Worker:
             return trial
 
         while not self.stopping:
-            trial, state = jobqueue.reserve_trial(self.store, job_id, study, reserve)
+            trial, state = jobqueue.reserve_trial(self.store, job_id, study, storage, reserve)
             if trial is None:
                 if state in queue.OPEN:
                     self.finish(job_id, search, study)

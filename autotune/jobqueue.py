@@ -10,7 +10,7 @@ import optuna
 
 from .errors import UsageError
 from .store import queue
-from .study import counted_trials
+from .study import beat_unclaimed, counted_trials
 
 HARDWARE_HELP = ("this (default: the submitter's hardware), any, cpu, cuda, cuda>=40GiB, or a hardware key "
                  "from `autotune jobs --json`")
@@ -59,12 +59,14 @@ def claim(store, target, worker_id: int) -> int | None:
     return queue.claim_job(store, lambda hw: hardware_matches(hw, target), worker_id)
 
 
-def reserve_trial(store, job_id: int, study, ask):
-    """Under the job lock: fail stale trials (retrying them), then ``ask(study)`` for a trial if
-    the plan still has room. Returns ``(trial or None, job state)``."""
+def reserve_trial(store, job_id: int, study, storage, ask):
+    """Under the job lock: fail stale trials (retrying them; a reservation cut off before its first
+    heartbeat is given one, so it goes stale too), then ``ask(study)`` for a trial if the plan still
+    has room. Returns ``(trial or None, job state)``."""
     with queue.locked_job(store, job_id) as (s, job):
         if job is None or job.state not in queue.OPEN:
             return None, (job.state if job else "gone")
+        beat_unclaimed(study, storage)
         optuna.storages.fail_stale_trials(study)
         done, running = counted_trials(study)
         if done + running >= job.trials_planned:

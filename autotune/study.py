@@ -151,6 +151,31 @@ def retry_orphans(study: optuna.Study, storage) -> list[int]:
     return out
 
 
+def beat_unclaimed(study: optuna.Study, storage) -> list[int]:
+    """Running trials that no worker claimed and nothing ever beat — a reservation cut off between
+    Optuna's ask and its first heartbeat (the database went away; the worker never learned the trial's
+    number): given a first heartbeat here, so that, beaten by nobody after it, they go stale after the
+    grace period and are queued again like any dead worker's trial (Optuna never counts a trial that
+    never beat stale: a daemon waited for ever on one). A live worker's reservation beats on its own;
+    this beat changes nothing for it. Returns their numbers."""
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+    from sqlalchemy import select
+
+    unclaimed = {trial_id(storage, study, t.number): t.number
+                 for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)) if Attr.WORKER not in t.user_attrs}
+    if not unclaimed:
+        return []
+    with storage.engine.connect() as conn:
+        beating = set(conn.scalars(select(TrialHeartbeatModel.trial_id)
+                                   .where(TrialHeartbeatModel.trial_id.in_(list(unclaimed)))))
+    out = []
+    for tid, number in unclaimed.items():
+        if tid not in beating:
+            storage.record_heartbeat(tid)
+            out.append(number)
+    return out
+
+
 def settle(study: optuna.Study, storage, trial_id_: int) -> bool:
     """A trial whose end its worker could not tell the study (the database went away meanwhile):
     fail it and queue it again, unless another worker has. Left running (whoever moves it to FAIL

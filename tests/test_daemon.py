@@ -245,3 +245,51 @@ def test_a_trial_cut_off_by_the_database_is_settled_by_its_worker(queue_db, tmp_
     assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
     assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)  # queued again, not lost
     assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"
+
+
+def test_a_reservation_cut_off_before_its_worker_knew_the_trial_is_queued_again(queue_db, tmp_path, tiny_model,
+                                                                                monkeypatch):
+    """The database goes away inside Optuna's ask, after the trial row is written: its worker never
+    learns the trial's number, so nobody claims, beats or settles it — and Optuna never counts a trial
+    that never beat stale. The next reservation gives it a first heartbeat, it goes stale after the
+    grace period, is queued again, and the plan finishes (a daemon under a PostgreSQL outage once
+    waited for ever on such a trial)."""
+    import threading
+
+    from autotune.daemon import DaemonOptions, Worker
+    from autotune.errors import StoreError
+    from autotune.registry import get_optimizations
+    from autotune.tuner import Search
+    from autotune.target import current_target
+
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, trials=2)])
+    store = Store(queue_db)
+    worker = Worker(store, current_target("cpu"), get_optimizations(),
+                    DaemonOptions(poll_s=0.2, heartbeat_s=1, grace_s=2, exit_when_idle=True))
+    worker.register()
+    real_ask = Search.ask
+    outage = []
+
+    def ask_cut_off(self, study):
+        trial = real_ask(self, study)
+        if not outage:
+            outage.append(trial.number)
+            raise StoreError("database postgresql://...: connection refused")
+        return trial
+
+    monkeypatch.setattr(Search, "ask", ask_cut_off)
+    with pytest.raises(StoreError):
+        worker.work_on(job_id)
+    assert not worker.unsettled  # the worker knows nothing of the trial
+    study = study_of(queue_db, job_id)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    runner.join(120)
+    worker.stopping = True  # a worker still waiting on a trial nobody will finish stops here
+    runner.join(30)
+    study = study_of(queue_db, job_id)
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
+    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)
+    assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"
