@@ -233,18 +233,7 @@ def test_a_trial_cut_off_by_the_database_is_settled_by_its_worker(queue_db, tmp_
     study = study_of(queue_db, job_id)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
     assert not optuna.storages.fail_stale_trials(study) and study.trials[0].state == optuna.trial.TrialState.RUNNING
-    import threading
-
-    runner = threading.Thread(target=worker.run)  # settles the cut-off trial, works off the plan, exits idle
-    runner.start()
-    runner.join(120)
-    worker.stopping = True  # a worker still waiting on a trial nobody will finish stops here
-    runner.join(30)
-    study = study_of(queue_db, job_id)
-    states = [t.state for t in study.trials]
-    assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
-    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)  # queued again, not lost
-    assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"
+    _runs_off_the_plan(worker, queue_db, job_id)
 
 
 def test_a_reservation_cut_off_before_its_worker_knew_the_trial_is_queued_again(queue_db, tmp_path, tiny_model,
@@ -254,8 +243,6 @@ def test_a_reservation_cut_off_before_its_worker_knew_the_trial_is_queued_again(
     that never beat stale. The next reservation gives it a first heartbeat, it goes stale after the
     grace period, is queued again, and the plan finishes (a daemon under a PostgreSQL outage once
     waited for ever on such a trial)."""
-    import threading
-
     from autotune.daemon import DaemonOptions, Worker
     from autotune.errors import StoreError
     from autotune.registry import get_optimizations
@@ -283,6 +270,14 @@ def test_a_reservation_cut_off_before_its_worker_knew_the_trial_is_queued_again(
     assert not worker.unsettled  # the worker knows nothing of the trial
     study = study_of(queue_db, job_id)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    _runs_off_the_plan(worker, queue_db, job_id)
+
+
+def _runs_off_the_plan(worker, queue_db, job_id) -> None:
+    """``worker`` settles the trial 0 a database outage cut off, works off the 2-trial plan and exits
+    idle: trial 0 failed and queued again (not lost), nothing left running, the job done."""
+    import threading
+
     runner = threading.Thread(target=worker.run)
     runner.start()
     runner.join(120)
@@ -291,5 +286,5 @@ def test_a_reservation_cut_off_before_its_worker_knew_the_trial_is_queued_again(
     study = study_of(queue_db, job_id)
     states = [t.state for t in study.trials]
     assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
-    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)
+    assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)  # queued again, not lost
     assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"
