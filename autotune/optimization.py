@@ -26,6 +26,9 @@ class ModelInfo:
     config: dict = field(default_factory=dict)
     #: the draft model the study gives (``--draft``) for assisted decoding, when it gives one
     draft: "ModelInfo | None" = None
+    #: the most rows one call of the study's workload has (its batch size or envelope's ``max_batch``):
+    #: a choice that serves one sequence at a time is unavailable above 1
+    rows: int = 1
 
     @property
     def max_positions(self) -> int | None:

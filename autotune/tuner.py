@@ -10,7 +10,7 @@ lanes (:mod:`autotune.lanes`). The verdicts (what a candidate misses, what binds
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import optuna
@@ -49,7 +49,9 @@ class Search:
     def __init__(self, spec: SearchSpec, store: Store, optimizations: Mapping[str, Optimization]):
         self.spec, self.store, self.optimizations = spec, store, optimizations
         self.budget = spec.budget
-        self.model_info = spec.source.info(draft=spec.draft)
+        workload = spec.workload
+        self.model_info = replace(spec.source.info(draft=spec.draft),
+                                              rows=max(workload.batch_size, workload.max_batch))
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
         check_sampler(spec.sampler, self.space)
         self.study_name = spec.study_name or spec.default_study_name()

@@ -50,6 +50,10 @@ class Decoding(Optimization):
     def unavailable(self, target, model=None):
         if model is None:  # without the study's model and draft nothing can be said
             return {}
+        if model.rows > 1:  # transformers verifies proposals for one sequence at a time
+            why = (f"runs one sequence at a time (transformers' assisted decoding): the workload's calls have up to "
+                   f"{model.rows} rows")
+            return {"method=prompt-lookup": why, "method=assisted": why}
         if model.draft is None:
             return {"method=assisted": "no draft model given: --draft MODEL (a smaller model with the same tokenizer)"}
         mine, theirs = model.config.get("vocab_size"), model.draft.config.get("vocab_size")

@@ -172,3 +172,24 @@ def test_without_the_postgres_extra_the_error_names_it():
     out = _without(("psycopg", "psycopg2"), "recipes", "--db", "postgresql+psycopg://u@127.0.0.1:1/x")
     assert out.returncode == 1 and "autotune[postgres]" in out.stderr and "Traceback" not in out.stderr
     # the report's extra: tests/test_report.py::test_report_without_the_report_extra_names_it
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_one_sequence_decoding_is_no_choice_for_a_workload_of_several_rows(tiny_model, tmp_path, max_batch):
+    """Prompt lookup verifies one sequence's proposals: with calls of two rows it is not in the search's
+    space (it was a trial that failed at load, every search), and the reason says so."""
+    from autotune.budget import parse_budget, parse_objectives
+    from autotune.sources import resolve_model
+    from autotune.spec import SearchSpec
+    from autotune.store import Store
+    from autotune.tuner import Search
+    from autotune.workload import Workload
+
+    spec = SearchSpec(resolve_model(tiny_model), Workload(prompt_tokens=8, new_tokens=6, max_batch=max_batch),
+                      current_target("cpu"), parse_budget(""), parse_objectives("tpot", False))
+    search = Search(spec, Store(f"sqlite:///{tmp_path / 'tune.db'}"), get_optimizations())
+    methods = next(o.choices for o in search.space["decoding"] if o.name == "method")
+    assert ("prompt-lookup" in methods) == (max_batch == 1)
+    if max_batch > 1:
+        assert "up to 2 rows" in get_optimizations()["decoding"].unavailable(current_target("cpu"),
+                                                                            search.model_info)["method=prompt-lookup"]
