@@ -2,7 +2,8 @@
 
 - ``forward``: compile the model's forward pass and let ``generate`` drive it;
 - ``decode``: compile a decode-one-token step and drive it from autotune's own loop over the static
-  caches (:class:`autotune.engines.DecodeLoop`);
+  caches (:class:`autotune.engines.DecodeLoop`) — the whole model, or (``scope=layers``) one decoder
+  layer whose program every layer shares;
 - ``generate``: compile the whole ``generate`` call;
 
 and beyond it, ``aoti``: the same loop over programs compiled ahead of time by AOTInductor, cached on
@@ -56,6 +57,9 @@ class Compile(Optimization):
                    active=_not_aoti),
             Option("cpp_wrapper", (False, True), False, "inductor C++ wrapper: less Python launch overhead",
                    active=_not_aoti),
+            Option("scope", ("model", "layers"), "model", "what one program covers: the whole model, or one "
+                   "decoder layer shared by all layers (compiles in a fraction of the time)",
+                   active=lambda o: o.get("target") == "decode"),
             Option("prefill", ("eager", "compiled"), "eager", "the decode loop's prompt pass: eager, or compiled "
                    "once for every prompt length (where the prompt's pass dominates: long prompts)",
                    active=lambda o: o.get("target") == "decode"),
@@ -108,7 +112,8 @@ class Compile(Optimization):
         from autotune import engines
 
         if opts["target"] == "decode":
-            return engines.DecodeLoop(model, ctx.ladder, compile_kwargs(opts), opts["prefill"] == "compiled")
+            return engines.DecodeLoop(model, ctx.ladder, compile_kwargs(opts), opts["prefill"] == "compiled",
+                                      opts["scope"])
         if opts["target"] == "aoti":  # a program depends on the recipe, the hardware and the versions too
             identity = {"recipe": ctx.recipe, "hardware": ctx.target.hardware_key, "versions": ctx.target.versions}
             return engines.AheadOfTimeLoop(model, ctx.ladder, compile_kwargs(opts)["options"], identity)

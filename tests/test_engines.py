@@ -16,10 +16,11 @@ from autotune.target import current_target
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-#: the three paths that drive a static cache: transformers' generate over the ladder, the compiled
-#: decode loop, the ahead-of-time loop
+#: the paths that drive a static cache: transformers' generate over the ladder, the compiled decode
+#: loop (the whole model compiled, or one decoder layer shared by all), the ahead-of-time loop
 PATHS = {"static": {"cache": {"implementation": "static"}},
          "decode": {"cache": {"implementation": "static"}, "compile": {"target": "decode"}},
+         "layers": {"cache": {"implementation": "static"}, "compile": {"target": "decode", "scope": "layers"}},
          "aoti": {"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}}
 ENVELOPE = {"max_context": 300, "max_batch": 2}
 
@@ -153,10 +154,11 @@ def test_aoti_programs_share_the_models_weights(tiny_model):
         assert shared, "the program does not use the model's own down_proj weight"
 
 
-@pytest.mark.parametrize("path", ["decode", "aoti"])
+@pytest.mark.parametrize("path", ["decode", "layers", "aoti"])
 def test_one_program_serves_every_rung(tiny_model, path):
     """A ladder of three rungs costs one compile, not three: the window each call reads is a dynamic
-    size of one program (dynamo's graph for the step, or one ahead-of-time package)."""
+    size of one program (dynamo's graph for the step, or one ahead-of-time package). Compiled by layer,
+    every decoder layer runs that one program too."""
     opts = get_optimizations()
     recipe = resolve(PATHS[path], opts)
     ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=600, max_batch=1)
@@ -178,3 +180,6 @@ def test_one_program_serves_every_rung(tiny_model, path):
                                           min_new_tokens=new, do_sample=False)
         assert torch.equal(out, want)
     assert programs() - before == 1 and compile_count() == compiles + (2 if path == "aoti" else 1)
+    if path == "layers":  # every layer of every step ran the compiled region
+        layers = len(applied.model.model.layers)
+        assert layers > 1 and applied.generate_fn.regions.calls >= layers * (4 + 49 + 89)

@@ -1,7 +1,8 @@
 """The compiled decode loop (the Transformers guide's, grown to serve an envelope): a prefill that
 keeps only the last position's logits (eager, or compiled once for every prompt length), then one
 compiled step per token over the static cache, its attention windowed to the smallest rung of the
-ladder that holds the call (one program for every rung: the window's length is a dynamic size).
+ladder that holds the call (one program for every rung: the window's length is a dynamic size). The
+step is compiled whole, or one decoder layer is, shared by every layer (:mod:`.regions`).
 
 Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
 change and nothing recompiles in steady state); a left-padded batch runs with its attention mask
@@ -15,6 +16,7 @@ from typing import Any
 
 from .ladder import CacheLadder, cache_kwarg
 from .plan import GenerationPlan
+from .regions import CompiledLayers
 
 
 def prompt_pass(model, input_ids, position_ids, attention_mask, cache, cache_kw: str):
@@ -83,13 +85,19 @@ class DecodeLoop:
 
     name = "compile.target=decode"
 
-    def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None, compiled_prefill: bool = False):
+    def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None, compiled_prefill: bool = False,
+                 scope: str = "model"):
         """``compiled_prefill``: the prompt's pass compiled too, once for every prompt length (dynamic
-        shapes); else it runs eager."""
+        shapes); else it runs eager. ``scope``: ``model`` compiles the whole step (and prompt pass);
+        ``layers`` compiles one decoder layer, shared by all of them (:mod:`.regions`), the rest eager."""
         import torch
 
         self.ladder = ladder
         self.cache_kw = cache_kwarg(model)
+        if scope == "layers":
+            self.regions = CompiledLayers(model, compile_options, prompt=compiled_prefill)
+            self.compiled, self.prompt_pass = decode_step, prompt_pass
+            return
         self.compiled = torch.compile(decode_step, **(compile_options or {}))
         self.prompt_pass = torch.compile(prompt_pass, dynamic=True, **(compile_options or {})) if compiled_prefill \
             else prompt_pass
