@@ -178,7 +178,21 @@ def register_seeds(register, target):
     register("guide + torchao int8", {"quantization": {"method": "torchao-int8-weight"},
                                       "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
                                       "compile": {"target": "forward", "mode": "default"}}, rank=20)
-    if not target.has_cuda:  # on CPU the compiled one-token step beat the compiled forward (2.98x vs 2.82x, EPYC)
+    if not target.has_cuda:
+        # on CPU the compiled one-token step beat the compiled forward (2.98x vs 2.82x, EPYC), and one decoder
+        # layer compiled for all (compile.scope=layers) costs ~26 s of warm-up where the whole model's ~137 s
+        # (Xeon): first in the queue, so a ten-minute search gets a compiled figure early
+        layers = {"target": "decode", "mode": "default", "scope": "layers"}
+        # int8 activations x int8 weights: the VNNI / AMX dot products llama.cpp's Q8 uses (Xeon: 19.9 ms
+        # per token where weight-only int8 takes ~33); left out where the CPU has none (unavailable)
+        register("torchao int8 dynamic + layer-compiled loop", {"quantization": {"method": "torchao-int8-dynamic"},
+                                                                "dtype": {"dtype": "bfloat16"},
+                                                                "cache": {"implementation": "static"},
+                                                                "compile": layers}, rank=5)
+        register("torchao int8 + layer-compiled loop", {"quantization": {"method": "torchao-int8-weight"},
+                                                         "dtype": {"dtype": "bfloat16"},
+                                                         "cache": {"implementation": "static"}, "compile": layers},
+                 rank=6)
         register("torchao int8 + decode loop", {"quantization": {"method": "torchao-int8-weight"},
                                                 "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
                                                 "compile": {"target": "decode", "mode": "default"}}, rank=25)
