@@ -75,8 +75,11 @@ class Limits:
                    request.incumbent_tpot_s and factor * request.incumbent_tpot_s)
 
 
-def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda phase: None) -> Outcome:
-    """Measure one recipe; phases: load, first call, warm-up, measure, quality."""
+def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda phase: None,
+              shared_cpu: bool = False) -> Outcome:
+    """Measure one recipe; phases: load, first call, warm-up, measure, quality. ``shared_cpu``: the
+    first calls run beside other trials (a lane of a search whose timed windows run alone): their
+    steps' times then say nothing of the recipe, so only the warm calls (alone) may judge it hopeless."""
     from .spec import MeasurePolicy
 
     use_persistent_compile_cache()
@@ -91,7 +94,7 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     limits = Limits.of(request, policy.abandon_factor)
     try:
         on_phase("first call")
-        run.first_calls(figures, limits, on_phase)
+        run.first_calls(figures, Limits() if shared_cpu else limits, on_phase)
         on_phase("warm-up")
         run.warm_up(figures, limits)
         figures.graphs_built = measure.graphs_built()

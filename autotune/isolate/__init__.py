@@ -81,7 +81,9 @@ def trial_main(conn, request: TrialRequest, environ: dict, parent_pid: int, log_
             if gated and phase == TIMED[0]:
                 conn.recv()  # the go: every other trial of this host's search is stopped
 
-        conn.send(("done", run_trial(request, on_phase)))
+        # gated: beside another lane's compile (gcc, inductor's workers) two trials' threads share the cores,
+        # and one decode step's thread barriers each wait out a time slice: 35 ms steps took 4.7 s (Xeon)
+        conn.send(("done", run_trial(request, on_phase, shared_cpu=gated)))
     except BaseException as exc:  # report everything; the parent classifies
         oom = type(exc).__name__ in OOM_NAMES or any(t in str(exc).lower() for t in OOM_TEXTS)
         status = Status.OOM if oom else Status.ERROR
