@@ -40,6 +40,10 @@ def _missing(module: str) -> bool:
         return True
 
 
+#: the LM head's choices, and the torchao method each applies to it
+HEADS = ("keep", "int8", "int4", "int8-dynamic")
+HEAD_METHOD = {"int8": "torchao-int8-weight", "int4": "torchao-int4-weight", "int8-dynamic": "torchao-int8-dynamic"}
+
 #: torchao's CPU int4 weight-only workflow (the packed layout torch's CPU int4 matmul reads)
 CPU_INT4 = "torchao.prototype.quantization.int4.inference_workflow"
 #: torchao's int4 packing for tinygemm, the CUDA int4 kernel torch ships
@@ -61,9 +65,9 @@ class Quantization(Optimization):
                    "dtype bitsandbytes 4-bit matmuls compute in", active=_is_4bit),
             Option("group_size", GROUP_SIZES, 32, "int4 weights per scale and zero point (32: llama.cpp's Q4_1 "
                    "layout)", active=_is_int4),
-            Option("head", ("keep", "int8", "int4"), "keep", "the LM head (the output projection, read whole at "
-                   "every step): as loaded, or torchao int8 / int4 weight-only (a tied embedding is untied first: "
-                   "the input lookup keeps its own)"),
+            Option("head", HEADS, "keep", "the LM head (the output projection, read whole at every step): as "
+                   "loaded, torchao int8 / int4 weight-only, or int8 dynamic (int8 activations x int8 weights) (a "
+                   "tied embedding is untied first: the input lookup keeps its own)"),
         ]
 
     def unavailable(self, target, model=None):
@@ -74,7 +78,7 @@ class Quantization(Optimization):
         if _missing("torchao"):
             for m in TORCHAO:
                 out[f"method={m}"] = "torchao is not installed (pip install 'autotune[quant]')"
-            for h in ("int8", "int4"):
+            for h in HEAD_METHOD:
                 out[f"head={h}"] = "torchao is not installed (pip install 'autotune[quant]')"
         elif not target.has_cuda:
             if "avx512f" not in target.cpu_flags and "avx2" not in target.cpu_flags:
@@ -86,6 +90,7 @@ class Quantization(Optimization):
             if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(target.cpu_flags):
                 out["method=torchao-int8-dynamic"] = ("no int8 dot-product instructions on this CPU (VNNI / AMX): "
                                                        "int8 x int8 matmuls are emulated, slower than weight-only")
+                out["head=int8-dynamic"] = out["method=torchao-int8-dynamic"]
         if model is not None:
             widths = _linear_widths(model.config)
             for group in GROUP_SIZES:
@@ -103,8 +108,9 @@ class Quantization(Optimization):
             dtype = model.dtype
         if method in ("torchao-int4-weight", "torchao-int8-dynamic") and dtype != "bfloat16":
             return f"{method} computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
-        if recipe.get(self.name, {}).get("head") == "int4" and dtype != "bfloat16":
-            return "an int4 LM head computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
+        head = recipe.get(self.name, {}).get("head")
+        if head in ("int4", "int8-dynamic") and dtype != "bfloat16":
+            return f"an {head} LM head computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
         compiled = recipe.get("compile", {}).get("target", "off")
         if str(method).startswith("bnb") and compiled != "off":
             return (f"bitsandbytes layers cannot be compiled (transformers marks them not compileable; "
@@ -158,7 +164,7 @@ class Quantization(Optimization):
         if lm.weight is model.get_input_embeddings().weight:  # tied: the lookup keeps the float table
             lm.weight = torch.nn.Parameter(lm.weight.detach().clone(), requires_grad=False)
             model.config.get_text_config().tie_word_embeddings = False
-        config = self._config({**opts, "method": f"torchao-{head}-weight"}, ctx).quant_type
+        config = self._config({**opts, "method": HEAD_METHOD[head]}, ctx).quant_type
         quantize_(model, config, filter_fn=lambda module, fqn: module is lm)
         return model
 
