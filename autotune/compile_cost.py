@@ -157,8 +157,8 @@ class CompileCaps:
         deferred, never launched blind."""
         import time
 
-        if predicted is None or predicted.seconds <= cap:
-            return cap, False
+        if predicted is None or predicted.seconds < cap or (predicted.seconds == cap and not predicted.at_least):
+            return cap, False  # (one stopped at this very cap took at least the cap: it does not fit under it)
         fits = predicted.seconds * MARGIN
         left = None if self.deadline is None else self.deadline - time.monotonic()
         if fits <= self.policy.max_first_call_s and (left is None or fits <= left / 4):

@@ -107,3 +107,6 @@ def test_a_cap_that_fits():
     assert caps.cap_for(guess, 30.0) == (30.0, True)
     caps.deadline = None
     assert caps.cap_for(Prediction(50.0, 1, "x"), 30.0) == (30.0, True)  # 65 s is past the policy's 60 s
+    # a like recipe stopped at this very cap took at least the cap: this one is deferred, not run to it again
+    assert caps.cap_for(Prediction(60.0, 1, "x", at_least=True), 60.0) == (60.0, True)
+    assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, False)
