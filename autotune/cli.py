@@ -254,8 +254,8 @@ def open_store(db_url):
               help="stop starting trials after this many seconds")
 @click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
 @click.option("--jobs", default=None, metavar="N|auto",
-              help="trials side by side: they compile at once, each measures alone (default auto: 2 on a CPU "
-                   "with 2+ cores, else 1)")
+              help="trials side by side: they compile at once, each measures alone (default auto: one; beside "
+                   "another trial's compile a CPU trial's decode steps run many times slower, see README)")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
 @click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True), default=None, metavar="USD",
               help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")

@@ -251,20 +251,16 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
     )
 
 
-#: how many trials ``jobs="auto"`` runs side by side on a CPU target with two cores or more
-AUTO_JOBS = 2
-
-
 def parse_jobs(value, target, source: ModelSource) -> int:
-    """``--jobs``: a positive number, or ``auto`` — two lanes on a CPU target with at least two cores
-    and the memory for two trials (three times the checkpoint's bytes each: loading may hold a float
-    copy beside the weights), else one. A GPU target runs one: two trials' weights and compile
-    workspaces would share its memory, and a memory budget needs the device to itself. Measured on
-    a 2-core CPU, two lanes measured 27 recipes in the README's 10-minute search against 17 for one
-    (benchmarks/RESULTS.md)."""
+    """``--jobs``: a positive number, or ``auto`` — one lane. A CPU trial's threads take every core,
+    and beside another trial's compile its decode steps' thread barriers each wait out a time slice:
+    on the 2-core Xeon a 35 ms step took 117 ms beside one busy thread, 312 ms beside three, and 4.7 s
+    in a two-lane search, where every compiled candidate then ran past its compile cap (two lanes had
+    measured 27 recipes against 17 for one on an EPYC when most trials compiled nothing). A GPU target
+    runs one: two trials' weights and compile workspaces would share its memory, and a memory budget
+    needs the device to itself. ``--jobs N`` still runs N side by side, their timed windows alone."""
     if value == "auto" or value is None:
-        fits = 2 * 3 * source.weight_bytes() < target.memory_bytes / 2
-        return AUTO_JOBS if target.device == "cpu" and (target.threads or 1) >= 2 and fits else 1
+        return 1
     try:
         jobs = int(value)
     except (TypeError, ValueError):

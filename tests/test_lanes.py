@@ -127,10 +127,9 @@ def test_two_lanes_measure_alone_and_keep_stopped_time_out_of_the_figures(chaos,
     assert result.lanes == 2
 
 
-def test_jobs_auto_and_bad_values(tiny_model, tmp_path):
-    """auto: two lanes on a CPU target with 2+ cores when two trials fit in memory; one on a GPU or
-    for a model whose two trials would not fit."""
-    import json
+def test_jobs_auto_and_bad_values(tiny_model):
+    """auto: one lane (beside another trial's compile a CPU trial's steps are many times slower; on a
+    GPU two trials would share its memory); a number runs that many; anything else is refused."""
     from dataclasses import replace
 
     from autotune.sources import ModelSource
@@ -139,16 +138,9 @@ def test_jobs_auto_and_bad_values(tiny_model, tmp_path):
 
     cpu = replace(current_target("cpu"), threads=2, memory_bytes=24 * 2**30)
     small = ModelSource("tiny", tiny_model)
-    assert parse_jobs("auto", cpu, small) == 2 and parse_jobs(None, cpu, small) == 2
-    assert parse_jobs("auto", replace(cpu, threads=1), small) == 1
+    assert parse_jobs("auto", cpu, small) == 1 and parse_jobs(None, cpu, small) == 1
     assert parse_jobs("auto", replace(cpu, device="cuda"), small) == 1
-    (tmp_path / "7b").mkdir()  # a config-only 7B: ~27 GB in float32, no weight files
-    (tmp_path / "7b" / "config.json").write_text(json.dumps(
-        {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008, "vocab_size": 32000}))
-    big = ModelSource("7b", str(tmp_path / "7b"), config_only=True)
-    assert 25e9 < big.weight_bytes() < 30e9
-    assert parse_jobs("auto", cpu, big) == 1
-    assert parse_jobs(3, cpu, big) == 3 and parse_jobs("1", cpu, small) == 1
+    assert parse_jobs(3, cpu, small) == 3 and parse_jobs("1", cpu, small) == 1
     for bad in ("0", "two", -1, "1.5"):
         with pytest.raises(UsageError, match="--jobs"):
             parse_jobs(bad, cpu, small)
