@@ -145,7 +145,7 @@ class Search:
         m.note_incumbent(baseline)
         for record in self.study_records(study):  # a resumed study's incumbent
             m.note_incumbent(record)
-        m.gate = isolate.Gate()  # with one lane too: a second Ctrl-C stops the lane's trial through it
+        m.gate = isolate.Gate(self.spec.lanes)  # with one lane too: a second Ctrl-C stops the lane's trial through it
         counts = {"done": protocol.counted_trials(study)[0], "asked": 0}
 
         def more(in_flight: int) -> bool:

@@ -74,8 +74,8 @@ class CheckingGate(Gate):
 
     instances: list["CheckingGate"] = []
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, lanes: int = 1):
+        super().__init__(lanes)
         self.checked: list[list[str]] = []
         CheckingGate.instances.append(self)
 

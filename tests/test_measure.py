@@ -135,18 +135,23 @@ def test_slow_decode_steps_abandon_mid_call(tiny_model):
     assert ev.figures.first_call_s is None  # stopped inside the first call
 
 
-def test_a_lane_beside_others_is_judged_hopeless_only_alone(tiny_model):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_lane_beside_others_is_judged_hopeless_only_alone(tiny_model, lanes):
     """A search's lane runs its first calls beside another lane's trial (whose compile may take the
     cores: 35 ms steps measured 4.7 s there), so the same slow steps stop it only in its warm call,
-    which runs alone in its timed window: the first call runs to its end."""
+    which runs alone in its timed window: the first call runs to its end. A search of one lane (its
+    gate too) stops the first call itself."""
     from autotune.figures import Figures
     from autotune.isolate import Gate
 
     long = Workload(prompt_tokens=8, new_tokens=40)
     ev = run(tiny_model, get_optimizations(), {}, workload=long, incumbent=Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e-6),
-             policy=MeasurePolicy(**ABANDONING), gate=Gate())
+             policy=MeasurePolicy(**ABANDONING), gate=Gate(lanes))
     assert ev.status == Status.PRUNED and "decode steps" in ev.error, ev.error
-    assert ev.figures.first_call_s is not None and ev.figures.phase == "warm-up"
+    if lanes > 1:
+        assert ev.figures.first_call_s is not None and ev.figures.phase == "warm-up"
+    else:
+        assert ev.figures.first_call_s is None  # stopped inside the first call
 
 
 def test_a_compile_past_the_cap_is_pruned_not_waited_for(chaos, tiny_model, monkeypatch):

@@ -44,7 +44,8 @@ def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 
     with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp, MemoryCap(memory_cap_bytes) as cap:
         log = Path(tmp) / "child.log"
         proc = ctx.Process(target=trial_main, args=(child_conn, request, dict(os.environ), os.getpid(), str(log),
-                                                    cap.path, gate is not None), daemon=True)
+                                                    cap.path, gate is not None, gate is not None and gate.lanes > 1),
+                           daemon=True)
         watch = Watch(proc, parent_conn, log, cap, first_call_cap_s, gate,
                       server_log_offset=process.log_size(process.server_log()))
         with process.main_not_reimported():
@@ -66,7 +67,7 @@ def run_isolated(request: TrialRequest, timeout: float, memory_cap_bytes: int = 
 
 
 def trial_main(conn, request: TrialRequest, environ: dict, parent_pid: int, log_path: str, cgroup: str | None,
-               gated: bool = False) -> None:
+               gated: bool = False, shared_cpu: bool = False) -> None:
     """The trial process: announce each phase (with the system-wide monotonic time, the parent's
     too), wait for the parent's go before a timed window when gated, then send the result — or the
     failure, which the parent classifies."""
@@ -81,9 +82,9 @@ def trial_main(conn, request: TrialRequest, environ: dict, parent_pid: int, log_
             if gated and phase == TIMED[0]:
                 conn.recv()  # the go: every other trial of this host's search is stopped
 
-        # gated: beside another lane's compile (gcc, inductor's workers) two trials' threads share the cores,
-        # and one decode step's thread barriers each wait out a time slice: 35 ms steps took 4.7 s (Xeon)
-        conn.send(("done", run_trial(request, on_phase, shared_cpu=gated)))
+        # beside another lane's compile (gcc, inductor's workers) two trials' threads share the cores, and
+        # one decode step's thread barriers each wait out a time slice: 35 ms steps took 4.7 s (Xeon)
+        conn.send(("done", run_trial(request, on_phase, shared_cpu=shared_cpu)))
     except BaseException as exc:  # report everything; the parent classifies
         oom = type(exc).__name__ in OOM_NAMES or any(t in str(exc).lower() for t in OOM_TEXTS)
         status = Status.OOM if oom else Status.ERROR

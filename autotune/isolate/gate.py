@@ -70,7 +70,9 @@ class Gate:
     """Lets the trials one search runs at once (its lanes) share this host honestly (see the
     module). ``windows``: every held window, (start, end) on the monotonic clock."""
 
-    def __init__(self):
+    def __init__(self, lanes: int = 1):
+        #: trials that may run at once through this gate: above 1 they share the CPU outside their windows
+        self.lanes = lanes
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._members: set[Member] = set()
