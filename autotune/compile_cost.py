@@ -60,10 +60,12 @@ def flat(recipe: dict) -> dict[str, object]:
 
 def distance(a: dict[str, object], b: dict[str, object]) -> float:
     """Weighted count of the options two flattened recipes differ in; infinite when they compile
-    different things (``compile.target``)."""
-    if a.get("compile.target") != b.get("compile.target"):
-        return float("inf")
-    return sum(WEIGHTS.get(k.split(".")[0], 1.0) for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    different things (``compile.target``, ``compile.scope``)."""
+    if a.get("compile.target") != b.get("compile.target") or \
+            a.get("compile.scope", "model") != b.get("compile.scope", "model"):
+        return float("inf")  # (one layer compiled for all is not the whole model compiled)
+    return sum(WEIGHTS.get(k.split(".")[0], 1.0) for k in a.keys() | b.keys()
+               if k != "compile.scope" and a.get(k) != b.get(k))
 
 
 class CompileCost:

@@ -31,6 +31,11 @@ def test_nearest_rows_of_the_nearest_tier():
     assert other.seconds == 50.0 and "other models" in other.basis
     assert cost.predict(recipe(target="aoti")) is None  # another compile target says nothing
     assert distance(flat(recipe()), flat(recipe(target="off"))) == float("inf")
+    # one decoder layer compiled for all is not the whole model compiled (a missing scope is the model)
+    layers = {**recipe(target="decode"), "compile": {"target": "decode", "mode": "default", "scope": "layers"}}
+    assert distance(flat(layers), flat(recipe(target="decode"))) == float("inf")
+    assert distance(flat({**layers, "compile": {**layers["compile"], "scope": "model"}}),
+                    flat(recipe(target="decode"))) == 0
 
 
 def test_a_compile_stopped_at_the_cap_is_a_lower_bound():

@@ -157,6 +157,8 @@ def compile_history(store, limit: int = 5000):
         if f.get("phase") == "deferred":
             continue
         censored = f.get("first_call_cap_s") is not None
+        if censored and (f.get("lanes") or 1) > 1:
+            continue  # stopped while sharing the CPU with other trials: no bound on a compile alone
         seconds = f.get("first_call_cap_s") if censored else f.get("first_call_s")
         if seconds is None:
             continue
