@@ -183,3 +183,17 @@ def test_one_program_serves_every_rung(tiny_model, path):
     if path == "layers":  # every layer of every step ran the compiled region
         layers = len(applied.model.model.layers)
         assert layers > 1 and applied.generate_fn.regions.calls >= layers * (4 + 49 + 89)
+
+
+def test_layers_built_unlike_are_not_compiled_as_one(tiny_model):
+    """What a layer holds besides its weights is baked into the one program unguarded: a model whose
+    layers differ (SmolLM3 skips RoPE in some) is refused, naming the layer and what differs."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    opts = get_optimizations()
+    recipe = resolve(PATHS["layers"], opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=300, max_batch=1)
+    model.model.layers[1].self_attn.scaling = 0.5
+    with pytest.raises(RecipeError, match="decoder layer 1 is not built like layer 0 .*self_attn.scaling"):
+        opts["compile"].wrap_generate(None, model, recipe["compile"], ctx)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RecipeError
 from .ladder import CacheLadder, cache_kwarg
 from .plan import GenerationPlan
 from .regions import CompiledLayers
@@ -157,6 +158,12 @@ class DecodeLoop:
         import torch
 
         ids = torch.ones(1, 4, dtype=torch.long, device=model.device)
+        regions = getattr(self, "regions", None)
+        before = regions.calls if regions is not None else 0
         for capacity in self.ladder.capacities:
             plan = GenerationPlan(model, ids, 2, {"min_new_tokens": 2}, self.name)
             self._generate(model, ids, None, 2, None, plan, capacity)
+        if regions is not None and regions.calls == before:  # a compiled recipe measured eager would lie
+            raise RecipeError(f"{self.name} with compile.scope=layers: {type(model).__name__}'s decoder layers never "
+                              "ran the compiled region (its cache layers cannot be windowed, or its layers take "
+                              "arguments the region does not pass): use compile.scope=model")

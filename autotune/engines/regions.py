@@ -7,16 +7,18 @@ transformers' code the cache does: attention calls ``cache.update(k, v, self.lay
 ``cache.layers[idx]`` — a guard on the index and a different tensor path per layer (one graph per
 layer, then dynamo's recompile limit, then eager: PyTorch's own analysis is pytorch/pytorch#156520).
 So the region is handed a :class:`LayerView` of the layer's own cache layer, which ignores the index.
+What else a layer holds is baked into the program unguarded, so layers must be built alike
+(:func:`structure`; checked when installed).
 
 Weights are inputs of the region (dynamo inlines built-in modules), so the layers share its program
 and the model's one copy of the weights. Only calls over a windowed static cache
-(:mod:`.ladder`) take the compiled region: ``model.generate`` over its own cache still runs the layers
-as written. Measured on the Xeon (int8 weights, bf16, envelope 2048): 26 s of warm-up instead of
+(:mod:`.ladder`) take the compiled region: ``model.generate`` over a cache of its own (dynamic, or
+static without windows) runs the layers as written. Measured on the Xeon (int8 weights, bf16, envelope 2048): 26 s of warm-up instead of
 137 s for the whole decoder, decode steps as fast (``benchmarks/RESULTS.md``)."""
 from __future__ import annotations
 
 from ..errors import RecipeError
-from .ladder import windowed
+from .ladder import window_layer
 
 
 class LayerView:
@@ -33,13 +35,40 @@ class LayerView:
 
 
 def decoder_layers(model):
-    """The model's decoder layers (a ``ModuleList``), or a :class:`RecipeError` naming the model."""
+    """The model's decoder layers (a ``ModuleList``) when they are alike (:func:`structure`), or a
+    :class:`RecipeError` naming the model and what differs."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     layers = getattr(base, "layers", None)
-    if layers is None or len(layers) == 0 or len({type(layer) for layer in layers}) != 1:
-        raise RecipeError(f"compile.scope=layers: {type(model).__name__} has no list of identical decoder layers "
-                          "to compile as one region (use compile.scope=model)")
+    if layers is None or len(layers) == 0:
+        raise RecipeError(f"compile.scope=layers: {type(model).__name__} has no list of decoder layers to compile "
+                          "as one region (use compile.scope=model)")
+    first = structure(layers[0])
+    for index, layer in enumerate(layers):
+        differs = sorted(set(structure(layer)) ^ set(first))
+        if differs:
+            raise RecipeError(f"compile.scope=layers: {type(model).__name__}'s decoder layer {index} is not built "
+                              f"like layer 0 ({differs[0][0]} differs): one program cannot serve both (use "
+                              "compile.scope=model)")
     return layers
+
+
+def structure(layer) -> list[tuple]:
+    """What a compiled layer bakes in, unguarded: each submodule's class and plain attributes (all but
+    ``layer_idx``, which only picks the cache layer, handed in as a view), each weight's class, shape
+    and dtype. Layers equal in it run one program correctly (a SmolLM3 layer without RoPE would not)."""
+    import torch
+
+    out = []
+    for name, module in layer.named_modules():
+        out.append((f"{name or 'layer'} class", type(module).__qualname__))
+        for key, value in vars(module).items():
+            if not key.startswith("_") and key != "layer_idx" and \
+                    isinstance(value, (bool, int, float, str, tuple, type(None))):
+                out.append((f"{name or 'layer'}.{key}", repr(value)))
+    for name, param in list(layer.named_parameters()) + list(layer.named_buffers()):
+        if isinstance(param, torch.Tensor):
+            out.append((name, f"{type(param).__qualname__} {tuple(param.shape)} {param.dtype}"))
+    return out
 
 
 def layer_region(layer, hidden_states, attention_mask, position_embeddings, position_ids, view):
@@ -55,8 +84,8 @@ def prompt_region(layer, hidden_states, attention_mask, position_embeddings, pos
 
 class CompiledLayers:
     """Installs the compiled region on every decoder layer of ``model``: one-token passes over a
-    windowed static cache run it; so do prompts when ``prompt`` (compiled for every length), else they
-    run eager. ``compiles()`` counts the calls that took a compiled region."""
+    windowed static cache layer run it; so do prompts when ``prompt`` (compiled for every length), else
+    they run eager. ``calls`` counts the layer calls that took a compiled region."""
 
     def __init__(self, model, compile_options: dict | None = None, prompt: bool = False):
         import torch
@@ -87,7 +116,7 @@ class CompiledLayers:
                     position_embeddings=None, **kwargs):
             one_token = hidden_states.shape[1] == 1
             region = self.step if one_token else self.prompt
-            if region is None or cache is None or kwargs or not windowed(cache):
+            if region is None or cache is None or kwargs or type(cache.layers[index]) is not window_layer():
                 return plain(hidden_states, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                              use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
             if isinstance(attention_mask, torch.Tensor):  # its last size is the window's: one program for all
