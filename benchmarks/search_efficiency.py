@@ -43,7 +43,7 @@ GRID = {  # the levers that matter on a CPU host, small enough to measure whole
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],
     "quantization.head": ["keep"],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],
 }

@@ -33,7 +33,7 @@ GRID = {  # what matters on a CPU host, small enough to measure whole
     "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],
     "quantization.head": ["keep"],
 }
 

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 PATHS = {"static": {"cache": {"implementation": "static"}},
          "decode": {"cache": {"implementation": "static"}, "compile": {"target": "decode"}},
          "layers": {"cache": {"implementation": "static"}, "compile": {"target": "decode", "scope": "layers"}},
+         "layers+prefill": {"cache": {"implementation": "static"},
+                            "compile": {"target": "decode", "scope": "layers", "prefill": "compiled"}},
          "aoti": {"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}}
 ENVELOPE = {"max_context": 300, "max_batch": 2}
 

@@ -22,7 +22,7 @@ GRID = {
     "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto", "math"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
-    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"],
+    "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],
     "quantization.head": ["keep"],
     "runtime.threads": ["auto"], "decoding.method": ["greedy"],
 }
