@@ -75,21 +75,6 @@ class ModelSource:
                     h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
 
-    def weight_bytes(self) -> int:
-        """The checkpoint's weight files' bytes; for a config-only model (or no weight files), its
-        float32 size estimated from the config (embeddings and decoder layers)."""
-        folder = Path(self.path)
-        if not folder.is_dir():
-            folder = _hub_snapshot(self.path) or folder
-        files = [f for f in folder.iterdir() if f.suffix in WEIGHT_SUFFIXES] if folder.is_dir() else []
-        if files and not self.config_only:
-            return sum(f.stat().st_size for f in files)
-        c = self.info().config
-        c = c.get("text_config", c)
-        hidden, layers = c.get("hidden_size") or 0, c.get("num_hidden_layers") or 0
-        inner = c.get("intermediate_size") or 4 * hidden
-        return 4 * (2 * (c.get("vocab_size") or 0) * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner))
-
 
 def _hub_snapshot(repo_id: str) -> Path | None:
     """The local snapshot of a hub model (its folder name is the revision), without the network."""

@@ -247,11 +247,11 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         remeasure=bool(cli.get("remeasure")),
         price_per_hour=price,
         draft=draft,
-        lanes=parse_jobs(pick("jobs", default="auto"), target, source),
+        lanes=parse_jobs(pick("jobs", default="auto")),
     )
 
 
-def parse_jobs(value, target, source: ModelSource) -> int:
+def parse_jobs(value) -> int:
     """``--jobs``: a positive number, or ``auto`` — one lane. A CPU trial's threads take every core,
     and beside another trial's compile its decode steps' thread barriers each wait out a time slice:
     on the 2-core Xeon a 35 ms step took 117 ms beside one busy thread, 312 ms beside three, and 4.7 s

@@ -51,7 +51,7 @@ class Search:
         self.budget = spec.budget
         workload = spec.workload
         self.model_info = replace(spec.source.info(draft=spec.draft),
-                                              rows=max(workload.batch_size, workload.max_batch))
+                                  rows=max(workload.batch_size, workload.max_batch))
         self.space = spaces.build_space(optimizations, spec.target, spec.restrict, self.model_info)
         check_sampler(spec.sampler, self.space)
         self.study_name = spec.study_name or spec.default_study_name()

@@ -95,6 +95,7 @@ class DecodeLoop:
 
         self.ladder = ladder
         self.cache_kw = cache_kwarg(model)
+        self.regions: CompiledLayers | None = None
         if scope == "layers":
             self.regions = CompiledLayers(model, compile_options, prompt=compiled_prefill)
             self.compiled, self.prompt_pass = decode_step, prompt_pass
@@ -158,7 +159,7 @@ class DecodeLoop:
         import torch
 
         ids = torch.ones(1, 4, dtype=torch.long, device=model.device)
-        regions = getattr(self, "regions", None)
+        regions = self.regions
         before = regions.calls if regions is not None else 0
         for capacity in self.ladder.capacities:
             plan = GenerationPlan(model, ids, 2, {"min_new_tokens": 2}, self.name)

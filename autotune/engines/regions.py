@@ -13,8 +13,9 @@ What else a layer holds is baked into the program unguarded, so layers must be b
 Weights are inputs of the region (dynamo inlines built-in modules), so the layers share its program
 and the model's one copy of the weights. Only calls over a windowed static cache
 (:mod:`.ladder`) take the compiled region: ``model.generate`` over a cache of its own (dynamic, or
-static without windows) runs the layers as written. Measured on the Xeon (int8 weights, bf16, envelope 2048): 26 s of warm-up instead of
-137 s for the whole decoder, decode steps as fast (``benchmarks/RESULTS.md``)."""
+static without windows) runs the layers as written. Measured on the Xeon (int8 weights, bf16,
+envelope 2048): 26 s of warm-up instead of 137 s for the whole decoder, decode steps as fast
+(``benchmarks/RESULTS.md``)."""
 from __future__ import annotations
 
 from ..errors import RecipeError
