@@ -85,6 +85,8 @@ class DecodeLoop:
     """Eager prefill, compiled step (see the module)."""
 
     name = "compile.target=decode"
+    #: the layer-compiled region when ``scope="layers"`` (a subclass that replaces the passes has none)
+    regions: CompiledLayers | None = None
 
     def __init__(self, model, ladder: CacheLadder, compile_options: dict | None = None, compiled_prefill: bool = False,
                  scope: str = "model"):
@@ -95,7 +97,6 @@ class DecodeLoop:
 
         self.ladder = ladder
         self.cache_kw = cache_kwarg(model)
-        self.regions: CompiledLayers | None = None
         if scope == "layers":
             self.regions = CompiledLayers(model, compile_options, prompt=compiled_prefill)
             self.compiled, self.prompt_pass = decode_step, prompt_pass
