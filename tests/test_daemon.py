@@ -44,11 +44,17 @@ def queue_db(request, tmp_path):
     return f"sqlite:///{tmp_path / 'queue.db'}"
 
 
-def job_file(tmp_path, model, trials, **space) -> str:
+#: the queue tests' budget: met by every measured recipe. Under the default quality floor a job whose
+#: sampled recipes (the sampler's seed follows the study name, so the tmp path) all lose top-1 agreement on
+#: a random-weight model (fp16, an int4 head) ends ``failed``: clean-clone CI m failed on it
+BINDS_NOTHING = "quality>=0"
+
+
+def job_file(tmp_path, model, trials, budget: str = BINDS_NOTHING, **space) -> str:
     if any(k.startswith("chaos.") for k in space):  # the test plugins are loaded: keep decode steps clean
         space = {"corrupt.decode": ["clean"], **space}
     return write_study(tmp_path, model, {"compile.target": ["off"], "cache.ladder": ["x2"], **space},
-                       trials=trials)
+                       trials=trials, budget=budget)
 
 
 def submit(db, args) -> int:
@@ -140,6 +146,19 @@ def test_kill9_mid_trial_is_retried_elsewhere(queue_db, tmp_path, tiny_model):
     assert counted_trials(study) == (2, 0)
     assert len([t for t in study.trials if t.state == S.COMPLETE]) == 2  # none lost, none duplicated
     assert job(queue_db, job_id)["state"] == "done", (job(queue_db, job_id), err[-3000:])
+
+
+def test_a_job_nothing_fits_ends_failed_saying_why(queue_db, tmp_path, tiny_model):
+    # an int4 LM head on a random-weight model loses top-1 agreement: the default floor binds
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, budget="", **{
+        "quantization.method": ["none"], "quantization.head": ["int4"], "dtype.dtype": ["bfloat16"]})])
+    p = daemon(queue_db, "--exit-when-idle")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    j = job(queue_db, job_id)
+    assert j["state"] == "failed" and j["trials_done"] == 2, j
+    assert "quality" in j["message"] and "nearest candidate" in j["message"], j
+    assert j["best_measurement_id"] is None
 
 
 def test_sigterm_exits_cleanly_and_the_job_resumes(queue_db, tmp_path, tiny_model):
