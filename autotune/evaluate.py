@@ -98,6 +98,10 @@ def place_on_roofline(figures: Figures, target) -> str | None:
     bandwidth = roofline.memory_bandwidth(target.device, target.hardware_key)
     figures.mbu = roofline.mbu(figures.bytes_per_step, figures.tpot_ms_p50 / 1e3, bandwidth)
     if roofline.impossible(figures.mbu, figures.bytes_per_step, figures.tokens_per_step or 1.0):
+        # the step or the cached probe is wrong: probe again before blaming the step
+        bandwidth = roofline.probe_again(target.device, target.hardware_key)
+        figures.mbu = roofline.mbu(figures.bytes_per_step, figures.tpot_ms_p50 / 1e3, bandwidth)
+    if roofline.impossible(figures.mbu, figures.bytes_per_step, figures.tokens_per_step or 1.0):
         return (f"invalid measurement: a decode step of {figures.tpot_ms_p50:.2f} ms reads "
                 f"{figures.bytes_per_step / 2**20:.0f} MiB, {figures.mbu:.1f}x what this target's memory "
                 f"bandwidth ({bandwidth / 1e9:.1f} GB/s) allows")

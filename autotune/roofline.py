@@ -10,6 +10,7 @@ autotune's cache dir per hardware key."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import lru_cache
 
@@ -26,32 +27,59 @@ CACHE_RESIDENT_BYTES = 256 << 20
 @lru_cache(maxsize=None)
 def memory_bandwidth(device: str, hardware_key: str) -> float:
     """Bytes per second this target reads from memory (cached on disk per hardware key)."""
-    path = cache_dir() / "bandwidth" / f"{hardware_key}.json"
+    path = _cached(hardware_key)
     try:
         return float(json.loads(path.read_text())["bytes_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    value = _probe(device)
+    return _store(path, _probe(device))
+
+
+def probe_again(device: str, hardware_key: str) -> float:
+    """The bandwidth probed once more, kept when higher than the cached one: a probe that ran beside a
+    busy process (or before a fix) under-reads, and every later decode step would look faster than
+    memory allows (a CI run found the HF default "invalid" against a 13.2 GB/s probe of a 22.7 GB/s
+    Xeon). Returns the bandwidth now cached."""
+    value = max(memory_bandwidth(device, hardware_key), _probe(device))
+    _store(_cached(hardware_key), value)
+    memory_bandwidth.cache_clear()
+    return value
+
+
+def _cached(hardware_key: str):
+    return cache_dir() / "bandwidth" / f"{hardware_key}.json"
+
+
+def _store(path, value: float) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"bytes_per_s": value, "probe_bytes": PROBE_BYTES}))
     tmp.replace(path)
     return value
 
 
 def _probe(device: str) -> float:
+    """Best of six reductions over :data:`PROBE_BYTES`, on every core (one thread reads half what two
+    do on the 2-core Xeon: 11.3 against 22.7 GB/s)."""
     import torch
 
-    x = torch.ones(PROBE_BYTES // 4, dtype=torch.float32, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    best = float("inf")
-    for _ in range(6):
-        sync()
-        t0 = time.perf_counter()
-        x.sum()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    del x
+    threads = torch.get_num_threads()
+    if device != "cuda":
+        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                  else os.cpu_count() or 1))
+    try:
+        x = torch.ones(PROBE_BYTES // 4, dtype=torch.float32, device=device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        best = float("inf")
+        for _ in range(6):
+            sync()
+            t0 = time.perf_counter()
+            x.sum()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        del x
+    finally:
+        torch.set_num_threads(threads)
     if device == "cuda":  # the search's process keeps no gigabyte reserved for its trials' lifetime
         torch.cuda.empty_cache()
     return PROBE_BYTES / best
