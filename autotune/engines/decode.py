@@ -5,10 +5,11 @@ ladder that holds the call (one program for every rung: the window's length is a
 step is compiled whole, or one decoder layer is, shared by every layer (:mod:`.regions`).
 
 Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
-change and nothing recompiles in steady state); a left-padded batch runs with its attention mask
-over the cache's slots and per-row positions, as ``generate`` runs it; tokens are chosen and calls
-stopped by a :class:`~autotune.engines.plan.GenerationPlan` (greedy or sampled, EOS, stop strings,
-streamers), exactly as ``generate`` would."""
+change and nothing recompiles in steady state; an eager prompt pass runs the real rows only); a
+left-padded batch runs with its attention mask over the cache's slots and per-row positions, as
+``generate`` runs it; tokens are chosen and calls stopped by a
+:class:`~autotune.engines.plan.GenerationPlan` (greedy or sampled, EOS, stop strings, streamers),
+exactly as ``generate`` would."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ class DecodeLoop:
 
         self.ladder = ladder
         self.cache_kw = cache_kwarg(model)
+        self.eager_prompt = not compiled_prefill
         if scope == "layers":
             self.regions = CompiledLayers(model, compile_options, prompt=compiled_prefill)
             self.compiled, self.prompt_pass = decode_step, prompt_pass
@@ -107,8 +109,13 @@ class DecodeLoop:
 
     # -- the model's two passes (what the ahead-of-time loop replaces) -----------------------------
     def prefill(self, model, rows: Rows):
-        """The prompt's pass: fills the cache, returns the last position's logits, ``[batch, vocab]``."""
-        return self.prompt_pass(model, rows.input_ids, rows.positions, rows.mask, rows.cache, self.cache_kw)
+        """The prompt's pass: fills the cache, returns the last position's logits, ``[rows, vocab]``. An
+        eager pass runs the call's real rows only (the padding rows' cache slots keep what they held: a
+        step computes each row on its own, and theirs are dropped); a compiled one runs all ``max_batch``
+        (one program for every call)."""
+        n = rows.real if self.eager_prompt else rows.input_ids.shape[0]
+        return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n], rows.mask[:n], rows.cache,
+                                self.cache_kw)
 
     def step(self, model, token, rows: Rows):
         """One new token per row at ``rows.next_positions``: its logits, ``[batch, vocab]`` (cloned: a

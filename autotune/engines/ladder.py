@@ -124,14 +124,25 @@ class CacheLadder:
 def window_layer():
     """transformers' plain static layer (full attention), reading only its first ``len(span)`` slots
     when it has a ``span``: keys and values returned to attention, and the mask's length, are the
-    window's (slots past it hold nothing this call wrote: the call's rung holds it)."""
+    window's (slots past it hold nothing this call wrote: the call's rung holds it). A prompt pass over
+    fewer rows than the cache holds (the call's real rows, not the copies that pad a step to
+    ``max_batch``) writes and reads the first rows only."""
+    import torch
     from transformers.cache_utils import StaticLayer
 
     class WindowedStaticLayer(StaticLayer):
         span = None
 
         def update(self, key_states, value_states, *args, **kwargs):
-            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            rows = key_states.shape[0]
+            if self.is_initialized and rows < self.keys.shape[0]:  # a prompt pass over the call's real rows
+                keys, values = self.keys[:rows], self.values[:rows]  # views: written through to the cache
+                at = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
+                self.cumulative_length.add_(key_states.shape[-2])
+                keys.index_copy_(2, at, key_states)
+                values.index_copy_(2, at, value_states)
+            else:
+                keys, values = super().update(key_states, value_states, *args, **kwargs)
             if self.span is None:
                 return keys, values
             slots = self.span.shape[0]
