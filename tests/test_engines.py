@@ -106,22 +106,29 @@ def test_every_shape_of_the_envelope_is_served_without_a_compile(served):
     assert compile_count() == before, f"{name}: compiled in steady state"
 
 
-def test_an_eager_prompt_pass_runs_only_the_calls_rows(served):
+def test_an_eager_prompt_pass_runs_only_the_calls_rows_unmasked(served):
     """A one-row call under max_batch 2: the decode loops' eager prompt pass embeds one row, not the
-    padding copy a step needs (at a 2,000-token prompt the copy doubled the prompt's time); a compiled
-    prompt pass, one program for every call, runs both."""
+    padding copy a step needs (at a 2,000-token prompt the copy doubled the prompt's time), over a
+    window as long as the prompt (no mask); a compiled prompt pass, one program for every call, runs
+    both rows over the rung's window."""
     name, applied = served
     if name in ("static", "aoti"):
         pytest.skip("transformers' generate runs the call's rows; an ahead-of-time program has fixed rows")
     embed = applied.model.get_input_embeddings()
-    seen = []
-    hook = embed.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    layer = applied.model.model.layers[0]
+    seen, masks = [], []
+    hooks = [embed.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape))),
+             layer.register_forward_pre_hook(lambda module, args, kwargs: masks.append(
+                 (args[0].shape[1], kwargs.get("attention_mask") is None)), with_kwargs=True)]
     try:
         applied.generate_ids(ids(40, 9), max_new_tokens=3, min_new_tokens=3)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     prompt_rows = {rows for rows, length in seen if length == 40}
     assert prompt_rows == ({2} if name == "layers+prefill" else {1}), (name, seen)
+    # no padding: the eager pass reads a window of the prompt alone, so attention runs causal, unmasked
+    assert [unmasked for length, unmasked in masks if length == 40] == [name != "layers+prefill"], (name, masks)
 
 
 def test_a_call_outside_the_envelope_is_refused_naming_it(served):

@@ -111,11 +111,18 @@ class DecodeLoop:
     def prefill(self, model, rows: Rows):
         """The prompt's pass: fills the cache, returns the last position's logits, ``[rows, vocab]``. An
         eager pass runs the call's real rows only (the padding rows' cache slots keep what they held: a
-        step computes each row on its own, and theirs are dropped); a compiled one runs all ``max_batch``
-        (one program for every call)."""
-        n = rows.real if self.eager_prompt else rows.input_ids.shape[0]
-        return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n], rows.mask[:n], rows.cache,
-                                self.cache_kw)
+        step computes each row on its own, and theirs are dropped), without padding over a window of the
+        prompt alone (causal attention without a mask); a compiled one runs all ``max_batch`` rows over
+        the rung's window (one program for every call)."""
+        if not self.eager_prompt:
+            return self.prompt_pass(model, rows.input_ids, rows.positions, rows.mask, rows.cache, self.cache_kw)
+        n, prompt = rows.real, rows.input_ids.shape[1]
+        mask = rows.mask[:n]
+        if bool(mask[:, :prompt].all()):  # no padding: a window of the prompt alone (ladder.prompt_window)
+            with self.ladder.prompt_window(rows.cache, prompt, mask.shape[1]) as narrowed:
+                return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n],
+                                        mask[:, :prompt] if narrowed else mask, rows.cache, self.cache_kw)
+        return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n], mask, rows.cache, self.cache_kw)
 
     def step(self, model, token, rows: Rows):
         """One new token per row at ``rows.next_positions``: its logits, ``[batch, vocab]`` (cloned: a

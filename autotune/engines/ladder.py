@@ -13,6 +13,7 @@ paid again). The cache is allocated the first time it is asked for — outside a
 transformers marks its buffers' addresses static — and rewound, not reallocated, between calls."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -100,6 +101,25 @@ class CacheLadder:
         for layer in cache.layers:
             if type(layer) is window_layer():
                 layer.span = span
+
+    @contextlib.contextmanager
+    def prompt_window(self, cache, prompt: int, slots: int):
+        """Within: a windowed ``cache`` reads exactly its first ``prompt`` slots, then again ``slots``.
+        An eager prompt pass over a fresh cache, without padding, then has as many keys as queries, and
+        transformers runs causal attention with no mask at all: half the work of a masked pass over the
+        rung's window (1984 tokens: 670 ms of a 1.3 s prompt pass went to the masked attention)."""
+        import torch
+
+        if not windowed(cache):
+            yield False
+            return
+        span = torch.empty(prompt, 0, device=self.model.device)
+        for layer in cache.layers:
+            layer.span = span
+        try:
+            yield True
+        finally:
+            self.set_window(cache, slots)
 
     def _allocate(self, batch: int):
         """Outside inference mode (calls run inside it): an ahead-of-time program exports the cache's
