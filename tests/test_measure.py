@@ -234,3 +234,14 @@ def test_kl_divergence_from_the_baseline_through_the_served_path(tiny_model):
     from autotune.budget import parse_budget
 
     assert parse_budget(f"kld<={bf16.figures.kld / 2:.9f}").missed(bf16.figures) != []
+
+
+def test_a_baseline_is_measured_again_only_when_far_off_its_cv_target():
+    """A second baseline is a whole trial: spent on a CV twice the target, not on any miss."""
+    from autotune.figures import Figures
+    from autotune.measurer import too_noisy_for_a_baseline
+
+    policy = MeasurePolicy(target_cv=0.05)
+    assert not too_noisy_for_a_baseline(Figures(cv=0.095, noisy=True), policy)  # the README job's, 75 s spent
+    assert too_noisy_for_a_baseline(Figures(cv=0.12, noisy=True), policy)
+    assert not too_noisy_for_a_baseline(Figures(cv=None), policy)
