@@ -197,7 +197,8 @@ def study_options(fn):
         click.argument("model", required=False),
         click.option("--budget", default=None, help="limits, e.g. \"tpot_p50<=25ms,memory<=4GiB,quality>=0.97\""),
         click.option("--objective", default=None,
-                     help="tpot (default), ttft, e2e, throughput or memory (comma list with --pareto)"),
+                     help="throughput (default: tokens/s over the traffic mix), tpot, ttft, e2e, memory or cost "
+                          "(comma list with --pareto)"),
         click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front"),
         click.option("--trials", type=click.IntRange(min=1), default=None,
                      help=f"measured trials (default {SearchSpec.trials})"),
