@@ -224,3 +224,25 @@ def test_layers_built_unlike_are_not_compiled_as_one(tiny_model):
     model.model.layers[1].self_attn.scaling = 0.5
     with pytest.raises(RecipeError, match="decoder layer 1 is not built like layer 0 .*self_attn.scaling"):
         opts["compile"].wrap_generate(None, model, recipe["compile"], ctx)
+
+
+def test_a_model_with_sliding_window_layers_is_served_whole_rows(tmp_path):
+    """A cache with sliding-window layers cannot be windowed: its prompt pass takes every max_batch row
+    (a sliding layer's buffer has them all), and a one-row call gives generate's tokens."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=300, max_position_embeddings=512, sliding_window=16)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    opts = get_optimizations()
+    recipe = resolve(PATHS["decode"], opts)
+    applied = apply_recipe(str(tmp_path), opts, recipe,
+                           ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=100, max_batch=2))
+    applied.warm_up()
+    prompt = ids(30, 11)
+    with torch.inference_mode():
+        want = plain.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                              pad_token_id=0)
+    assert torch.equal(applied.generate_ids(prompt, max_new_tokens=6, min_new_tokens=6), want)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecipeError
-from .ladder import CacheLadder, cache_kwarg
+from .ladder import CacheLadder, cache_kwarg, windowed
 from .plan import GenerationPlan
 from .regions import CompiledLayers
 
@@ -113,8 +113,9 @@ class DecodeLoop:
         eager pass runs the call's real rows only (the padding rows' cache slots keep what they held: a
         step computes each row on its own, and theirs are dropped), without padding over a window of the
         prompt alone (causal attention without a mask); a compiled one runs all ``max_batch`` rows over
-        the rung's window (one program for every call)."""
-        if not self.eager_prompt:
+        the rung's window (one program for every call), and so does a pass over a cache with layers that
+        are not windowed static ones."""
+        if not self.eager_prompt or not windowed(rows.cache):  # other layers (sliding) take every row
             return self.prompt_pass(model, rows.input_ids, rows.positions, rows.mask, rows.cache, self.cache_kw)
         n, prompt = rows.real, rows.input_ids.shape[1]
         mask = rows.mask[:n]
