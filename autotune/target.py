@@ -107,3 +107,11 @@ def current_target(device: str | None = None) -> Target:
         raise UsageError("--device cuda asked for, but torch sees no CUDA device here")
     return Target("cpu", _cpu_model(), int(psutil.virtual_memory().total), None,
                   threads or os.cpu_count() or 1, _cpu_flags(), versions)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS says, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

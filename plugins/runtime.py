@@ -8,19 +8,12 @@ marked unavailable so no trial is spent on it."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import autotune
 from autotune import Option, Optimization
+from autotune.target import usable_cores
 
 COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _default_threads() -> int:
@@ -44,7 +37,7 @@ class Runtime(Optimization):
             for n in COUNTS:  # the GPU does the work; threads only feed it
                 out[f"threads={n}"] = "on CUDA the CPU threads only launch kernels: no choice to make"
             return out
-        cores, default = _cores(), _default_threads()
+        cores, default = usable_cores(), _default_threads()
         for n in COUNTS:
             if n > cores:
                 out[f"threads={n}"] = f"this machine has {cores} cores"

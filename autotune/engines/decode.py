@@ -120,9 +120,9 @@ class DecodeLoop:
         n, prompt = rows.real, rows.input_ids.shape[1]
         mask = rows.mask[:n]
         if bool(mask[:, :prompt].all()):  # no padding: a window of the prompt alone (ladder.prompt_window)
-            with self.ladder.prompt_window(rows.cache, prompt, mask.shape[1]) as narrowed:
-                return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n],
-                                        mask[:, :prompt] if narrowed else mask, rows.cache, self.cache_kw)
+            with self.ladder.prompt_window(rows.cache, prompt, mask.shape[1]):
+                return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n], mask[:, :prompt], rows.cache,
+                                        self.cache_kw)
         return self.prompt_pass(model, rows.input_ids[:n], rows.positions[:n], mask, rows.cache, self.cache_kw)
 
     def step(self, model, token, rows: Rows):
