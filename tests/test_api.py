@@ -199,3 +199,11 @@ def test_quality_below_the_floor_fails_and_config_only_skips_it():
     assert "quality" not in {c.figure for c in regression_checks(stored, now, 0.95, parse_budget(""))}
     now.quality, now.quality_valid = None, None  # quality not measured now: a failure, not a pass
     assert not {c.figure: c for c in regression_checks(stored, now, 0.95, parse_budget(""))}["quality"].ok
+
+
+def test_the_default_objective_is_tokens_per_second_over_the_traffic_mix(tiny_model):
+    """What will be served: ranked by TPOT alone, a loop whose long prompts ran 9x slower won."""
+    from autotune.spec import build
+
+    assert build(model=tiny_model).objectives == [("tokens_per_s", "maximize")]
+    assert build(model=tiny_model, objective="tpot").objectives == [("tpot_ms_p50", "minimize")]
