@@ -84,6 +84,10 @@ class Compile(Optimization):
             if cache.get("implementation") != "static":
                 return (f"compile.target={mine['target']} drives its own StaticCache: needs "
                         "cache.implementation=static")
+        if mine.get("target") == "aoti" and not target.has_cuda and "autotune" in mine.get("mode", "default"):
+            # measured: the package asked for "constant573", a weight packed for the CPU GEMM template
+            return (f"compile.mode={mine['mode']} on CPU packs weights into constants of the program's own, and an "
+                    "AOTInductor program here shares the model's weights (its package holds none): the load fails")
         if target.has_cuda and mine.get("mode") in CUDA_GRAPH_MODES:
             if mine.get("target") == "generate":
                 return (f"compile.mode={mine['mode']} captures CUDA graphs, and a whole generate call (its Python "

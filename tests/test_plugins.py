@@ -193,3 +193,21 @@ def test_one_sequence_decoding_is_no_choice_for_a_workload_of_several_rows(tiny_
     if max_batch > 1:
         assert "up to 2 rows" in get_optimizations()["decoding"].unavailable(current_target("cpu"),
                                                                             search.model_info)["method=prompt-lookup"]
+
+
+def test_an_ahead_of_time_program_is_not_autotuned_on_cpu():
+    """max-autotune's CPU GEMM templates pack each weight into a constant of the program's own; an
+    AOTInductor program here is handed the model's weights, so its load failed ("the package asks for a
+    constant the model does not have: constant573"). Ruled out on CPU, not on CUDA (no packing there)."""
+    from dataclasses import replace
+
+    from autotune.recipe import impossible, resolve
+
+    opts = get_optimizations()
+    cpu = current_target("cpu")
+    recipe = resolve({"cache": {"implementation": "static"},
+                      "compile": {"target": "aoti", "mode": "max-autotune-no-cudagraphs"}}, opts)
+    assert "packs weights" in impossible(recipe, opts, cpu, None)
+    assert impossible(resolve({"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}, opts),
+                      opts, cpu, None) is None
+    assert impossible(recipe, opts, replace(cpu, device="cuda", name="NVIDIA H100"), None) is None
