@@ -131,6 +131,25 @@ def test_an_eager_prompt_pass_runs_only_the_calls_rows_unmasked(served):
     assert [unmasked for length, unmasked in masks if length == 40] == [name != "layers+prefill"], (name, masks)
 
 
+def test_the_ahead_of_time_loop_steps_only_the_calls_rows(served):
+    """Under max_batch 2 the program takes the rows as a dynamic size: a one-row call's steps run one
+    row (a padding copy was a second row's attention and matmuls in every step), a two-row call's two,
+    and both through the one package."""
+    name, applied = served
+    if name != "aoti":
+        pytest.skip("the compiled decode loops pad every step to max_batch (one shape, no recompile)")
+    loop, widths = applied.generate_fn, []
+    step = loop.step
+    loop.step = lambda model, token, rows: (widths.append(tuple(token.shape)), step(model, token, rows))[1]
+    try:
+        applied.generate_ids(ids(20, 4), max_new_tokens=3, min_new_tokens=3)
+        applied.generate_ids(torch.cat([ids(20, 4), ids(20, 5)]), max_new_tokens=3, min_new_tokens=3)
+    finally:
+        del loop.step
+    assert widths == [(1, 1), (1, 1), (2, 1), (2, 1)], widths
+    assert list(loop.programs) == ["any"]
+
+
 def test_a_call_outside_the_envelope_is_refused_naming_it(served):
     name, applied = served
     with pytest.raises(RecipeError, match="at most 300 positions and 2 sequences"):
@@ -170,10 +189,10 @@ def test_aoti_programs_share_the_models_weights(tiny_model):
     applied.warm_up()
     loop = applied.generate_fn
     assert isinstance(loop, AheadOfTimeLoop) and loop.ladder.capacities == [150, 300]
-    assert list(loop.programs) == [1]  # one for both rungs, at the envelope's one batch width
+    assert list(loop.programs) == ["any"]  # one for both rungs and every batch width
     weight = applied.model.model.layers[0].mlp.down_proj.weight
-    for batch, runner in loop.programs.items():
-        cache = loop.ladder.cache(batch, 150)
+    for runner in loop.programs.values():
+        cache = loop.ladder.cache(loop.cache_rows(), 150)
         from autotune.engines.aoti import _module
 
         given = constants_of(_module(applied.model, cache), runner.get_constant_fqns())

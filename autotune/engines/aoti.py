@@ -1,7 +1,9 @@
 """The decode loop over AOTInductor programs: the model over its static cache, exported once with
 ``torch.export`` (the query length dynamic, so the prompt's pass and every token's step are one
-program; the window's length dynamic, so every rung of the ladder is too) and compiled ahead of time
-into a package cached on disk per model, recipe, batch, cache length, hardware and library versions — driven with no dynamo guards or Python wrapper between the tokens
+program; the window's length dynamic, so every rung of the ladder is too; and the rows, so a one-row
+call runs one row, not ``max_batch`` of them) and compiled ahead of time into a package cached on disk
+per model, recipe, ``max_batch``, cache length, hardware and library versions — driven with no dynamo
+guards or Python wrapper between the tokens
 (the CPU's answer to CUDA graphs; measured on a 2-core EPYC, the compiled decode step spent ~5 of
 its 12 ms per token in guards and the wrapper). The prompt's pass runs eager, as the decode loop's
 does (:meth:`DecodeLoop.prefill`): a long prompt through the program took 9x as long.
@@ -21,7 +23,7 @@ from .decode import DecodeLoop, Rows, prompt_pass
 from .ladder import CacheLadder, cache_kwarg
 
 #: bump when what a package holds changes: older packages are then compiled again
-PACKAGE_FORMAT = "3"  # 3: one program for every rung (the window dynamic)
+PACKAGE_FORMAT = "4"  # 3: one program for every rung (the window dynamic); 4: and every batch width
 
 
 def _module(model, cache):
@@ -56,8 +58,8 @@ def _module(model, cache):
 
 
 def package_path(model, identity: dict, batch: int, slots: int) -> Path:
-    """Where the program for this model (``identity``: recipe, hardware, versions), batch and cache
-    size is kept."""
+    """Where the program for this model (``identity``: recipe, hardware, versions), batch (the most rows
+    it serves) and cache size is kept."""
     from ..paths import cache_dir
     from ..sources import ModelSource
 
@@ -68,14 +70,16 @@ def package_path(model, identity: dict, batch: int, slots: int) -> Path:
     return cache_dir() / "aoti" / f"{hashlib.sha256(raw.encode()).hexdigest()[:24]}.pt2"
 
 
-def compile_package(module, batch: int, slots: int, window: int, device, options: dict, path: Path) -> None:
+def compile_package(module, batch: int, slots: int, window: int, device, options: dict, path: Path,
+                    any_rows: bool = False) -> None:
     """Export ``module`` (the query length dynamic; the window too, up to the cache's ``slots``, traced
-    at ``window``) and compile it into a package at ``path``, whole or not at all (another trial may
-    be reading it)."""
+    at ``window``; the rows ``batch``, or with ``any_rows`` from 1 to ``batch``, over a cache of more) and
+    compile it into a package at ``path``, whole or not at all (another trial may be reading it)."""
     import torch
 
     seq = torch.export.Dim("seq", min=1, max=slots - 1)
     span = torch.export.Dim("window", min=2, max=slots) if window < slots else None
+    rows = torch.export.Dim("rows", min=1, max=batch) if any_rows and batch > 1 else None
     example = min(4, window - 1)
     kwargs = {"input_ids": torch.zeros(batch, example, dtype=torch.long, device=device),
               "position_ids": torch.arange(example, device=device).expand(batch, -1).contiguous(),
@@ -85,8 +89,9 @@ def compile_package(module, batch: int, slots: int, window: int, device, options
     # export mutates, cannot be inference tensors there
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(module, args=(), kwargs=kwargs, strict=True,
-                                      dynamic_shapes={"input_ids": {1: seq}, "position_ids": {1: seq},
-                                                      "attention_mask": {1: span} if span else None,
+                                      dynamic_shapes={"input_ids": {0: rows, 1: seq},
+                                                      "position_ids": {0: rows, 1: seq},
+                                                      "attention_mask": {0: rows, 1: span},
                                                       "cache_position": {0: seq}})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{os.getpid()}-{path.name}")
@@ -136,26 +141,39 @@ class AheadOfTimeLoop(DecodeLoop):
         # ran every max_batch row over the rung's masked window: 8.4 s for a 1984-token prompt, 0.9 s eager
         self.eager_prompt, self.prompt_pass = True, prompt_pass
 
-    def program(self, model, rows: Rows):
-        """The program for the call's batch width (one for every rung of a windowed cache; else one per
-        rung)."""
-        from .ladder import windowed
+    def rows_for(self, real: int) -> int:
+        """The call's real rows, where the cache's layers are windowed static ones (the program takes the
+        rows as a dynamic size and reads and writes the first ones: a one-row call under ``max_batch`` 2
+        no longer computes a copy of its row in every step); else every ``max_batch`` row, as the decode
+        loop does."""
+        return real if self.ladder.windowable else self.ladder.envelope.max_batch
 
-        batch, window = rows.input_ids.shape[0], rows.mask.shape[1]
-        key = batch if windowed(rows.cache) else (batch, window)
+    def cache_rows(self) -> int:
+        """One row beyond ``max_batch`` where the rows are a dynamic size. torch.export (2.13) elides a
+        slice that can be the whole tensor: ``keys[:rows]`` traced at ``rows == len(keys)`` became all of
+        ``keys``, so a one-row call's step wrote past its input into the second row. With a spare row no
+        slice is ever the whole cache, and the slice stays in the program."""
+        most = self.ladder.envelope.max_batch
+        return most + 1 if self.ladder.windowable and most > 1 else most
+
+    def program(self, model, rows: Rows):
+        """The program for the call: one for every rung and batch width of a windowed cache; else one per
+        rung."""
+        window = rows.mask.shape[1]
+        key = "any" if self.ladder.windowable else window
         if key not in self.programs:
-            self.programs[key] = self._load(model, rows.cache, batch, window)
+            self.programs[key] = self._load(model, rows.cache, window, any_rows=key == "any")
         return self.programs[key]
 
-    def _load(self, model, cache, batch: int, window: int):
+    def _load(self, model, cache, window: int, any_rows: bool):
         import torch
 
-        slots = cache.layers[0].max_cache_len
+        batch, slots = self.ladder.envelope.max_batch, cache.layers[0].max_cache_len
         module = _module(model, cache)
         path = package_path(model, self.identity, batch, slots)
         if not path.exists():
             try:
-                compile_package(module, batch, slots, window, model.device, self.options, path)
+                compile_package(module, batch, slots, window, model.device, self.options, path, any_rows)
             finally:
                 self.ladder.set_window(cache, window)  # tracing left the layers a traced span
             AheadOfTimeLoop.compiled_packages += 1

@@ -5,7 +5,8 @@ ladder that holds the call (one program for every rung: the window's length is a
 step is compiled whole, or one decoder layer is, shared by every layer (:mod:`.regions`).
 
 Rows are padded up to the envelope's ``max_batch`` (copies of the first row, so a step's shapes never
-change and nothing recompiles in steady state; an eager prompt pass runs the real rows only); a
+change and nothing recompiles in steady state; an eager prompt pass runs the real rows only, and so do
+the ahead-of-time loop's steps, whose program takes the rows as a dynamic size); a
 left-padded batch runs with its attention mask over the cache's slots and per-row positions, as
 ``generate`` runs it; tokens are chosen and calls stopped by a
 :class:`~autotune.engines.plan.GenerationPlan` (greedy or sampled, EOS, stop strings, streamers),
@@ -140,11 +141,20 @@ class DecodeLoop:
         return self._generate(model, input_ids, attention_mask, max_new_tokens, streamer, plan,
                               self.ladder.rung(needed))
 
+    def rows_for(self, real: int) -> int:
+        """The rows a call's steps run: every ``max_batch`` row, the real ones then copies of the first
+        (a compiled step's shapes never change, so nothing recompiles in steady state)."""
+        return self.ladder.envelope.max_batch
+
+    def cache_rows(self) -> int:
+        """The rows of the cache the calls share."""
+        return self.ladder.envelope.max_batch
+
     def _generate(self, model, input_ids, attention_mask, max_new_tokens, streamer, plan, capacity: int):
         import torch
 
-        batch = self.ladder.envelope.max_batch
-        cache = self.ladder.cache(batch, capacity)
+        cache = self.ladder.cache(self.cache_rows(), capacity)
+        batch = self.rows_for(input_ids.shape[0])
         rows = Rows.of(input_ids, attention_mask, batch, cache, capacity, self.ladder.window(cache, capacity))
         sequence, real = input_ids, input_ids.shape[0]
         unfinished = torch.ones(real, dtype=torch.long, device=input_ids.device)

@@ -115,20 +115,32 @@ class CacheLadder:
         finally:
             self.set_window(cache, slots)
 
-    def _allocate(self, batch: int):
-        """Outside inference mode (calls run inside it): an ahead-of-time program exports the cache's
-        buffers, and export cannot update inference tensors."""
-        import torch
+    @functools.cached_property
+    def windowable(self) -> bool:
+        """Whether this model's caches are windowed (:func:`windowed`; a cache not yet allocated tells)."""
+        return windowed(self._unallocated())
+
+    def _unallocated(self):
+        """A static cache of this model's layers, windowed where they are plain static ones; its tensors
+        are allocated on first use."""
         from transformers import StaticCache
         from transformers.cache_utils import StaticLayer
 
         config = self.model.config.get_text_config(decoder=True)
-        heads, head_dim = kv_shape(config)
+        cache = StaticCache(config=config, max_cache_len=self.slots, offloading=self.offloading)
+        for layer in cache.layers:
+            if type(layer) is StaticLayer:
+                layer.__class__ = window_layer()
+        return cache
+
+    def _allocate(self, batch: int):
+        """Outside inference mode (calls run inside it): an ahead-of-time program exports the cache's
+        buffers, and export cannot update inference tensors."""
+        import torch
+
+        heads, head_dim = kv_shape(self.model.config.get_text_config(decoder=True))
         with torch.inference_mode(False):
-            cache = StaticCache(config=config, max_cache_len=self.slots, offloading=self.offloading)
-            for layer in cache.layers:
-                if type(layer) is StaticLayer:
-                    layer.__class__ = window_layer()
+            cache = self._unallocated()
             cache.early_initialization(batch_size=batch, num_heads=heads, head_dim=head_dim, dtype=self.model.dtype,
                                        device=self.model.device)
         return cache
@@ -140,7 +152,8 @@ def window_layer():
     when it has a ``span``: keys and values returned to attention, and the mask's length, are the
     window's (slots past it hold nothing this call wrote: the call's rung holds it). A prompt pass over
     fewer rows than the cache holds (the call's real rows, not the copies that pad a step to
-    ``max_batch``) writes and reads the first rows only."""
+    ``max_batch``) writes and reads the first rows only, and so does a program whose rows are a dynamic
+    size (the ahead-of-time loop's: one program for every batch width up to ``max_batch``)."""
     import torch
     from transformers.cache_utils import StaticLayer
 
@@ -149,7 +162,9 @@ def window_layer():
 
         def update(self, key_states, value_states, *args, **kwargs):
             rows = key_states.shape[0]
-            if self.is_initialized and rows < self.keys.shape[0]:  # a prompt pass over the call's real rows
+            # fewer rows than the cache holds: a prompt pass over the call's real rows, or a program traced
+            # for any number of rows (a static comparison there would fix the rows it was traced with)
+            if self.is_initialized and (isinstance(rows, torch.SymInt) or rows < self.keys.shape[0]):
                 keys, values = self.keys[:rows], self.values[:rows]  # views: written through to the cache
                 at = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
                 self.cumulative_length.add_(key_states.shape[-2])
