@@ -132,7 +132,9 @@ def llama_round(gguf: Path, shapes, ids_by_shape, windows, reference: Path, runs
     done = subprocess.run([sys.executable, __file__, "--llama-worker", f.name], capture_output=True, text=True)
     os.unlink(f.name)
     if done.returncode != 0:
-        raise SystemExit(f"llama.cpp worker failed: {done.stderr[-2000:]}")
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise SystemExit(f"llama.cpp worker failed ({how}; SIGILL 4: an instruction this CPU refuses, rebuild with "
+                         f"benchmarks/install-llama-cpp.sh): {done.stderr[-2000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     per_shape = []
     for (prompt, new), calls in zip(shapes, out["shapes"]):
