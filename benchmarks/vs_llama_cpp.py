@@ -89,6 +89,15 @@ def worker(args) -> None:
     print(json.dumps({"shapes": shapes, "quality": sum(top1) / len(top1), "kld": sum(kld) / len(kld)}))
 
 
+def last_logits(llm):
+    """The last position's logits, read from the context (``Llama.scores`` holds nothing without
+    ``logits_all`` in llama-cpp-python 0.3, and only ``n_batch`` rows)."""
+    import llama_cpp
+    import numpy as np
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
 def timed_call(llm, prompt: list[int], new: int) -> dict:
     """One call as a server runs it: the prompt's pass, then one greedy token per step."""
     import numpy as np
@@ -98,7 +107,7 @@ def timed_call(llm, prompt: list[int], new: int) -> dict:
     llm.eval(prompt)
     times = []
     for _ in range(new):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits(llm)))
         times.append(time.perf_counter())
         llm.eval([token])
     end = time.perf_counter()
@@ -133,8 +142,9 @@ def llama_round(gguf: Path, shapes, ids_by_shape, windows, reference: Path, runs
     os.unlink(f.name)
     if done.returncode != 0:
         how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
-        raise SystemExit(f"llama.cpp worker failed ({how}; SIGILL 4: an instruction this CPU refuses, rebuild with "
-                         f"benchmarks/install-llama-cpp.sh): {done.stderr[-2000:]}")
+        if done.returncode == -4:
+            how += ", SIGILL: an instruction this CPU refuses; rebuild with benchmarks/install-llama-cpp.sh"
+        raise SystemExit(f"llama.cpp worker failed ({how}): {done.stderr[-2000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     per_shape = []
     for (prompt, new), calls in zip(shapes, out["shapes"]):
