@@ -162,10 +162,10 @@ class AheadOfTimeLoop(DecodeLoop):
         window = rows.mask.shape[1]
         key = "any" if self.ladder.windowable else window
         if key not in self.programs:
-            self.programs[key] = self._load(model, rows.cache, window, any_rows=key == "any")
+            self.programs[key] = self._load(model, rows.cache, window)
         return self.programs[key]
 
-    def _load(self, model, cache, window: int, any_rows: bool):
+    def _load(self, model, cache, window: int):
         import torch
 
         batch, slots = self.ladder.envelope.max_batch, cache.layers[0].max_cache_len
@@ -173,7 +173,8 @@ class AheadOfTimeLoop(DecodeLoop):
         path = package_path(model, self.identity, batch, slots)
         if not path.exists():
             try:
-                compile_package(module, batch, slots, window, model.device, self.options, path, any_rows)
+                compile_package(module, batch, slots, window, model.device, self.options, path,
+                                any_rows=self.ladder.windowable)
             finally:
                 self.ladder.set_window(cache, window)  # tracing left the layers a traced span
             AheadOfTimeLoop.compiled_packages += 1

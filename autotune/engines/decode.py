@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecipeError
-from .ladder import CacheLadder, cache_kwarg, windowed
+from .ladder import CacheLadder, cache_kwarg
 from .plan import GenerationPlan
 from .regions import CompiledLayers
 
@@ -116,7 +116,7 @@ class DecodeLoop:
         prompt alone (causal attention without a mask); a compiled one runs all ``max_batch`` rows over
         the rung's window (one program for every call), and so does a pass over a cache with layers that
         are not windowed static ones."""
-        if not self.eager_prompt or not windowed(rows.cache):  # other layers (sliding) take every row
+        if not self.eager_prompt or not self.ladder.windowable:  # other layers (sliding) take every row
             return self.prompt_pass(model, rows.input_ids, rows.positions, rows.mask, rows.cache, self.cache_kw)
         n, prompt = rows.real, rows.input_ids.shape[1]
         mask = rows.mask[:n]
@@ -155,7 +155,7 @@ class DecodeLoop:
 
         cache = self.ladder.cache(self.cache_rows(), capacity)
         batch = self.rows_for(input_ids.shape[0])
-        rows = Rows.of(input_ids, attention_mask, batch, cache, capacity, self.ladder.window(cache, capacity))
+        rows = Rows.of(input_ids, attention_mask, batch, cache, capacity, self.ladder.window(capacity))
         sequence, real = input_ids, input_ids.shape[0]
         unfinished = torch.ones(real, dtype=torch.long, device=input_ids.device)
         if streamer is not None:

@@ -70,10 +70,10 @@ class CacheLadder:
         """The capacity of the smallest rung that holds ``needed`` positions."""
         return next(c for c in self.capacities if needed <= c)
 
-    def window(self, cache, capacity: int) -> int:
+    def window(self, capacity: int) -> int:
         """The slots a call served by the ``capacity`` rung reads: the rung and its slack, or the whole
         cache where its layers cannot be windowed."""
-        return capacity + SLACK if windowed(cache) else self.slots
+        return capacity + SLACK if self.windowable else self.slots
 
     def cache_for(self, batch: int, needed: int, who: str = "this recipe"):
         """The rewound cache for ``batch`` rows, windowed to the smallest rung holding ``needed``."""
@@ -87,7 +87,7 @@ class CacheLadder:
             cache = self._caches[batch] = self._allocate(batch)
         else:
             rewind(cache)
-        self.set_window(cache, self.window(cache, capacity))
+        self.set_window(cache, self.window(capacity))
         return cache
 
     def set_window(self, cache, slots: int) -> None:
