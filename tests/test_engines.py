@@ -150,6 +150,28 @@ def test_the_ahead_of_time_loop_steps_only_the_calls_rows(served):
     assert list(loop.programs) == ["any"]
 
 
+def test_the_ahead_of_time_step_writes_the_cache_in_place(served):
+    """The program writes each token's keys and values into the cache buffers themselves. Through the
+    view ``keys[:rows]`` (the rows a dynamic size) the write was functionalized into a copy of those
+    rows' whole cache and a write-back, twice per layer and step: a fifth of a SmolLM2 step at a
+    2,048-position cache."""
+    from autotune.engines import aoti
+
+    name, applied = served
+    if name != "aoti":
+        pytest.skip("only the ahead-of-time loop exports its step")
+    loop, model = applied.generate_fn, applied.model
+    cache = loop.ladder.cache(loop.cache_rows(), loop.ladder.capacities[-1])
+    slots = cache.layers[0].max_cache_len
+    try:
+        program = aoti.export_program(aoti._module(model, cache), 2, slots, 64, model.device, any_rows=True)
+    finally:
+        loop.ladder.set_window(cache, 64)
+    writes = [n for n in program.graph.nodes if n.op == "call_function" and "index_copy" in str(n.target)]
+    assert len(writes) == 2 * model.config.num_hidden_layers
+    assert all(n.args[0].op == "placeholder" for n in writes), [str(n.args[0].target) for n in writes]
+
+
 def test_a_call_outside_the_envelope_is_refused_naming_it(served):
     name, applied = served
     with pytest.raises(RecipeError, match="at most 300 positions and 2 sequences"):

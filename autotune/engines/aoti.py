@@ -23,7 +23,8 @@ from .decode import DecodeLoop, Rows, prompt_pass
 from .ladder import CacheLadder, cache_kwarg
 
 #: bump when what a package holds changes: older packages are then compiled again
-PACKAGE_FORMAT = "4"  # 3: one program for every rung (the window dynamic); 4: and every batch width
+PACKAGE_FORMAT = "5"  # 3: one program for every rung (the window dynamic); 4: and every batch width;
+#: 5: a step writes the cache in place (4 copied the rows' whole cache twice per layer)
 
 
 def _module(model, cache):
@@ -70,11 +71,9 @@ def package_path(model, identity: dict, batch: int, slots: int) -> Path:
     return cache_dir() / "aoti" / f"{hashlib.sha256(raw.encode()).hexdigest()[:24]}.pt2"
 
 
-def compile_package(module, batch: int, slots: int, window: int, device, options: dict, path: Path,
-                    any_rows: bool = False) -> None:
-    """Export ``module`` (the query length dynamic; the window too, up to the cache's ``slots``, traced
-    at ``window``; the rows ``batch``, or with ``any_rows`` from 1 to ``batch``, over a cache of more) and
-    compile it into a package at ``path``, whole or not at all (another trial may be reading it)."""
+def export_program(module, batch: int, slots: int, window: int, device, any_rows: bool = False):
+    """``module`` exported: the query length dynamic; the window too, up to the cache's ``slots``, traced
+    at ``window``; the rows ``batch``, or with ``any_rows`` from 1 to ``batch``, over a cache of more."""
     import torch
 
     seq = torch.export.Dim("seq", min=1, max=slots - 1)
@@ -88,20 +87,30 @@ def compile_package(module, batch: int, slots: int, window: int, device, options
     # traced outside inference mode (the trial runs in it): torchao's weights, and the cache buffers
     # export mutates, cannot be inference tensors there
     with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(module, args=(), kwargs=kwargs, strict=True,
-                                      dynamic_shapes={"input_ids": {0: rows, 1: seq},
-                                                      "position_ids": {0: rows, 1: seq},
-                                                      "attention_mask": {0: rows, 1: span},
-                                                      "cache_position": {0: seq}})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{os.getpid()}-{path.name}")
-        try:
+        return torch.export.export(module, args=(), kwargs=kwargs, strict=True,
+                                   dynamic_shapes={"input_ids": {0: rows, 1: seq},
+                                                   "position_ids": {0: rows, 1: seq},
+                                                   "attention_mask": {0: rows, 1: span},
+                                                   "cache_position": {0: seq}})
+
+
+def compile_package(module, batch: int, slots: int, window: int, device, options: dict, path: Path,
+                    any_rows: bool = False) -> None:
+    """:func:`export_program` compiled into a package at ``path``, whole or not at all (another trial
+    may be reading it)."""
+    import torch
+
+    program = export_program(module, batch, slots, window, device, any_rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}-{path.name}")
+    try:
+        with torch.inference_mode(False), torch.no_grad():
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(tmp),
                 inductor_configs={**options, "aot_inductor.package_constants_in_so": False})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def constants_of(module, fqns: list[str]) -> dict:

@@ -165,11 +165,19 @@ def window_layer():
             # fewer rows than the cache holds: a prompt pass over the call's real rows, or a program traced
             # for any number of rows (a static comparison there would fix the rows it was traced with)
             if self.is_initialized and (isinstance(rows, torch.SymInt) or rows < self.keys.shape[0]):
-                keys, values = self.keys[:rows], self.values[:rows]  # views: written through to the cache
                 at = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
                 self.cumulative_length.add_(key_states.shape[-2])
-                keys.index_copy_(2, at, key_states)
-                values.index_copy_(2, at, value_states)
+                if torch.compiler.is_compiling():  # (dynamo sees a traced size as an int)
+                    # traced: written into the whole cache, the rows past the call's padded with zeros (no
+                    # call reads a slot it did not write). A write through the view ``keys[:rows]`` was
+                    # functionalized into a copy of those rows' whole cache, written back, at every step
+                    spare = (0, 0, 0, 0, 0, 0, 0, self.keys.shape[0] - rows)
+                    self.keys.index_copy_(2, at, torch.nn.functional.pad(key_states, spare))
+                    self.values.index_copy_(2, at, torch.nn.functional.pad(value_states, spare))
+                else:
+                    self.keys[:rows].index_copy_(2, at, key_states)  # views: written through to the cache
+                    self.values[:rows].index_copy_(2, at, value_states)
+                keys, values = self.keys[:rows], self.values[:rows]
             else:
                 keys, values = super().update(key_states, value_states, *args, **kwargs)
             if self.span is None:
