@@ -51,6 +51,7 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
                            policy=policy.to_dict(), plugin_modules=plugin_modules(),
                            incumbent_e2e_s=_typical(incumbent, Key.e2e_ms_p50),
                            incumbent_tpot_s=_typical(incumbent, Key.tpot_ms_p50),
+                           incumbent_round_s=_round(incumbent),
                            reference=str(reference_path(source, workload, target)), write_reference=baseline is None,
                            compile_cache=compile_cache, compile_artifact=compile_artifact)
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
@@ -77,6 +78,14 @@ def reference_path(source: ModelSource, workload: Workload, target):
 
     raw = f"{source.fingerprint}|{workload.key}|{target.hardware_key}|{target.versions_key}"
     return cache_dir() / "reference" / f"{hashlib.sha256(raw.encode()).hexdigest()[:24]}.pt"
+
+
+def _round(figures: Figures | None) -> float | None:
+    """One round of the envelope's shapes (each one's median call summed), in seconds: what a
+    candidate's first measured round is screened against. None for figures from before envelopes."""
+    if figures is None or not figures.shapes:
+        return None
+    return sum(s[Key.e2e_ms_p50] for s in figures.shapes) / 1e3
 
 
 def _typical(figures: Figures | None, key: str) -> float | None:

@@ -55,6 +55,8 @@ class Figures:
     #: trials the search ran side by side when this one was measured (None: alone). Its timed
     #: window ran alone, but its load and first call shared the CPU with the others' compiles
     lanes: int | None = None
+    #: measured one round only: its first round took longer than the screen factor times the incumbent's
+    screened: bool | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     #: graphs inductor built (FX-graph cache misses): 0 when every compile came from a cache

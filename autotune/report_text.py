@@ -245,6 +245,9 @@ def show_text(r) -> str:
         lines.append("  per timed shape (prompt + new tokens)" + (f": {geo:.2f}x the baseline's tokens/s, geometric mean"
                                                               if geo else ""))
         lines += shapes_lines(f, b, indent="    ")
+    if f.get("screened"):
+        lines.append("  note: screened: measured one round only, its first round took more than the screen "
+                     "factor times the leader's (a loser's figures, their spread unknown)")
     if f.get("noisy") or b.get("noisy"):
         lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
                      "ratios are loose")
@@ -299,12 +302,13 @@ def outcome_counts(records) -> dict:
     """What this study's trials taught: recipes with figures (ok, within the budget or not), the
     pruned by reason (stopped at the compile cap, deferred on a predicted compile, hopeless), the
     failed, and the rule-pruned (invalid, free)."""
-    out = {"with_figures": 0, "within_budget": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
+    out = {"with_figures": 0, "within_budget": 0, "screened": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
            "failed": 0, "ruled_out": 0}
     for r in records:
         if r.status == Status.OK:
             out["with_figures"] += 1
             out["within_budget"] += r.feasible
+            out["screened"] += bool(r.figures.screened)
         elif r.status == Status.PRUNED:
             reason = ("deferred" if r.figures.phase == "deferred" else
                       "pruned_at_cap" if r.figures.first_call_cap_s is not None else "hopeless")
@@ -332,7 +336,8 @@ def shared_lines(records, url: str | None) -> list[str]:
 
 def counts_text(c: dict, prediction: tuple | None = None) -> str:
     pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
-    text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget); "
+    text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget, "
+            f"{c.get('screened', 0)} screened after one round); "
             f"pruned: {pruned} ({c['pruned_at_cap']} at the compile cap, {c['deferred']} deferred on a "
             f"predicted compile, {c['hopeless']} hopeless); failed: {c['failed']}; "
             f"ruled out by the rules: {c['ruled_out']}")

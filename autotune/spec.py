@@ -37,6 +37,10 @@ class MeasurePolicy:
     #: a candidate whose warm end-to-end latency exceeds this many times the incumbent's is pruned
     #: (0: never — where timings are noise, as on a millisecond-scale test model)
     abandon_factor: float = 3.0
+    #: a candidate whose first measured round (one call per shape) takes more than this many times the
+    #: incumbent's round is measured no further: its figures are that round's (``runs`` 1, ``screened``).
+    #: Its remaining rounds would only confirm a loser; the time goes to the next candidate (0: never)
+    screen_factor: float = 1.25
     #: the part of a derived trial limit set aside for compilation (seconds)
     compile_allowance_s: float = 180.0
     #: a first call (where compilation happens) still running after this many seconds is stopped and
@@ -50,7 +54,7 @@ class MeasurePolicy:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("memory_cap_bytes", "abandon_factor") and value == 0:  # 0: off
+            if f.name in ("memory_cap_bytes", "abandon_factor", "screen_factor") and value == 0:  # 0: off
                 continue
             if f.type == "bool":
                 if not isinstance(value, bool):
@@ -78,7 +82,8 @@ class MeasurePolicy:
     def key(self) -> str:
         """What changes a measurement's figures: part of the reuse key (abandoning changes none)."""
         relevant = {k: v for k, v in self.to_dict().items()
-                    if k not in ("abandon_factor", "compile_allowance_s", "memory_cap_bytes", "max_first_call_s")}
+                    if k not in ("abandon_factor", "screen_factor", "compile_allowance_s", "memory_cap_bytes",
+                                 "max_first_call_s")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:

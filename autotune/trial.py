@@ -36,6 +36,9 @@ class TrialRequest:
     #: ``policy.abandon_factor`` times these abandons the trial (status pruned); None: never
     incumbent_e2e_s: float | None = None
     incumbent_tpot_s: float | None = None
+    #: the incumbent's round (one call per shape, medians summed): a first measured round slower than
+    #: ``policy.screen_factor`` times it ends the measurement there (screened)
+    incumbent_round_s: float | None = None
     #: the baseline's next-token distributions at the quality windows' positions (a file): the baseline
     #: writes it (``write_reference``), a candidate scores its KL divergence against it
     reference: str | None = None
@@ -103,7 +106,8 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
 
             figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
-        run.measure(figures, policy)
+        screen = policy.screen_factor and request.incumbent_round_s
+        run.measure(figures, policy, screen and policy.screen_factor * request.incumbent_round_s)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
@@ -216,9 +220,10 @@ class _Run:
                            f"derived from the incumbent (nothing compiled in it)")
         figures.warmup_s = second
 
-    def measure(self, figures: Figures, policy) -> None:
+    def measure(self, figures: Figures, policy, screen_s: float | None = None) -> None:
         """Rounds of one call per shape until the CV of a round's time is under target (after
-        min_runs) or a cap is reached; the memory high-water mark covers exactly these calls."""
+        min_runs) or a cap is reached, or — screened — after the first when it took longer than
+        ``screen_s``; the memory high-water mark covers exactly these calls."""
         self.memory.release_freed()
         self.memory.reset()
         compiles = measure.compile_count()
@@ -227,6 +232,9 @@ class _Run:
         while len(rounds) < policy.max_runs:
             rounds.append([self.one_call(shape) for shape in range(len(self.shapes))])
             totals = [sum(call[2] for call in r) for r in rounds]
+            if screen_s and len(rounds) == 1 and totals[0] > screen_s:
+                figures.screened = True
+                break
             if len(rounds) >= policy.min_runs and (measure.cv(totals) <= policy.target_cv
                                                     or time.perf_counter() - start > policy.max_measure_s):
                 break
@@ -234,6 +242,8 @@ class _Run:
         figures.steady_compiles = measure.compile_count() - compiles
         figures.peak_memory_bytes = self.memory.peak()
         self._speed(figures, rounds, policy)
+        if figures.screened:  # one round: its spread is unknown, not small
+            figures.cv = figures.noisy = None
         figures.output_ids = self._greedy_reference(rounds)
         figures.bytes_per_step = roofline.bytes_per_step(
             self.applied.model, self.workload.batch_size,

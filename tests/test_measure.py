@@ -110,6 +110,24 @@ def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
     assert "limit derived from the incumbent" in ev.error
 
 
+def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
+    """Screened: a first measured round slower than the screen factor times the incumbent's ends the
+    measurement with that round's figures (ok, runs 1); without an incumbent, or with screening off,
+    the same candidate gets min_runs rounds. The incumbent's round (1 us) is slower than no real call."""
+    from autotune.figures import Figures
+
+    leader = Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e3, shapes=[{"prompt_tokens": 8, "new_tokens": 6, "e2e_ms_p50": 1e-3}])
+    screening = MeasurePolicy(**{**FAST, "screen_factor": 1.25})
+    screened = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=screening)
+    assert screened.status == Status.OK, screened.error
+    f = screened.figures
+    assert f.runs == 1 and f.screened and f.cv is None and f.tokens_per_s > 0 and f.tpot_ms_p50 > 0
+    alone = run(tiny_model, get_optimizations(), {}, policy=screening)
+    off = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=MeasurePolicy(**FAST))
+    for ev in (alone, off):
+        assert ev.status == Status.OK and ev.figures.runs >= FAST["min_runs"] and not ev.figures.screened
+
+
 def test_a_warm_call_that_compiled_is_not_judged_hopeless(chaos, tiny_model):
     """Prune on evidence: the same slow warm call is hopeless when it decoded, not when it compiled."""
     from autotune.figures import Figures
