@@ -130,12 +130,15 @@ def _recording_compile():
 
 
 def _runtime_state() -> tuple:
-    """What a runtime context can change: the SDPA backends enabled, the intra-op threads."""
+    """What a runtime context can change: the SDPA backends enabled, the intra-op threads, transformers'
+    switch for handing SDPA grouped key/value heads."""
+    import os
+
     import torch
 
     b = torch.backends.cuda
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled(),
-            torch.get_num_threads())
+            torch.get_num_threads(), os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA"))
 
 
 def _weight_kind(p) -> tuple:

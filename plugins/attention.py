@@ -1,7 +1,10 @@
-"""Attention implementation: eager, SDPA (optionally forcing one SDPA backend), FlashAttention-2."""
+"""Attention implementation: eager, SDPA (optionally forcing one SDPA backend, optionally reading grouped
+key/value heads in place), FlashAttention-2."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 
 import autotune
 from autotune import Option, Optimization
@@ -22,10 +25,20 @@ class Attention(Optimization):
                    "transformers attn_implementation (sdpa is the default)"),
             Option("sdpa_backend", BACKENDS, "auto", "force one torch.nn.attention SDPA backend",
                    active=lambda o: o.get("implementation") == "sdpa"),
+            Option("gqa", ("auto", "native"), "auto",
+                   "grouped-query attention under SDPA: auto is transformers' choice (with a mask, or in a "
+                   "compiled program, each key/value head is copied once per query head it serves: "
+                   "repeat_kv); native hands SDPA the grouped heads (enable_gqa), read in place",
+                   active=lambda o: o.get("implementation") == "sdpa"),
         ]
 
     def unavailable(self, target, model=None):
         out = {}
+        if model is not None and model.config:
+            config = model.config.get("text_config") or model.config
+            heads = config.get("num_attention_heads")
+            if heads and (config.get("num_key_value_heads") or heads) == heads:
+                out["gqa=native"] = "the model has as many key/value heads as query heads: nothing is grouped"
         why = []
         if importlib.util.find_spec("flash_attn") is None:
             why.append("flash-attn not installed (pip install 'autotune[flash-attn]', needs CUDA)")
@@ -63,14 +76,15 @@ class Attention(Optimization):
         return {"attn_implementation": opts["implementation"]}
 
     def runtime_context(self, opts, ctx):
-        import contextlib
-
+        stack = contextlib.ExitStack()
+        if opts.get("gqa", "auto") == "native":
+            stack.enter_context(_native_gqa())
         backend = opts.get("sdpa_backend", "auto")
-        if backend == "auto":
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        if backend != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel(getattr(SDPBackend, TORCH_BACKEND[backend]))
+            stack.enter_context(sdpa_kernel(getattr(SDPBackend, TORCH_BACKEND[backend])))
+        return stack
 
     def transformers_export(self, opts):
         out = {"load_kwargs": {"attn_implementation": opts["implementation"]}}
@@ -79,7 +93,29 @@ class Attention(Optimization):
                 "wrap every generate call in `with torch.nn.attention.sdpa_kernel("
                 f"torch.nn.attention.SDPBackend.{TORCH_BACKEND[opts['sdpa_backend']]}):`"
             ]
+        if opts.get("gqa", "auto") == "native":
+            out.setdefault("steps", []).append(
+                "set the environment variable TRANSFORMERS_SDPA_FORCE_GQA=1 while generating (transformers' "
+                "switch for handing SDPA the grouped key/value heads: enable_gqa)")
         return out
+
+
+@contextlib.contextmanager
+def _native_gqa():
+    """transformers' own switch (read at each attention call, and at trace time by a compiled program):
+    SDPA gets the grouped key/value heads with ``enable_gqa`` instead of copies of them."""
+    before = os.environ.get(GQA_SWITCH)
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GQA_SWITCH, None)
+        else:
+            os.environ[GQA_SWITCH] = before
+
+
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 @autotune.hookimpl

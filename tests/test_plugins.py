@@ -99,6 +99,32 @@ def test_sdpa_math_runs_another_kernel_than_auto(tiny_model):
         assert auto == kernels(att.runtime_context({"implementation": "sdpa", "sdpa_backend": "flash"}, ctx))
 
 
+def test_native_gqa_hands_sdpa_the_grouped_heads(tiny_model):
+    """In a compiled program over a static cache (always masked) transformers copies each key/value
+    head once per query head it serves (repeat_kv) before SDPA; attention.gqa=native hands SDPA the
+    grouped heads (enable_gqa). Seen in the ahead-of-time loop's exported step."""
+    from autotune.apply import apply_recipe
+    from autotune.engines import aoti
+    from autotune.recipe import resolve
+
+    opts, heads = get_optimizations(), {}
+    for gqa in ("auto", "native"):
+        recipe = resolve({"cache": {"implementation": "static"}, "compile": {"target": "aoti"},
+                          "attention": {"gqa": gqa}}, opts)
+        ctx = ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe, max_context=64)
+        applied = apply_recipe(tiny_model, opts, recipe, ctx)
+        loop = applied.generate_fn
+        cache = loop.ladder.cache(loop.cache_rows(), loop.ladder.capacities[-1])
+        with applied.running():
+            program = aoti.export_program(aoti._module(applied.model, cache), 1, cache.layers[0].max_cache_len,
+                                          32, applied.model.device)
+        heads[gqa] = {n.args[1].meta["val"].shape[1] for n in program.graph.nodes
+                      if "scaled_dot_product" in str(n.target)}
+    config = applied.model.config
+    assert heads == {"auto": {config.num_attention_heads}, "native": {config.num_key_value_heads}}, heads
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ  # the switch is the call's, not the process's
+
+
 def test_every_hookspec_is_exercised():
     """Each hook spec is called here and answered by the built-ins (meta-test over hookspecs)."""
     specs = [n for n in dir(hookspecs) if n.startswith("register_")]
