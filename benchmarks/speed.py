@@ -3,7 +3,7 @@ round by round in one run (drift on the machine hits every recipe alike), each i
 with autotune's full measurement (repeat policy, quality through the served path, MBU).
 
     python benchmarks/speed.py [--rounds 2] [--workload chat|summarize|code-edit] [--only NAME,...]
-                               [--recipe NAME=plugin.option=value,plugin.option=value ...]
+                               [--recipe NAME=plugin.option=value,plugin.option=value ...] [--max-batch N]
 
 Every recipe is measured over the serving envelope (default: max_context 2048, capped by the model):
 the typical call, a long prompt and one near max_context, as a search measures it. The table gives
@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated names of RECIPES to measure")
     ap.add_argument("--recipe", action="append", default=[], metavar="NAME=SETS",
                     help="an extra recipe: name=space-separated plugin.option=value")
+    ap.add_argument("--max-batch", type=int, default=None, help="the envelope's widest call (default 1)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default="benchmarks/last-speed.json")
     args = ap.parse_args()
@@ -73,6 +74,8 @@ def main() -> int:
     given = {"kind": args.workload, "new_tokens": args.new_tokens}
     if args.max_context:
         given["max_context"] = args.max_context
+    if args.max_batch:
+        given["max_batch"] = args.max_batch
     workload = Workload.from_dict(given).for_model(source.info())
     chosen = {k: v for k, v in RECIPES.items() if not args.only or k in args.only.split(",")}
     chosen.update(dict(r.split("=", 1) for r in args.recipe))

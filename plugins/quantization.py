@@ -189,22 +189,28 @@ def register_seeds(register, target):
         # layer compiled for all (compile.scope=layers) costs ~26 s of warm-up where the whole model's ~137 s
         # (Xeon): first in the queue, so a ten-minute search gets a compiled figure early
         layers = {"target": "decode", "mode": "default", "scope": "layers"}
+        # SDPA reads the grouped key/value heads in place: in a compiled step transformers otherwise copies
+        # each one per query head it serves (int8 + AOTI, Xeon, interleaved: 1.72x -> 2.38x the HF default
+        # over the envelope; TPOT at a 1984-token prompt 61 -> 29 ms). Canonical (auto) without grouped heads
+        grouped = {"gqa": "native"}
         # int8 activations x int8 weights: the VNNI / AMX dot products llama.cpp's Q8 uses (Xeon: 19.9 ms
         # per token where weight-only int8 takes ~33); left out where the CPU has none (unavailable)
         register("torchao int8 dynamic + layer-compiled loop", {"quantization": {"method": "torchao-int8-dynamic"},
-                                                                "dtype": {"dtype": "bfloat16"},
+                                                                "dtype": {"dtype": "bfloat16"}, "attention": grouped,
                                                                 "cache": {"implementation": "static"},
                                                                 "compile": layers}, rank=5)
         register("torchao int8 + layer-compiled loop", {"quantization": {"method": "torchao-int8-weight"},
-                                                         "dtype": {"dtype": "bfloat16"},
+                                                         "dtype": {"dtype": "bfloat16"}, "attention": grouped,
                                                          "cache": {"implementation": "static"}, "compile": layers},
                  rank=6)
         # the whole step compiled: after the layer-compiled seeds filled inductor's kernel cache it compiled in
         # 56 s and won the README job (Xeon); before the guide's compiled forward, which ran past the 120 s cap
         register("torchao int8 + decode loop", {"quantization": {"method": "torchao-int8-weight"},
-                                                "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
-                                                "compile": {"target": "decode", "mode": "default"}}, rank=7)
-        # the same program compiled ahead of time: no dynamo guards or Python between the tokens
+                                                "dtype": {"dtype": "bfloat16"}, "attention": grouped, "cache": {"implementation": "static"},
+                                                "compile": {"target": "decode", "mode": "default"}}, rank=8)
+        # the same program compiled ahead of time: no dynamo guards or Python between the tokens. Before the
+        # decode loop: it beat it in every side-by-side run, and its compile (110-206 s on 2 cores) gets a
+        # seed's share of the search's time only while the time is there
         register("torchao int8 + AOTInductor", {"quantization": {"method": "torchao-int8-weight"},
-                                                "dtype": {"dtype": "bfloat16"}, "cache": {"implementation": "static"},
-                                                "compile": {"target": "aoti", "mode": "default"}}, rank=22)
+                                                "dtype": {"dtype": "bfloat16"}, "attention": grouped, "cache": {"implementation": "static"},
+                                                "compile": {"target": "aoti", "mode": "default"}}, rank=7)

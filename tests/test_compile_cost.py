@@ -98,12 +98,13 @@ def test_a_candidate_predicted_past_its_cap_is_deferred_and_remembered(tiny_sear
 
 def test_a_cap_that_fits():
     """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
-    and the time left affords it; deferred when it does not. Seeds get the policy's whole cap."""
+    and the time left affords it; deferred when it does not. Seeds get 40% of the search's time, or
+    the policy's cap when more."""
     from autotune.compile_cost import CompileCaps, Prediction
     from autotune.spec import MeasurePolicy
 
     caps = CompileCaps(MeasurePolicy(max_first_call_s=60.0), timeout=300, seed_keys={"seed"})
-    assert caps.base_cap("seed") == 60.0 and caps.base_cap("other") == 30.0
+    assert caps.base_cap("seed") == 120.0 and caps.base_cap("other") == 30.0  # 40% of 300 s, above the policy's
     guess = Prediction(40.0, 1, "1 of this recipe here")
     assert caps.cap_for(guess, 30.0) == (pytest.approx(52.0), False)
     assert caps.cap_for(Prediction(20.0, 1, "x"), 30.0) == (30.0, False)

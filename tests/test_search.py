@@ -208,7 +208,7 @@ def test_a_grid_over_the_whole_space_is_refused_in_one_line(tiny_model, db_url):
 
 def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
     """A time-boxed search caps a candidate's first call at a tenth of its time; the seeds (an
-    AOTInductor seed compiles ~65 s cold) keep the policy's cap."""
+    AOTInductor seed compiles in 110-206 s cold on 2 cores) get 40% of it, or the policy's cap if more."""
     from autotune.recipe import recipe_key
     from autotune.registry import get_optimizations
     from autotune.tuner import Search
@@ -220,7 +220,9 @@ def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
     aoti = [r for r in run.seeds if r["compile"].get("target") == "aoti"]
     assert aoti and recipe_key(aoti[0]) in caps.seed_keys
     assert caps.base_cap("not a seed") == 60
-    assert caps.base_cap(recipe_key(aoti[0])) == spec.policy.max_first_call_s == 120
+    assert caps.base_cap(recipe_key(aoti[0])) == 240 > spec.policy.max_first_call_s == 120
+    short = Search(build(model=tiny_model, timeout=200), Store(db_url), get_optimizations()).measurer.caps
+    assert short.base_cap(recipe_key(aoti[0])) == 120
 
 
 def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tmp_path, tiny_model, monkeypatch):
