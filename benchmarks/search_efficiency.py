@@ -40,7 +40,7 @@ from autotune.workload import Workload
 GRID = {  # the levers that matter on a CPU host, small enough to measure whole
     "quantization.method": ["none", "torchao-int8-weight"],
     "dtype.dtype": ["auto", "bfloat16"],
-    "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"],
+    "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],

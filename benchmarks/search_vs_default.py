@@ -30,7 +30,7 @@ from autotune.workload import Workload
 GRID = {  # what matters on a CPU host, small enough to measure whole
     "quantization.method": ["none", "torchao-int8-weight"],
     "dtype.dtype": ["auto", "bfloat16"],
-    "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+    "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],

@@ -97,7 +97,7 @@ def write_study(folder: Path, model: str, space: dict, pin: bool = True, **top) 
 
 #: the search space of the shared search: nothing compiled, two quantizations, two cache ladders
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
-         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"],
          "cache.ladder": ["x2", "one"], "runtime.threads": ["auto"], "decoding.method": ["greedy"]}
 
 

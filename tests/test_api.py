@@ -17,7 +17,7 @@ from autotune.store import tables as m
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 SPACE = {"compile.target": ["off"], "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto"],
-         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+         "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"],
          "cache.ladder": ["x2", "one"]}
 WORKLOAD = {"prompt_tokens": 8, "new_tokens": 6, "max_context": 64}
 

@@ -240,7 +240,7 @@ def test_hostile_inputs_fail_cleanly_and_touch_nothing(tmp_path, tiny_model):
 # -- processes -------------------------------------------------------------------------------------
 #: a space of one recipe (with the test plugins loaded): every trial is the HF default plus chaos
 ONE_RECIPE = {"quantization.method": ["none"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
-              "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic"], "compile.target": ["off"],
+              "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"], "cache.implementation": ["dynamic"], "compile.target": ["off"],
               "corrupt.decode": ["clean"]}
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 #: the search-efficiency benchmark's CPU grid, with a second SDPA backend
 GRID = {
     "quantization.method": ["none", "torchao-int8-weight"], "dtype.dtype": ["auto", "bfloat16"],
-    "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto", "math"],
+    "attention.implementation": ["sdpa", "eager"], "attention.sdpa_backend": ["auto", "math"], "attention.gqa": ["auto"],
     "cache.implementation": ["dynamic", "static"], "cache.ladder": ["x2"],
     "compile.target": ["off", "forward", "decode"], "compile.mode": ["default"],
     "compile.freezing": [False], "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "compile.scope": ["model"],

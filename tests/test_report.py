@@ -26,7 +26,7 @@ def study_db(tmp_path_factory, tiny_model):
         "chaos.behaviour": ["none", "raise"], "quantization.method": ["none", "bnb-4bit"],
         "quantization.quant_type": ["fp4"], "quantization.double_quant": [False],
         "quantization.compute_dtype": ["float32"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
-        "attention.sdpa_backend": ["auto"], "cache.implementation": ["dynamic", "static"],
+        "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"], "cache.implementation": ["dynamic", "static"],
         "cache.ladder": ["x2"], "compile.target": ["off"],
     }, trials=4, sampler="grid", budget="quality>=0.99", jobs=1)  # the grid in its order, one at a time
     db = f"sqlite:///{tmp / 'tune.db'}"

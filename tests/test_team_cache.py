@@ -23,7 +23,7 @@ PASSWORD = "team-cache-secret"  # scripts/start-redis.sh's
 #: one compiled recipe: torch.compile of the forward over a static cache, nothing else searched
 ONE_COMPILED = {"compile.target": ["forward"], "compile.mode": ["default"], "compile.freezing": [False],
                 "compile.cpp_wrapper": [False], "compile.prefill": ["eager"], "quantization.method": ["none"],
-                "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"],
+                "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"], "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"],
                 "cache.implementation": ["static"], "cache.ladder": ["one"]}
 
 
