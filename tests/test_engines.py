@@ -222,6 +222,35 @@ def test_aoti_programs_share_the_models_weights(tiny_model):
         assert shared, "the program does not use the model's own down_proj weight"
 
 
+def test_an_int4_package_loads_with_the_constants_inductor_made(tiny_model, tmp_path, monkeypatch):
+    """torch's CPU int4 matmul takes its group size as a tensor that inductor's lowering adds to the
+    program: not a model tensor, so it is kept beside the package and handed over at load (before,
+    an int4 + AOTI trial compiled for minutes and failed to load, "asks for a constant the model does
+    not have"). Loaded again from the cache, it serves the same tokens."""
+    from autotune.engines import aoti
+    from autotune.optimization import unavailable_for
+
+    opts = get_optimizations()
+    why = unavailable_for(opts["quantization"], current_target("cpu"), None).get("method=torchao-int4-weight")
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
+    recipe = resolve({"quantization": {"method": "torchao-int4-weight", "group_size": 32},
+                      "dtype": {"dtype": "bfloat16"}, **PATHS["aoti"]}, opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=300)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    tokens = []
+    for _ in range(2):  # compiled, then loaded from the cache
+        applied = apply_recipe(tiny_model, opts, recipe, ctx)
+        applied.warm_up()
+        tokens.append(applied.generate_ids(ids, max_new_tokens=6, min_new_tokens=6)[0, -6:].tolist())
+    packages = list((tmp_path / "aoti").glob("*.pt2"))
+    assert len(packages) == 1 and aoti.constants_path(packages[0]).exists()
+    made = torch.load(aoti.constants_path(packages[0]))
+    assert made and all(t.item() == 32 for t in made.values())  # the group size
+    assert tokens[0] == tokens[1]
+
+
 @pytest.mark.parametrize("path", ["decode", "layers", "aoti"])
 def test_one_program_serves_every_rung(tiny_model, path):
     """A ladder of three rungs costs one compile, not three: the window each call reads is a dynamic

@@ -17,14 +17,16 @@ import hashlib
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .decode import DecodeLoop, Rows, prompt_pass
 from .ladder import CacheLadder, cache_kwarg
 
 #: bump when what a package holds changes: older packages are then compiled again
-PACKAGE_FORMAT = "5"  # 3: one program for every rung (the window dynamic); 4: and every batch width;
+PACKAGE_FORMAT = "6"  # 3: one program for every rung (the window dynamic); 4: and every batch width;
 #: 5: a step writes the cache in place (4 copied the rows' whole cache twice per layer)
+#: 6: the constants inductor's lowerings make kept beside the package (int4 packages could not load)
 
 
 def _module(model, cache):
@@ -103,21 +105,53 @@ def compile_package(module, batch: int, slots: int, window: int, device, options
     program = export_program(module, batch, slots, window, device, any_rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}-{path.name}")
+    made: dict = {}
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), _lowering_constants(made):
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(tmp),
                 inductor_configs={**options, "aot_inductor.package_constants_in_so": False})
+        if made:  # beside the package, and before it: a package on disk always finds its constants
+            torch.save(made, constants_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def constants_of(module, fqns: list[str]) -> dict:
+def constants_path(package: Path) -> Path:
+    """Where the constants inductor's lowerings made for ``package`` are kept (see :func:`_lowering_constants`)."""
+    return package.with_suffix(".constants.pt")
+
+
+@contextmanager
+def _lowering_constants(made: dict):
+    """Records the tensors inductor's lowerings add to the program while compiling, by the names the
+    package asks for them. They are not the model's, so with the weights left out of the package
+    nothing would hand them over at load: torch's CPU int4 matmul takes its group size as a scalar
+    tensor the lowering makes (``constant782``), and a package compiled for int4 weights failed to load."""
+    from torch._inductor.graph import GraphLowering
+
+    original = GraphLowering.add_tensor_constant
+
+    def add_tensor_constant(self, data, name=None):
+        box = original(self, data, name)
+        if name is None:  # the model's tensors come named; a lowering's do not
+            made[box.get_name()] = data.detach().clone()
+        return box
+
+    GraphLowering.add_tensor_constant = add_tensor_constant
+    try:
+        yield
+    finally:
+        GraphLowering.add_tensor_constant = original
+
+
+def constants_of(module, fqns: list[str], made: dict | None = None) -> dict:
     """The module's tensors by the names a package asks for: parameters and buffers by name, and a
     tensor subclass's inner tensors (torchao's quantized weights, which export unwraps as
-    ``<owner>.parametrizations.<name>.original<k>``) in its ``__tensor_flatten__`` order."""
-    named = {**dict(module.named_parameters(remove_duplicate=False)),
+    ``<owner>.parametrizations.<name>.original<k>``) in its ``__tensor_flatten__`` order; ``made``: the
+    ones inductor's lowerings made (:func:`_lowering_constants`)."""
+    named = {**(made or {}), **dict(module.named_parameters(remove_duplicate=False)),
              **dict(module.named_buffers(remove_duplicate=False))}
     out = {}
     for fqn in fqns:
@@ -188,7 +222,8 @@ class AheadOfTimeLoop(DecodeLoop):
                 self.ladder.set_window(cache, window)  # tracing left the layers a traced span
             AheadOfTimeLoop.compiled_packages += 1
         runner = torch._inductor.aoti_load_package(str(path))
-        runner.load_constants(constants_of(module, runner.get_constant_fqns()), check_full_update=True,
+        made = torch.load(constants_path(path)) if constants_path(path).exists() else {}
+        runner.load_constants(constants_of(module, runner.get_constant_fqns(), made), check_full_update=True,
                               user_managed=True)
         return runner
 
