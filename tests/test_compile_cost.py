@@ -116,3 +116,26 @@ def test_a_cap_that_fits():
     # a like recipe stopped at this very cap took at least the cap: this one is deferred, not run to it again
     assert caps.cap_for(Prediction(60.0, 1, "x", at_least=True), 60.0) == (60.0, True)
     assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, False)
+
+
+def test_no_first_call_runs_past_the_searchs_deadline():
+    """A seed's 120 s cap shrinks to the time the search has left (at least 10 s), and a candidate
+    predicted past what is left is deferred, not launched to be stopped."""
+    from autotune.compile_cost import CompileCaps, MIN_CAP_S, Prediction
+    from autotune.spec import MeasurePolicy
+
+    caps = CompileCaps(MeasurePolicy(max_first_call_s=60.0), timeout=300, seed_keys={"seed"})
+    assert caps.plan({}, "seed")[:2] == (120.0, False)
+    caps.deadline = time.monotonic() + 50
+    cap, defer, _ = caps.plan({}, "seed")
+    assert 45 < cap <= 50 and not defer
+    caps.deadline = time.monotonic() + 2
+    assert caps.plan({}, "seed")[0] == MIN_CAP_S
+    caps.deadline = time.monotonic() + 50
+
+    class Cost:
+        def predict(self, recipe):
+            return Prediction(100.0, 1, "1 of this recipe here")
+
+    caps.cost = Cost()
+    assert caps.plan({}, "seed")[1] is True
