@@ -105,6 +105,7 @@ def compile_package(module, batch: int, slots: int, window: int, device, options
     program = export_program(module, batch, slots, window, device, any_rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}-{path.name}")
+    tmp_made = constants_path(tmp)
     made: dict = {}
     try:
         with torch.inference_mode(False), torch.no_grad(), _lowering_constants(made):
@@ -112,10 +113,12 @@ def compile_package(module, batch: int, slots: int, window: int, device, options
                 program, package_path=str(tmp),
                 inductor_configs={**options, "aot_inductor.package_constants_in_so": False})
         if made:  # beside the package, and before it: a package on disk always finds its constants
-            torch.save(made, constants_path(path))
+            torch.save(made, tmp_made)
+            os.replace(tmp_made, constants_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_made.unlink(missing_ok=True)
 
 
 def constants_path(package: Path) -> Path:
