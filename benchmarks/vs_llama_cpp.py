@@ -2,6 +2,7 @@
 
     bash benchmarks/install-llama-cpp.sh        # llama-cpp-python, built with this CPU's ISA flags
     python benchmarks/vs_llama_cpp.py [--rounds 2] [--recipe recipe.json | --db URL] [--quants Q4_1,Q8_0]
+                                      [--also NAME=plugin.option=value,... ...]
 
 Over the serving envelope's shapes (the default chat envelope of the embedded model: 32+64, 512+64
 and 1984+64 tokens), each engine in its own process, interleaved round by round: the HF default and
@@ -12,7 +13,8 @@ default's; quality the same way for every engine: teacher-forced top-1 agreement
 divergence against the fp32 reference (the HF default) on the shipped reference text's windows.
 
 The recipe: a recipe file (``autotune export``), or the best the database holds for smollm2-135m on
-this hardware. The CPU is named next to every figure; only ratios of one run compare.
+this hardware; ``--also`` measures more recipes beside it (``--set`` strings, as ``benchmarks/speed.py``
+takes them). The CPU is named next to every figure; only ratios of one run compare.
 """
 from __future__ import annotations
 
@@ -175,6 +177,8 @@ def main() -> int:
     ap.add_argument("--recipe", default=None, help="a recipe file; default: the best stored for smollm2-135m")
     ap.add_argument("--db", default=None)
     ap.add_argument("--quants", default="Q4_1,Q8_0")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=SETS",
+                    help="another recipe measured beside it: name=space-separated plugin.option=value")
     ap.add_argument("--max-context", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/last-vs-llama-cpp.json")
     args = ap.parse_args()
@@ -190,7 +194,7 @@ def main() -> int:
     from autotune.evaluate import evaluate
     from autotune.export import read_recipe_file, stored_document
     from autotune.measure import reference_windows
-    from autotune.recipe import resolve
+    from autotune.recipe import parse_sets, resolve
     from autotune.registry import get_optimizations
     from autotune.sources import resolve_model
     from autotune.store import Store
@@ -220,12 +224,19 @@ def main() -> int:
     print(f"# {target.describe()}; flags {' '.join(target.cpu_flags)}; {workload.describe()}", flush=True)
     print(f"# recipe {doc.get('measurement_id')}: {json.dumps(doc['recipe'])}", flush=True)
 
-    rows: dict[str, list] = {"hf-default": [], "autotune": [], **{name: [] for name in ggufs}}
+    also = {name: resolve(parse_sets(sets.split(), optimizations), optimizations)
+            for name, sets in (a.split("=", 1) for a in args.also)}
+    for name, recipe in also.items():
+        print(f"# {name}: {json.dumps(recipe)}", flush=True)
+    rows: dict[str, list] = {"hf-default": [], "autotune": [], **{name: [] for name in also},
+                             **{name: [] for name in ggufs}}
     for round_ in range(args.rounds):
         base = evaluate(source, resolve({}, optimizations), workload, target, optimizations)
         rows["hf-default"].append(evaluated(base))
         rows["autotune"].append(evaluated(evaluate(source, doc["recipe"], workload, target, optimizations,
                                                    baseline=base)))
+        for name, recipe in also.items():
+            rows[name].append(evaluated(evaluate(source, recipe, workload, target, optimizations, baseline=base)))
         for name, gguf in ggufs.items():
             rows[name].append(llama_round(gguf, shapes, ids_by_shape, windows, reference, args.runs,
                                           workload.max_context + 16))
@@ -234,11 +245,11 @@ def main() -> int:
     table = summarize(rows, shapes)
     print(f"\n{target.describe()}; {workload.describe()}; median of {args.rounds} interleaved rounds")
     head = " ".join(f"{f'{p}+{n}':>10}" for p, n in shapes)
-    print(f"{'engine':22} {head}   {'x HF (geo)':>10} {'top-1':>6} {'KLD':>7}   tok/s per shape")
+    print(f"{'engine':28} {head}   {'x HF (geo)':>10} {'top-1':>6} {'KLD':>7}   tok/s per shape")
     for name, r in table.items():
         cells = " ".join(f"{v:>10.1f}" if v else f"{'-':>10}" for v in r["tokens_per_s"])
         geo = f"{r['ratio']:>10.2f}" if r["ratio"] else f"{'-':>10}"
-        print(f"{name:22} {cells}   {geo} {r['quality'] or 0:>6.3f} {r['kld'] if r['kld'] is not None else float('nan'):>7.4f}")
+        print(f"{name:28} {cells}   {geo} {r['quality'] or 0:>6.3f} {r['kld'] if r['kld'] is not None else float('nan'):>7.4f}")
     Path(args.out).write_text(json.dumps({"target": target.to_dict(), "workload": workload.to_dict(),
                                           "recipe": doc["recipe"], "rows": rows, "table": table}, indent=2))
     return 0

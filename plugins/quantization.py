@@ -54,7 +54,7 @@ class Quantization(Optimization):
     name = "quantization"
     order = 5
     version = "3"  # 2: int4 group size 32 by default (was 128), tinygemm packing on CUDA; the head option
-    # 3: CPU int4 unpacks its weights for the prompt's pass
+    # 3: CPU int4 unpacks its weights for the prompt's pass, and quantizes closer (float arithmetic)
     description = "quantize weights while loading (bitsandbytes, torchao)"
 
     def options(self):
@@ -138,12 +138,11 @@ class Quantization(Optimization):
             return TorchAoConfig(Int8WeightOnlyConfig())
         if method == "torchao-int8-dynamic":
             return TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
-        if ctx.device == "cpu":  # the CPU's packed int4 layout (Int4OpaqueTensor) and its own matmul kernel
-            from importlib import import_module
+        if ctx.device == "cpu":  # the CPU's packed int4 layout (Int4OpaqueTensor) and its own matmul kernel,
+            # each group's scale and zero point chosen closer than torchao's own choice (engines.int4)
+            from autotune.engines.int4 import closest_config
 
-            PrototypeInt4WeightOnlyConfig = import_module(CPU_INT4).PrototypeInt4WeightOnlyConfig
-
-            return TorchAoConfig(PrototypeInt4WeightOnlyConfig(group_size=opts.get("group_size", GROUP_SIZES[0])))
+            return TorchAoConfig(closest_config(opts.get("group_size", GROUP_SIZES[0])))
         # CUDA: tinygemm's tile-packed layout and kernel (torch's own _weight_int4pack_mm); torchao's default
         # packing (plain) needs the separate mslk package
         return TorchAoConfig(Int4WeightOnlyConfig(group_size=opts.get("group_size", GROUP_SIZES[0]), int4_packing_format=CUDA_INT4_PACKING))

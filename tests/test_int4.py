@@ -90,3 +90,30 @@ def test_a_long_prompt_unpacks_int4_weights_and_gets_the_kernels_answer(tiny_mod
     assert torch.allclose(logits, kernel, atol=0.05 * kernel.abs().max().item()), (logits - kernel).abs().max()
     monkeypatch.undo()
     assert run(ids[:, :8])[1] == len(linears)
+
+
+def test_int4_quantizes_to_the_closest_grid_its_bf16_scales_can_hold():
+    """Weights with 16 levels per group of 32 (a de-quantized Q4_1 checkpoint, as the embedded model's)
+    come back within bf16's own rounding, well inside torchao's own choice (its step and zero point
+    computed in bf16, the zero point from the rounded step)."""
+    pytest.importorskip("torchao")
+    if int4.layout() is None:
+        pytest.skip("torch packs int4 in no layout this CPU's kernel decodes")
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+
+    generator = torch.Generator().manual_seed(0)
+    n, k = 128, 256
+    step = torch.rand(n, k // 32, 1, generator=generator) * 0.01 + 0.002
+    low = -step * (7.5 + torch.randn(n, k // 32, 1, generator=generator))  # centred, as trained weights are
+    levels = torch.randint(0, 16, (n, k // 32, 32), generator=generator)
+    levels[..., 0], levels[..., 1] = 0, 15  # every group spans its whole grid, as Q4_1's do
+    exact = (levels * step + low).view(n, k)
+    loaded = exact.to(torch.bfloat16)  # as the model loads in bf16
+
+    def error(weight):
+        return ((int4.unpack(weight, torch.float32).t() - exact).norm() / exact.norm()).item()
+
+    ours = error(int4.closest_int4(loaded, 32))
+    theirs = error(Int4OpaqueTensor.from_hp(loaded, [1, 32]))
+    rounding = ((loaded.float() - exact).norm() / exact.norm()).item()
+    assert ours < 0.65 * theirs and ours < 2 * rounding, (ours, theirs, rounding)

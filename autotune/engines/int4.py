@@ -86,7 +86,8 @@ class PackedInt4Linear(torch.nn.Linear):
     unpacked once for many (the prompt's pass). Same parameters and names as the linear it was."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and x.numel() >= MANY_ROWS * x.shape[-1]:
+        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if not traced and x.numel() >= MANY_ROWS * x.shape[-1]:
             dense = unpack(self.weight, x.dtype)
             if dense is not None:
                 return F.linear(x, dense.t(), self.bias)
@@ -117,3 +118,59 @@ def unpack_ready(weight) -> bool:
         return False
     name = layout()
     return name is not None and weight.shape[0] % LAYOUTS[name][0] == 0 and weight.shape[1] % weight.block_size[-1] == 0
+
+
+# -- quantizing: the closest int4 grid the kernel's bf16 scales and zero points can hold ----------------
+def closest_int4(weight: torch.Tensor, group: int):
+    """``weight`` (``[out, in]``) as torch's packed CPU int4 with one scale and zero point per
+    ``group`` inputs, each group's min..max in 15 steps as torchao's tinygemm choice has it — but the
+    step and zero point computed in float, the zero point from the unrounded step, each rounded once
+    to the weight's dtype, and every value put on the nearest level of that rounded grid. torchao
+    computes both in the weight's dtype (bf16), the zero point from the already rounded step: on
+    SmolLM2's weights (Q4_1 de-quantized: exactly 16 levels per group of 32) its error is 0.6% of
+    the weights' norm, this one's 0.2% (bf16's own rounding: 0.13%)."""
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+
+    n, k = weight.shape
+    grouped = weight.detach().float().view(n, k // group, group)
+    low, high = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    step = ((high - low) / 15).clamp(min=1e-6)
+    scale, zero = step.to(weight.dtype), (low + 8 * step).to(weight.dtype)
+    q = ((grouped - zero.float()) / scale.float() + 8).round().clamp(0, 15).to(torch.int32).view(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    scale_zero = torch.stack((scale.view(n, -1), zero.view(n, -1)), -1).transpose(0, 1).contiguous()
+    return Int4OpaqueTensor(qdata=packed, scale_and_zero=scale_zero, block_size=[1, group], shape=weight.shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _closest_config_type():
+    """torchao's CPU int4 weight-only config with :func:`closest_int4` as its quantizer (registered
+    with torchao's ``quantize_``, which ``TorchAoConfig`` calls while loading)."""
+    import types
+
+    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+    from torchao.quantization.quant_api import _linear_extra_repr
+    from torchao.quantization.transform_module import register_quantize_module_handler
+
+    class ClosestInt4WeightOnlyConfig(PrototypeInt4WeightOnlyConfig):
+        pass
+
+    @register_quantize_module_handler(ClosestInt4WeightOnlyConfig)
+    def _quantize(module, config):
+        if config.set_inductor_config:  # as torchao's own handler does
+            from torchao.quantization.utils import recommended_inductor_config_setter
+
+            recommended_inductor_config_setter()
+        if module.weight.shape[-1] % config.group_size:  # as torchao: left in its float dtype
+            return module
+        module.weight = torch.nn.Parameter(closest_int4(module.weight, config.group_size), requires_grad=False)
+        module.extra_repr = types.MethodType(_linear_extra_repr, module)
+        return module
+
+    return ClosestInt4WeightOnlyConfig
+
+
+def closest_config(group: int):
+    """The torchao config that quantizes CPU linears with :func:`closest_int4` (for ``TorchAoConfig``
+    and ``quantize_``)."""
+    return _closest_config_type()(group_size=group)
