@@ -1,4 +1,5 @@
-"""The prompt's pass over torch's packed CPU int4 weights.
+"""torch's packed CPU int4 weights: quantized to the closest grid their bf16 scales hold
+(:func:`closest_int4`), and unpacked for the prompt's pass (:class:`PackedInt4Linear`).
 
 torch's CPU int4 matmul (``_weight_int4pack_mm_for_cpu``, what torchao's ``Int4OpaqueTensor`` calls)
 is a decode kernel: it unpacks and scales the whole weight again for every block of four rows, so a
