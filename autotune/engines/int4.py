@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 #: at and above this many rows a pass unpacks the weight (measured crossover on a 2-core Xeon: the
-#: kernel took 101 / 253 / 466 ms over the model's linears at 64 / 128 / 256 rows, unpacking 159 /
-#: 185 / 152 ms)
+#: kernel took 101 / 253 / 466 ms over the model's 210 linears at 64 / 128 / 256 rows; unpacking them
+#: all takes 120-180 ms, and the bf16 matmuls 36-52 ms at 128 rows)
 MANY_ROWS = 128
 
 
