@@ -63,10 +63,10 @@ def main() -> int:
 
     from autotune.apply import apply_recipe
     from autotune.optimization import ApplyContext
-    from autotune.recipe import parse_sets, resolve
     from autotune.registry import get_optimizations
     from autotune.sources import resolve_model
     from autotune.target import current_target
+    from speed import parse_recipe
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--text", type=Path, default=None)
@@ -105,7 +105,7 @@ def main() -> int:
               f"KLD {kld / positions:.4f}", flush=True)
 
     for name, sets in recipes.items():
-        recipe = resolve(parse_sets(sets.split(), optimizations), optimizations)
+        recipe = parse_recipe(sets, optimizations)
         ctx = ApplyContext(target, "cpu", 32, 64, 1, recipe)
         model = apply_recipe(str(source.path), optimizations, recipe, ctx).model
         with torch.no_grad():

@@ -194,13 +194,14 @@ def main() -> int:
     from autotune.evaluate import evaluate
     from autotune.export import read_recipe_file, stored_document
     from autotune.measure import reference_windows
-    from autotune.recipe import parse_sets, resolve
+    from autotune.recipe import resolve
     from autotune.registry import get_optimizations
     from autotune.sources import resolve_model
     from autotune.store import Store
     from autotune.target import current_target
     from autotune.trial import QUALITY_CALLS
     from autotune.workload import Workload, shipped_text
+    from speed import parse_recipe
 
     optimizations, target = get_optimizations(), current_target()
     source = resolve_model("smollm2-135m")
@@ -224,8 +225,7 @@ def main() -> int:
     print(f"# {target.describe()}; flags {' '.join(target.cpu_flags)}; {workload.describe()}", flush=True)
     print(f"# recipe {doc.get('measurement_id')}: {json.dumps(doc['recipe'])}", flush=True)
 
-    also = {name: resolve(parse_sets(sets.split(), optimizations), optimizations)
-            for name, sets in (a.split("=", 1) for a in args.also)}
+    also = {name: parse_recipe(sets, optimizations) for name, sets in (a.split("=", 1) for a in args.also)}
     for name, recipe in also.items():
         print(f"# {name}: {json.dumps(recipe)}", flush=True)
     rows: dict[str, list] = {"hf-default": [], "autotune": [], **{name: [] for name in also},

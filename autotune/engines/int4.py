@@ -64,13 +64,10 @@ def layout() -> str | None:
     return None
 
 
-def unpack(weight, dtype: torch.dtype) -> torch.Tensor | None:
-    """``weight`` (an ``Int4OpaqueTensor`` of torch's CPU layout) as a dense matrix of ``dtype``,
-    transposed (``[in, out]``: no transpose is copied, the matmul reads it as it is), valued as the
-    kernel computes it (``(q - 8) * scale + zero`` in float, one rounding to ``dtype``); ``None``
-    where this layout or this weight's shape has no decoder."""
-    if not unpack_ready(weight):
-        return None
+def unpack(weight, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` (an ``Int4OpaqueTensor`` for which :func:`unpack_ready` holds) as a dense matrix of
+    ``dtype``, transposed (``[in, out]``: no transpose is copied, the matmul reads it as it is), valued
+    as the kernel computes it (``(q - 8) * scale + zero`` in float, one rounding to ``dtype``)."""
     n, k = weight.shape
     group = weight.block_size[-1]
     dense = _nibbles(weight.qdata, n, k, layout(), torch.empty(k, n, dtype=torch.float32))
@@ -83,23 +80,20 @@ def unpack(weight, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 class PackedInt4Linear(torch.nn.Linear):
-    """A linear over an ``Int4OpaqueTensor`` weight: torch's kernel for a few rows, the weight
-    unpacked once for many (the prompt's pass). Same parameters and names as the linear it was."""
+    """A linear over an ``Int4OpaqueTensor`` weight this process's layout decodes (only such a linear
+    becomes one): torch's kernel for a few rows, the weight unpacked once for many (the prompt's pass).
+    Same parameters and names as the linear it was."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         if not traced and x.numel() >= MANY_ROWS * x.shape[-1]:
-            dense = unpack(self.weight, x.dtype)
-            if dense is not None:
-                return F.linear(x, dense.t(), self.bias)
+            return F.linear(x, unpack(self.weight, x.dtype).t(), self.bias)
         return super().forward(x)
 
 
 def serve_prompts_unpacked(model: torch.nn.Module) -> int:
     """Every linear of ``model`` whose weight is torch's packed CPU int4 (and whose shape the layout
     decodes) unpacks it for passes over many rows; returns how many."""
-    if layout() is None:
-        return 0
     count = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and unpack_ready(module.weight):
