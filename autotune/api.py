@@ -97,12 +97,13 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
            study: str | None = None, device: str | None = None, config_only: bool | None = None,
            remeasure: bool = False, price_per_hour: float | None = None, measure: Mapping | None = None,
            space: Mapping | None = None, draft: str | None = None, jobs: int | str | None = None,
-           progress: bool = True, on_status: Callable[[str], None] | None = None) -> TuningResult:
+           side_by_side: bool | None = None, progress: bool = True, on_status: Callable[[str], None] | None = None) -> TuningResult:
     """Search the plugins' space for the best recipe for ``model`` within ``budget``, measuring every
     candidate, as ``autotune search`` does (same arguments; ``workload`` a dict of prompt_tokens,
     new_tokens, batch_size; ``measure`` overrides the measurement policy and ``space`` restricts the
     search space, ``{"plugin.option": [choices]}``, as a study file's tables do; ``db`` a SQLAlchemy URL;
-    ``jobs`` trials side by side, or ``"auto"``, the default).
+    ``jobs`` trials side by side, or ``"auto"``, the default; ``side_by_side``: measure the HF default and
+    the best again back to back at the end, when the baseline is minutes old — on by default).
     Returns a :class:`TuningResult`; when nothing fits, its ``best`` is ``None`` and ``binding`` says
     why. Raises :class:`~autotune.errors.NoFeasibleRecipe` only when the HF default itself fails."""
     from . import report_text
@@ -114,7 +115,7 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
                        pareto=pareto, trials=trials, timeout=timeout, trial_timeout=trial_timeout, sampler=sampler,
                        study=study, device=device, config_only=config_only, remeasure=remeasure,
                        price_per_hour=price_per_hour, measure=dict(measure) if measure else None,
-                       space=dict(space) if space else None, draft=draft, jobs=jobs)
+                       space=dict(space) if space else None, draft=draft, jobs=jobs, side_by_side=side_by_side)
     store = Store(db)
     run = Search(spec, store, get_optimizations())
     say = on_status or _quiet

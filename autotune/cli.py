@@ -257,6 +257,9 @@ def open_store(db_url):
 @click.option("--jobs", default=None, metavar="N|auto",
               help="trials side by side: they compile at once, each measures alone (default auto: one; beside "
                    "another trial's compile a CPU trial's decode steps run many times slower, see README)")
+@click.option("--side-by-side/--no-side-by-side", "side_by_side", default=None,
+              help="at the end, measure the HF default and the best again back to back, so the ratio shown is of one "
+                   "time (default on; done when the baseline is 2+ minutes old; counted in --timeout)")
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
 @click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True), default=None, metavar="USD",
               help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")
@@ -267,7 +270,7 @@ def open_store(db_url):
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
            remeasure, submit_job, hardware, as_json, workload, device, config_only, db_url, price_per_hour=None,
-           draft=None, jobs=None):
+           draft=None, jobs=None, side_by_side=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import api, report_text
     from .errors import NoFeasibleRecipe
@@ -275,7 +278,7 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
     given = dict(study_file=study_file, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
                  timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study=study_name, device=device,
                  config_only=config_only or None, remeasure=remeasure, price_per_hour=price_per_hour, draft=draft,
-                 jobs=jobs, workload=workload)
+                 jobs=jobs, workload=workload, side_by_side=side_by_side)
     if submit_job:
         if jobs is not None:
             raise UsageError("--jobs runs trials side by side in this search; a queued job's are the daemon's --workers")

@@ -7,6 +7,7 @@ hopeless candidate is judged against. The search (:mod:`autotune.tuner`) decides
 this module how."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -50,6 +51,7 @@ class Measurer:
         self.reuse_key = reuse_key(spec, optimizations)
         self.trial_limit_s = spec.trial_timeout
         self.baseline_record: TrialRecord | None = None
+        self.baseline_at: float | None = None  # when it was measured (monotonic); None: an earlier run's
         self.caps = CompileCaps(spec.policy, spec.timeout, seed_keys)
         self.compile_cache = compile_share.configured()  # the team's (a Redis URL), or None
         self.gate = None  # an autotune.isolate.Gate while a run's trials run
@@ -72,6 +74,7 @@ class Measurer:
         else:
             on_status("HF default (baseline)")
             record = self._measure(recipe, is_baseline=True)
+            self.baseline_at = time.monotonic()
         if row is None and record.status == Status.OK and too_noisy_for_a_baseline(record.figures, self.spec.policy):
             on_status("HF default again (the first baseline was noisy)")
             policy = replace(self.spec.policy, max_runs=2 * self.spec.policy.max_runs,
@@ -89,6 +92,52 @@ class Measurer:
         self.caps.cost = CompileCost(queries.compile_history(self.store), t.hardware_key, t.versions_key,
                                      self.ids.model_id, record.figures.weights_bytes)
         return record
+
+    # -- side by side ------------------------------------------------------------------------
+    def side_by_side_due(self) -> bool:
+        """Whether the baseline is old enough that the machine may have drifted since (an earlier
+        run's always is)."""
+        return self.baseline_at is None or time.monotonic() - self.baseline_at >= SIDE_BY_SIDE_AFTER_S
+
+    def side_by_side_policy(self):
+        """The trials' measurement rules, less what does not drift (quality) and at most
+        :data:`SIDE_BY_SIDE_MEASURE_S` of rounds (two at least)."""
+        p = self.spec.policy
+        return replace(p, quality=False, abandon_factor=0, screen_factor=0, min_runs=min(2, p.min_runs),
+                       max_measure_s=min(p.max_measure_s, SIDE_BY_SIDE_MEASURE_S))
+
+    def side_by_side_reserve(self) -> float:
+        """Seconds a search with a timeout keeps for :meth:`side_by_side`, estimated from the
+        baseline's trial: twice its time outside the rounds and quality, plus the shorter rounds."""
+        f = self.baseline_record.figures if self.baseline_record else None
+        if f is None or not f.wall_s:
+            return 0.0
+        outside = f.wall_s - (f.measure_s or 0.0) - (f.quality_s or 0.0)
+        return 2 * (max(0.0, outside) + min(f.measure_s or 0.0, SIDE_BY_SIDE_MEASURE_S))
+
+    def side_by_side(self, best: TrialRecord, on_status=lambda s: None) -> dict | None:
+        """The HF default and ``best`` measured again, back to back, in their own processes: the
+        ratio of two figures taken minutes apart is partly the machine's drift (the README job's
+        baseline read 18.4 tok/s at its start; beside the winner, runs the same day read 12-13).
+        Returns plain data (both sides' figures, how far apart they started), or None when either
+        failed (the reason in ``error``). Nothing is stored as a measurement: quality is not scored."""
+        policy = self.side_by_side_policy()
+        limit = self.trial_limit_s or BASELINE_TIMEOUT_S
+        args = (self.spec.source,)
+        rest = dict(workload=self.spec.workload, target=self.spec.target, optimizations=self.optimizations,
+                    policy=policy, timeout=limit)
+        on_status("HF default again, beside the best")
+        started = time.monotonic()
+        base = evaluate(*args, resolve({}, self.optimizations), **rest)
+        if not base.ok:
+            return {"error": f"the HF default failed ({base.status.value}): {base.error}"}
+        on_status(f"recipe {best.measurement_id} again, beside the HF default")
+        apart = time.monotonic() - started
+        mine = evaluate(*args, best.recipe, baseline=base, **rest)
+        if not mine.ok:
+            return {"error": f"recipe {best.measurement_id} failed ({mine.status.value}): {mine.error}"}
+        return {"measurement_id": best.measurement_id, "apart_s": apart,
+                "baseline": base.figures.shown(), "best": mine.figures.shown()}
 
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
         """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
@@ -177,6 +226,11 @@ class Measurer:
             record.missed = self.spec.budget.missed(figures)
         return record
 
+
+#: a baseline older than this (seconds) is measured again beside the best, at the end of a search
+SIDE_BY_SIDE_AFTER_S = 120.0
+#: at most this many seconds of rounds for each side of the side-by-side measurement
+SIDE_BY_SIDE_MEASURE_S = 15.0
 
 #: a baseline is measured again when its CV is more than this many times the policy's target
 BASELINE_NOISE_FACTOR = 2.0

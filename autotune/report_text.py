@@ -273,7 +273,16 @@ def search_payload(result, search) -> dict:
             "trial_limit_s": result.trial_limit_s, "time": time_split(result.records, result.wall_s),
             "counts": outcome_counts(result.records), "compile_prediction": prediction_payload(search),
             "best": [one(r) for r in result.best], "baseline": one(result.baseline) if result.baseline else None,
-            "trials": [one(r) for r in result.records]}
+            "trials": [one(r) for r in result.records], "side_by_side": side_by_side_payload(result)}
+
+
+def side_by_side_payload(result) -> dict | None:
+    """The side-by-side measurement at the end, with its ratios (None when not made)."""
+    sbs = getattr(result, "side_by_side", None)
+    if not sbs or sbs.get("error"):
+        return sbs
+    return {**sbs, "speedup_tokens_per_s": ratio(sbs["best"], sbs["baseline"], Key.tokens_per_s),
+            "speedup_geomean": shape_ratio(sbs["best"], sbs["baseline"])}
 
 
 def prediction_payload(search) -> dict | None:
@@ -384,8 +393,24 @@ def search_text(result, search) -> str:
             lines.append(f"  over the envelope ({search.spec.workload.describe().split('; ')[-1]})"
                          + (f": {geo:.2f}x the HF default per shape, geometric mean" if geo else ""))
             lines += shapes_lines(f.shown(), base, indent="    ")
+    if getattr(result, "side_by_side", None):
+        lines += side_by_side_lines(result.side_by_side)
     lines.append(f"export: autotune export {result.best[0].measurement_id} -o recipe.json")
     return "\n".join(lines)
+
+
+def side_by_side_lines(sbs: dict) -> list[str]:
+    """The HF default and the best measured again back to back at the end of a search: the ratio
+    both sides' figures of one time make (the trial's ratio is against a baseline of minutes before)."""
+    if sbs.get("error"):
+        return [f"side by side at the end: not measured: {sbs['error']}"]
+    base, best = sbs["baseline"], sbs["best"]
+    speed, geo = ratio(best, base, Key.tokens_per_s), shape_ratio(best, base)
+    lines = [f"side by side at the end (the HF default, then recipe {sbs['measurement_id']}, started "
+             f"{sbs['apart_s']:.0f} s apart; {sbs.get('seconds', 0):.0f} s): {fmt(best.get(Key.tokens_per_s))} against "
+             f"{fmt(base.get(Key.tokens_per_s))} tok/s = {speed:.2f}x the HF default{noisy_note(base)}"
+             + (f"; {geo:.2f}x per shape, geometric mean" if geo else "")]
+    return lines + shapes_lines(best, base, indent="    ")
 
 
 def cost_text(tokens_per_s, search) -> str:

@@ -119,6 +119,10 @@ class SearchSpec:
     #: :class:`autotune.isolate.Gate`); how this process runs, not what is searched (a queued job's
     #: workers are the daemon's ``--workers``)
     lanes: int = 1
+    #: after the trials, measure the HF default and the best recipe again, back to back, when the
+    #: baseline is older than :data:`autotune.measurer.SIDE_BY_SIDE_AFTER_S`: the machine's speed
+    #: drifts (10-45% between runs here), and a ratio is a claim only when both sides ran at one time
+    side_by_side: bool = True
 
     def default_study_name(self) -> str:
         raw = json.dumps([self.budget.text, self.objectives, self.workload.key, self.restrict, self.sampler],
@@ -173,6 +177,7 @@ STUDY_KEYS = {
     "price_per_hour": (_positive_number, "a positive number of US dollars per hour"),
     "draft": (lambda v: isinstance(v, str) and v.strip() != "", "a draft model name or directory"),
     "jobs": (lambda v: v == "auto" or _positive_int(v), "a positive whole number or \"auto\""),
+    "side_by_side": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -255,6 +260,7 @@ def build(study_file: str | None = None, **cli) -> SearchSpec:
         price_per_hour=price,
         draft=draft,
         lanes=parse_jobs(pick("jobs", default="auto")),
+        side_by_side=bool(pick("side_by_side", default=True)),
     )
 
 

@@ -35,6 +35,7 @@ class Attr:
     COMPILE_CAPPED = "compile_capped"  # pruned because its first call (compilation) ran past the cap
     SEEDS_ASKED = "seeds_asked"  # (study) seed recipes asked so far
     PRICE_PER_HOUR = "price_per_hour"  # (study) what an hour of the machine costs, for the report
+    SIDE_BY_SIDE = "side_by_side"  # (study) the HF default and the best, measured again back to back
 
 
 def worker_id() -> str:

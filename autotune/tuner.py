@@ -41,6 +41,9 @@ class SearchResult:
     #: this run's wall time (baseline to last trial) and its lanes (trials side by side)
     wall_s: float | None = None
     lanes: int = 1
+    #: the HF default and the best measured again back to back at the end (see
+    #: :meth:`autotune.measurer.Measurer.side_by_side`), or None when not due
+    side_by_side: dict | None = None
 
 
 class Search:
@@ -137,11 +140,15 @@ class Search:
         study = self.open_study()
         started = time.monotonic()
         m = self.measurer
-        m.caps.deadline = started + self.spec.timeout if self.spec.timeout else None
         status = progress.set_status if progress else (lambda s: None)
         baseline = self.baseline(status)
         if baseline.status != Status.OK:
             raise NoFeasibleRecipe(f"the HF-default baseline itself failed ({baseline.status}): {baseline.error}")
+        # a timeout covers the side-by-side measurement too: the trials stop early enough for it (at most
+        # a quarter of the search's time; then it runs past the timeout rather than not at all)
+        reserve = min(m.side_by_side_reserve(), self.spec.timeout / 4) if self.spec.timeout and \
+            self.spec.side_by_side else 0.0
+        m.caps.deadline = started + self.spec.timeout - reserve if self.spec.timeout else None
         m.note_incumbent(baseline)
         for record in self.study_records(study):  # a resumed study's incumbent
             m.note_incumbent(record)
@@ -170,7 +177,13 @@ class Search:
         finally:
             m.gate = None
         self.wall_s = time.monotonic() - started
-        return self.result(study, interrupted, strict)
+        result = self.result(study, interrupted, strict)
+        if result.best and not interrupted and self.spec.side_by_side and m.side_by_side_due() \
+                and result.best[0].recipe != self.baseline_recipe:
+            result.side_by_side = m.side_by_side(result.best[0], status)
+            result.side_by_side["seconds"] = time.monotonic() - started - self.wall_s
+            study.set_user_attr(protocol.Attr.SIDE_BY_SIDE, result.side_by_side)
+        return result
 
     def result(self, study, interrupted: bool = False, strict: bool = True) -> SearchResult:
         everything = self.study_records(study)

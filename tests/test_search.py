@@ -285,3 +285,38 @@ def test_trials_say_what_proposed_them_and_refinements_are_untried(tmp_path, tin
     for i, kind in enumerate(kinds):
         if kind == "refinement":  # never a repeat of an earlier trial (the sampler may repeat it later)
             assert params[i] not in params[:i], (i, kinds, params)
+
+
+def test_the_best_is_measured_again_beside_a_fresh_baseline_at_the_end(tmp_path, tiny_model, db_url, monkeypatch):
+    """Both sides of the headline ratio are measured at one time: the HF default and the best, back to
+    back in their own processes, after the trials; kept on the study, never stored as measurements."""
+    import optuna
+
+    from autotune import measurer
+
+    monkeypatch.setattr(measurer, "SIDE_BY_SIDE_AFTER_S", 0.0)  # a tiny model's search is seconds old
+    # the HF default is no trial of this space: the best is never the baseline (whichever is faster)
+    f = study_file(tmp_path, tiny_model, trials=2, **{"quantization.method": ["torchao-int8-weight"]})
+    result, payload = search(["--study-file", f, "--study", "sbs"], db_url)
+    assert result.exit_code == 0, result.output
+    sbs = payload["side_by_side"]
+    assert sbs["measurement_id"] == payload["best"][0]["measurement_id"]
+    best_id, base_id = sbs["measurement_id"], payload["baseline"]["measurement_id"]
+    assert best_id != base_id and sbs["apart_s"] > 0 and sbs["seconds"] >= sbs["apart_s"]
+    for side, stored in (("baseline", payload["baseline"]), ("best", payload["best"][0])):
+        fresh = sbs[side]
+        assert fresh["e2e_ms_p50"] > 0 and fresh["e2e_ms_p50"] != stored["e2e_ms_p50"]  # measured again
+        assert [(s["prompt_tokens"], s["new_tokens"]) for s in fresh["shapes"]] == \
+            [(s["prompt_tokens"], s["new_tokens"]) for s in stored["shapes"]]
+    assert sbs["speedup_tokens_per_s"] == pytest.approx(sbs["best"]["tokens_per_s"] / sbs["baseline"]["tokens_per_s"])
+    with Store(db_url).session() as s:  # not stored as measurements: those are the trials' (and baselines')
+        stored = {row.tokens_per_s for row in s.query(m.Measurement).all()}
+    assert sbs["best"]["tokens_per_s"] not in stored and sbs["baseline"]["tokens_per_s"] not in stored
+    study = optuna.load_study(study_name="sbs", storage=db_url)
+    assert study.user_attrs["side_by_side"]["best"]["tokens_per_s"] == sbs["best"]["tokens_per_s"]
+    text = CliRunner().invoke(cli, ["search", "--study-file", f, "--study", "sbs2", "--db", db_url])
+    assert text.exit_code == 0, text.output
+    assert "side by side at the end (the HF default, then recipe" in text.output
+
+    off, payload = search(["--study-file", f, "--study", "sbs3", "--no-side-by-side"], db_url)
+    assert off.exit_code == 0 and payload["side_by_side"] is None
