@@ -246,8 +246,8 @@ def show_text(r) -> str:
                                                               if geo else ""))
         lines += shapes_lines(f, b, indent="    ")
     if f.get("screened"):
-        lines.append("  note: screened: measured one round only, its first round took more than the screen "
-                     "factor times the leader's (a loser's figures, their spread unknown)")
+        lines.append(f"  note: screened: measured {f.get('runs')} round(s) only, then found slower than the leader "
+                     "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise")
     if f.get("noisy") or b.get("noisy"):
         lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
                      "ratios are loose")
@@ -346,7 +346,7 @@ def shared_lines(records, url: str | None) -> list[str]:
 def counts_text(c: dict, prediction: tuple | None = None) -> str:
     pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
     text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget, "
-            f"{c.get('screened', 0)} screened after one round); "
+            f"{c.get('screened', 0)} screened: measured no further once slower than the best so far); "
             f"pruned: {pruned} ({c['pruned_at_cap']} at the compile cap, {c['deferred']} deferred on a "
             f"predicted compile, {c['hopeless']} hopeless); failed: {c['failed']}; "
             f"ruled out by the rules: {c['ruled_out']}")

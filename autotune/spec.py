@@ -32,7 +32,7 @@ class MeasurePolicy:
     min_runs: int = 3
     max_runs: int = 20
     target_cv: float = 0.05
-    max_measure_s: float = 30.0
+    max_measure_s: float = 20.0
     quality: bool = True
     #: a candidate whose warm end-to-end latency exceeds this many times the incumbent's is pruned
     #: (0: never — where timings are noise, as on a millisecond-scale test model)
@@ -41,6 +41,10 @@ class MeasurePolicy:
     #: incumbent's round is measured no further: its figures are that round's (``runs`` 1, ``screened``).
     #: Its remaining rounds would only confirm a loser; the time goes to the next candidate (0: never)
     screen_factor: float = 1.25
+    #: from the second round on, a candidate whose median round is this many times the incumbent's is
+    #: measured no further (``screened`` with ``runs`` 2+): it is slower than the incumbent beyond the
+    #: rounds' noise, and more rounds would only say by how much more precisely (0: never)
+    race_factor: float = 1.10
     #: the part of a derived trial limit set aside for compilation (seconds)
     compile_allowance_s: float = 180.0
     #: a first call (where compilation happens) still running after this many seconds is stopped and
@@ -54,7 +58,7 @@ class MeasurePolicy:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("memory_cap_bytes", "abandon_factor", "screen_factor") and value == 0:  # 0: off
+            if f.name in ("memory_cap_bytes", "abandon_factor", "screen_factor", "race_factor") and value == 0:  # 0: off
                 continue
             if f.type == "bool":
                 if not isinstance(value, bool):
@@ -82,7 +86,7 @@ class MeasurePolicy:
     def key(self) -> str:
         """What changes a measurement's figures: part of the reuse key (abandoning changes none)."""
         relevant = {k: v for k, v in self.to_dict().items()
-                    if k not in ("abandon_factor", "screen_factor", "compile_allowance_s", "memory_cap_bytes",
+                    if k not in ("abandon_factor", "screen_factor", "race_factor", "compile_allowance_s", "memory_cap_bytes",
                                  "max_first_call_s")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -106,8 +106,9 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
 
             figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
-        screen = policy.screen_factor and request.incumbent_round_s
-        run.measure(figures, policy, screen and policy.screen_factor * request.incumbent_round_s)
+        incumbent = request.incumbent_round_s
+        run.measure(figures, policy, incumbent and policy.screen_factor and policy.screen_factor * incumbent,
+                    incumbent and policy.race_factor and policy.race_factor * incumbent)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
@@ -220,10 +221,12 @@ class _Run:
                            f"derived from the incumbent (nothing compiled in it)")
         figures.warmup_s = second
 
-    def measure(self, figures: Figures, policy, screen_s: float | None = None) -> None:
+    def measure(self, figures: Figures, policy, screen_s: float | None = None, race_s: float | None = None) -> None:
         """Rounds of one call per shape until the CV of a round's time is under target (after
         min_runs) or a cap is reached, or — screened — after the first when it took longer than
-        ``screen_s``; the memory high-water mark covers exactly these calls."""
+        ``screen_s``, or after a later one when the rounds' median is above ``race_s`` (both from the
+        incumbent's round: a loser's figures need no more precision); the memory high-water mark covers
+        exactly these calls."""
         self.memory.release_freed()
         self.memory.reset()
         compiles = measure.compile_count()
@@ -235,6 +238,9 @@ class _Run:
             if screen_s and len(rounds) == 1 and totals[0] > screen_s:
                 figures.screened = True
                 break
+            if race_s and len(rounds) >= 2 and statistics.median(totals) > race_s:
+                figures.screened = True
+                break
             if len(rounds) >= policy.min_runs and (measure.cv(totals) <= policy.target_cv
                                                     or time.perf_counter() - start > policy.max_measure_s):
                 break
@@ -242,7 +248,7 @@ class _Run:
         figures.steady_compiles = measure.compile_count() - compiles
         figures.peak_memory_bytes = self.memory.peak()
         self._speed(figures, rounds, policy)
-        if figures.screened:  # one round: its spread is unknown, not small
+        if figures.screened and figures.runs == 1:  # one round: its spread is unknown, not small
             figures.cv = figures.noisy = None
         figures.output_ids = self._greedy_reference(rounds)
         figures.bytes_per_step = roofline.bytes_per_step(

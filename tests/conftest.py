@@ -71,7 +71,7 @@ def searched(tmp_path_factory, tiny_model, shared_db):
 
 #: fast measurement for tests: a few runs, no long CV wait, and no candidate abandoned as hopeless — a
 #: tiny model's timings are noise (a test about abandoning asks for it: :data:`ABANDONING`)
-FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5, "abandon_factor": 0, "screen_factor": 0}
+FAST = {"min_runs": 2, "max_runs": 3, "max_measure_s": 5, "abandon_factor": 0, "screen_factor": 0, "race_factor": 0}
 ABANDONING = {**FAST, "abandon_factor": 3.0}
 #: choices a test study keeps fixed unless it names them: search-mechanics tests are not about threads,
 #: decoding or the LM head, and a random pick of them (1 thread, prompt lookup) changes which trials get

@@ -128,6 +128,21 @@ def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
         assert ev.status == Status.OK and ev.figures.runs >= FAST["min_runs"] and not ev.figures.screened
 
 
+def test_a_candidate_behind_the_leader_after_two_rounds_is_raced_out(tiny_model):
+    """Raced: from the second round on, a median round above the race factor times the incumbent's
+    ends the measurement (ok, runs 2, its spread known), where min_runs would ask for three."""
+    from autotune.figures import Figures
+
+    leader = Figures(e2e_ms_p50=1e3, tpot_ms_p50=1e3, shapes=[{"prompt_tokens": 8, "new_tokens": 6, "e2e_ms_p50": 1e-3}])
+    rules = {**FAST, "min_runs": 3, "max_runs": 5, "max_measure_s": 60}
+    raced = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=MeasurePolicy(**{**rules, "race_factor": 1.1}))
+    assert raced.status == Status.OK, raced.error
+    f = raced.figures
+    assert f.runs == 2 and f.screened and f.cv is not None and f.tokens_per_s > 0
+    full = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=MeasurePolicy(**rules))
+    assert full.status == Status.OK and full.figures.runs >= 3 and not full.figures.screened
+
+
 def test_a_warm_call_that_compiled_is_not_judged_hopeless(chaos, tiny_model):
     """Prune on evidence: the same slow warm call is hopeless when it decoded, not when it compiled."""
     from autotune.figures import Figures
