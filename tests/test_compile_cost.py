@@ -8,7 +8,7 @@ import pytest
 from conftest import FAST
 
 from autotune.compile_cost import CompileCost, Past, distance, flat
-from autotune.recipe import recipe_key
+from autotune.recipe import resolve, recipe_key
 from autotune.states import Status
 from autotune.store import Store, queries, writes
 
@@ -77,7 +77,7 @@ def test_a_candidate_predicted_past_its_cap_is_deferred_and_remembered(tiny_sear
     as pruned (deferred) with the prediction, without a trial process; a later ask reuses that."""
     search = tiny_search
     search.baseline()
-    candidate = next(r for r in search.seeds[1:] if r["compile"]["target"] == "forward")
+    candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
     past = writes.record_measurement(
         search.store, search.ids, recipe_key=recipe_key(candidate),
         recipe=candidate, study="earlier", is_baseline=False, status=Status.OK.value, error=None,
