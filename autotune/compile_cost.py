@@ -102,15 +102,20 @@ class CompileCost:
                 continue
             d = distance(mine, theirs)
             seconds = self._scaled(p)
-            if d <= MAX_DISTANCE and seconds is not None:
+            if d != float("inf") and seconds is not None:
                 scored.append((d + TIER_COST * self._tier(p), d, self._tier(p), seconds, p.censored))
+        # similar rows first; with none, the nearest of the same compile target still beats a blind launch
+        # (the README job launched an AOTInductor candidate differing from a measured one in threads,
+        # attention and ladder under a 60 s cap; it compiled for 60 s and taught nothing)
+        similar = [s for s in scored if s[1] <= MAX_DISTANCE]
+        scored = similar or scored
         if not scored:
             return None
         best = min(s[0] for s in scored)
         near = [s for s in scored if s[0] == best]
         d, tier = near[0][1], near[0][2]
         where = ("here", "on this host, other models", "on other hosts or versions")[tier]
-        what = "of this recipe" if d == 0 else "similar"
+        what = "of this recipe" if d == 0 else "similar" if similar else "of the same compile target"
         return Prediction(statistics.median(s[3] for s in near), len(near), f"{len(near)} {what} {where}",
                           at_least=any(s[4] for s in near))
 
@@ -125,6 +130,20 @@ class CompileCost:
             if guess is not None:
                 errors.append(abs(guess.seconds - p.seconds) / p.seconds)
         return (statistics.median(errors) if errors else None), len(errors)
+
+
+def shipped_prior(model_id: int = -1) -> list[Past]:
+    """Other hosts' history shipped with autotune (``data/compile_prior.json``: the README job's first calls
+    on a fresh 2-core Xeon), for a time-boxed CPU search whose database knows nothing yet: without it the
+    README job launched the guide's compiled forward and a compiled ``generate`` blind, and stopped them at
+    their caps (164 s and 60 s of its 600, nothing learnt). As another host's rows they count only where
+    this database has nothing nearer, scaled by the size of the model's weights."""
+    import json
+    from importlib import resources
+
+    doc = json.loads(resources.files("autotune").joinpath("data/compile_prior.json").read_text())
+    return [Past(-(i + 1), model_id, f"shipped: {doc['host']}", "shipped", r["recipe"], float(r["seconds"]),
+                 bool(r["censored"]), r.get("weights_bytes")) for i, r in enumerate(doc["rows"])]
 
 
 #: the share of a time-boxed search's time a seed's first call may take, when more than the policy's cap

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from . import compile_share
-from .compile_cost import CompileCaps, CompileCost
+from .compile_cost import CompileCaps, CompileCost, shipped_prior
 from .evaluate import Evaluation, evaluate
 from .figures import SPEED_KEYS, Figures
 from .optimization import Optimization
@@ -89,8 +89,11 @@ class Measurer:
                 self.trial_limit_s = self.spec.policy.trial_limit(f.wall_s or 0.0, (f.e2e_ms_p50 or 0.0) / 1e3)
         self.baseline_record = record
         t = self.spec.target
-        self.caps.cost = CompileCost(queries.compile_history(self.store), t.hardware_key, t.versions_key,
-                                     self.ids.model_id, record.figures.weights_bytes)
+        history = queries.compile_history(self.store)
+        if self.spec.timeout and t.device == "cpu":  # a time-boxed search is not launched blind on a fresh machine
+            history += shipped_prior()
+        self.caps.cost = CompileCost(history, t.hardware_key, t.versions_key, self.ids.model_id,
+                                     record.figures.weights_bytes)
         return record
 
     # -- side by side ------------------------------------------------------------------------

@@ -36,7 +36,9 @@ class MeasurePolicy:
     quality: bool = True
     #: a candidate whose warm end-to-end latency exceeds this many times the incumbent's is pruned
     #: (0: never — where timings are noise, as on a millisecond-scale test model)
-    abandon_factor: float = 3.0
+    #: 5: the README job's layer-compiled int8 loops ran 3.0-3.8x the int4 leader's decode step and were
+    #: abandoned without figures at 3; one screened round of them costs ~10 s and gives every figure
+    abandon_factor: float = 5.0
     #: a candidate whose first measured round (one call per shape) takes more than this many times the
     #: incumbent's round is measured no further: its figures are that round's (``runs`` 1, ``screened``).
     #: Its remaining rounds would only confirm a loser; the time goes to the next candidate (0: never)

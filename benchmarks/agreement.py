@@ -66,7 +66,7 @@ def main() -> int:
     from autotune.registry import get_optimizations
     from autotune.sources import resolve_model
     from autotune.target import current_target
-    from speed import parse_recipe
+    from speed import named_recipes, parse_recipe
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--text", type=Path, default=None)
@@ -77,7 +77,7 @@ def main() -> int:
     text = args.text or default_text()
     optimizations, target = get_optimizations(), current_target("cpu")
     source = resolve_model("smollm2-135m")
-    recipes = dict(r.split("=", 1) for r in args.recipe) or RECIPES
+    recipes = named_recipes(args.recipe) or RECIPES
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -52,7 +52,21 @@ RECIPES = {
 
 
 def parse_recipe(text: str, optimizations) -> dict:
-    return resolve(parse_sets(text.split(), optimizations), optimizations)
+    """``plugin.option=value ...`` as a resolved recipe; a bad one exits with one line, no traceback."""
+    from autotune.errors import AutotuneError
+
+    try:
+        return resolve(parse_sets(text.split(), optimizations), optimizations)
+    except AutotuneError as exc:
+        raise SystemExit(f"error: recipe {text!r}: {exc}") from None
+
+
+def named_recipes(args: list[str]) -> dict[str, str]:
+    """``NAME=SETS`` arguments by name; one without a name exits with one line."""
+    bad = [a for a in args if "=" not in a or not a.split("=", 1)[0].strip()]
+    if bad:
+        raise SystemExit(f"error: {bad[0]!r} is not NAME=plugin.option=value ...")
+    return dict(a.split("=", 1) for a in args)
 
 
 def main() -> int:
@@ -78,7 +92,7 @@ def main() -> int:
         given["max_batch"] = args.max_batch
     workload = Workload.from_dict(given).for_model(source.info())
     chosen = {k: v for k, v in RECIPES.items() if not args.only or k in args.only.split(",")}
-    chosen.update(dict(r.split("=", 1) for r in args.recipe))
+    chosen.update(named_recipes(args.recipe))
     recipes = {"hf-default": resolve({}, optimizations)}
     recipes.update({name: parse_recipe(sets, optimizations) for name, sets in chosen.items()})
     policy = MeasurePolicy()

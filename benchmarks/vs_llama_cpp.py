@@ -201,7 +201,7 @@ def main() -> int:
     from autotune.target import current_target
     from autotune.trial import QUALITY_CALLS
     from autotune.workload import Workload, shipped_text
-    from speed import parse_recipe
+    from speed import named_recipes, parse_recipe
 
     optimizations, target = get_optimizations(), current_target()
     source = resolve_model("smollm2-135m")
@@ -225,7 +225,7 @@ def main() -> int:
     print(f"# {target.describe()}; flags {' '.join(target.cpu_flags)}; {workload.describe()}", flush=True)
     print(f"# recipe {doc.get('measurement_id')}: {json.dumps(doc['recipe'])}", flush=True)
 
-    also = {name: parse_recipe(sets, optimizations) for name, sets in (a.split("=", 1) for a in args.also)}
+    also = {name: parse_recipe(sets, optimizations) for name, sets in named_recipes(args.also).items()}
     for name, recipe in also.items():
         print(f"# {name}: {json.dumps(recipe)}", flush=True)
     rows: dict[str, list] = {"hf-default": [], "autotune": [], **{name: [] for name in also},

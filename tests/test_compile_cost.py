@@ -139,3 +139,38 @@ def test_no_first_call_runs_past_the_searchs_deadline():
 
     caps.cost = Cost()
     assert caps.plan({}, "seed")[1] is True
+
+
+def test_with_nothing_similar_the_nearest_of_the_same_compile_target_predicts():
+    """A recipe five weighted options away from every row is not launched blind: the nearest row that
+    compiles the same thing predicts it (another target still says nothing)."""
+    cost = CompileCost([Past(1, 1, "h", "v", recipe(), 40.0)], "h", "v", 1)
+    far = {**recipe(mode="max-autotune", dtype="float32"), "cache": {"implementation": "static"}}
+    assert distance(flat(far), flat(recipe())) > 4
+    guess = cost.predict(far)
+    assert guess.seconds == 40.0 and "of the same compile target" in guess.basis
+    assert cost.predict(recipe(target="aoti")) is None
+
+
+def test_the_shipped_prior_warns_a_fresh_time_boxed_cpu_search(tiny_search):
+    """On an empty database a time-boxed CPU search knows the whole forward's compile ran past 160 s for
+    a model of SmolLM2's size (scaled down for a smaller one); a search without a timeout launches as before."""
+    from dataclasses import replace
+
+    from autotune.compile_cost import shipped_prior
+
+    prior = shipped_prior()
+    forward = next(p for p in prior if p.recipe["compile"]["target"] == "forward")
+    assert forward.censored and forward.seconds >= 160
+    smollm = CompileCost(prior, "here", "now", model_id=1, weights_bytes=forward.weights_bytes)
+    guess = smollm.predict(forward.recipe)
+    assert guess.at_least and guess.seconds >= 160 and "other hosts" in guess.basis
+    small = CompileCost(prior, "here", "now", model_id=1, weights_bytes=forward.weights_bytes / 100)
+    assert small.predict(forward.recipe).seconds == pytest.approx(guess.seconds / 100)
+
+    search = tiny_search
+    search.baseline()
+    assert all(p.id > 0 for p, _ in search.measurer.caps.cost.history)  # no timeout: only this database's rows
+    search.spec = search.measurer.spec = replace(search.spec, timeout=300.0)
+    search.baseline()
+    assert sum(p.id < 0 for p, _ in search.measurer.caps.cost.history) == len(prior)
