@@ -107,8 +107,9 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
             figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
         incumbent = request.incumbent_round_s
-        run.measure(figures, policy, incumbent and policy.screen_factor and policy.screen_factor * incumbent,
-                    incumbent and policy.race_factor and policy.race_factor * incumbent)
+        screen_s = incumbent and policy.screen_factor and policy.screen_factor * incumbent
+        if not (screen_s and not shared_cpu and run.screen_on_first_pass(figures, policy, screen_s)):
+            run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
@@ -134,6 +135,9 @@ class _Run:
         self.memory = measure.MemoryMeter(device)
         self.quality = _Quality(applied, workload) if quality and applied.tokenizer is not None else None
         self.sync = None
+        self.first_pass: list = []  # the envelope pass's calls (every shape but the typical), and whether
+        self.first_pass_compiled = True  # anything compiled in them; the warm typical call, likewise
+        self.warm_call, self.warm_compiled = None, True
         self.calls = 0  # timed calls so far: each sampled call draws from its own seed
         if device == "cuda":
             import torch
@@ -201,10 +205,15 @@ class _Run:
         self.applied.warm_up()
         figures.first_call_s = time.perf_counter() - start
         on_phase("envelope pass")
-        for shape in range(1, len(self.shapes)):
-            self.one_call(shape)
         if self.wide is not None:
             self.one_call(0, ids=self.wide)
+        # from here on the memory high-water mark covers what a round serves: a candidate screened on this
+        # pass (:meth:`screen_on_first_pass`) reports it
+        self.memory.release_freed()
+        self.memory.reset()
+        compiles = measure.compile_count()
+        self.first_pass = [self.one_call(shape) for shape in range(1, len(self.shapes))]
+        self.first_pass_compiled = measure.compile_count() != compiles
         figures.envelope_pass_s = time.perf_counter() - start - figures.first_call_s
 
     def warm_up(self, figures: Figures, limits: Limits) -> None:
@@ -213,7 +222,9 @@ class _Run:
         envelope pass (after the engine's own warm-up): a second pass of them would only repeat their
         longest calls (a 2,000-token prompt's was ~15% of a trial's time)."""
         compiles = measure.compile_count()
-        second = self.one_call(0, limits, 1 if self.quality is not None else None)[2]
+        self.warm_call = self.one_call(0, limits, 1 if self.quality is not None else None)
+        self.warm_compiled = measure.compile_count() != compiles
+        second = self.warm_call[2]
         figures.e2e_ms_p50 = second * 1e3
         # judged on evidence: a call that compiled is not a call that decodes (its time says nothing)
         if limits.e2e_s is not None and second > limits.e2e_s and measure.compile_count() == compiles:
@@ -246,11 +257,32 @@ class _Run:
                 break
         figures.measure_s = time.perf_counter() - start
         figures.steady_compiles = measure.compile_count() - compiles
+        self._figures(figures, rounds, policy)
+
+    def screen_on_first_pass(self, figures: Figures, policy, screen_s: float) -> bool:
+        """Screen before any measured round: the envelope pass (every other shape once, after the engine's
+        warm-up) and the warm typical call make a round, and when nothing compiled in them and it took
+        longer than ``screen_s`` the candidate is a loser already — its figures are that round's (``runs``
+        1, ``screened``, ``measure_s`` 0), instead of one more round confirming it (a slow eager candidate's
+        round took ~14 s of a 35 s trial in the README job). Only for a trial that ran that pass alone
+        (one lane). Returns whether it screened."""
+        if self.first_pass_compiled or self.warm_compiled:
+            return False
+        first = [self.warm_call, *self.first_pass]
+        if sum(call[2] for call in first) <= screen_s:
+            return False
+        figures.screened, figures.measure_s, figures.steady_compiles = True, 0.0, 0
+        self._figures(figures, [first], policy, forced=self.quality is not None)
+        return True
+
+    def _figures(self, figures: Figures, rounds: list[list], policy, forced: bool = False) -> None:
+        """The figures of the timed ``rounds`` (``forced``: the typical call of the first is a quality call,
+        whose tokens were forced, so the greedy reference needs a call of its own)."""
         figures.peak_memory_bytes = self.memory.peak()
         self._speed(figures, rounds, policy)
         if figures.screened and figures.runs == 1:  # one round: its spread is unknown, not small
             figures.cv = figures.noisy = None
-        figures.output_ids = self._greedy_reference(rounds)
+        figures.output_ids = self._greedy_reference(rounds, forced)
         figures.bytes_per_step = roofline.bytes_per_step(
             self.applied.model, self.workload.batch_size,
             sum(p + n / 2 for p, n, _ in self.shapes) / len(self.shapes))
@@ -284,12 +316,12 @@ class _Run:
         steps = sum(c[1].steps for c in calls)
         figures.tokens_per_step = sum(len(c[1].tpots) for c in calls) / steps if steps else None
 
-    def _greedy_reference(self, rounds: list[list]) -> list[int]:
+    def _greedy_reference(self, rounds: list[list], forced: bool = False) -> list[int]:
         """The typical call's free-running greedy tokens (greedy_match is scored on them): the last
-        round's, or — when the envelope samples — one more call, greedy and untimed."""
+        round's, or — when the envelope samples, or that call was forced — one more call, greedy and untimed."""
         prompt, new, inputs = self.shapes[0]
         out = rounds[-1][0][0]
-        if self.sampling:
+        if self.sampling or forced:
             out = self.applied.generate_ids(inputs, max_new_tokens=new, min_new_tokens=new)
         return out[:, prompt:].flatten().tolist()
 

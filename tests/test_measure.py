@@ -122,6 +122,10 @@ def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
     assert screened.status == Status.OK, screened.error
     f = screened.figures
     assert f.runs == 1 and f.screened and f.cv is None and f.tokens_per_s > 0 and f.tpot_ms_p50 > 0
+    # screened on the envelope pass and the warm call (nothing compiled in them): no measured round at all,
+    # every figure still there — memory, quality, and a free-running greedy reference of its own
+    assert f.measure_s == 0 and f.peak_memory_bytes > 0 and f.quality is not None
+    assert len(f.output_ids) == 6
     alone = run(tiny_model, get_optimizations(), {}, policy=screening)
     off = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=MeasurePolicy(**FAST))
     for ev in (alone, off):
