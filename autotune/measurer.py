@@ -122,8 +122,8 @@ class Measurer:
         """The HF default and ``best`` measured again, back to back, in their own processes: the
         ratio of two figures taken minutes apart is partly the machine's drift (the README job's
         baseline read 18.4 tok/s at its start; beside the winner, runs the same day read 12-13).
-        Returns plain data (both sides' figures, how far apart they started), or None when either
-        failed (the reason in ``error``). Nothing is stored as a measurement: quality is not scored."""
+        Returns plain data (both sides' figures, how far apart they started), or ``{"error": why}`` when
+        either failed. Nothing is stored as a measurement: quality is not scored."""
         policy = self.side_by_side_policy()
         limit = self.trial_limit_s or BASELINE_TIMEOUT_S
         args = (self.spec.source,)

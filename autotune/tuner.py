@@ -180,7 +180,10 @@ class Search:
         result = self.result(study, interrupted, strict)
         if result.best and not interrupted and self.spec.side_by_side and m.side_by_side_due() \
                 and result.best[0].recipe != self.baseline_recipe:
-            result.side_by_side = m.side_by_side(result.best[0], status)
+            try:
+                result.side_by_side = m.side_by_side(result.best[0], status)
+            except KeyboardInterrupt:  # the trials' results stand; only the pair at the end is missing
+                result.side_by_side = {"error": "stopped by Ctrl-C"}
             result.side_by_side["seconds"] = time.monotonic() - started - self.wall_s
             study.set_user_attr(protocol.Attr.SIDE_BY_SIDE, result.side_by_side)
         return result
