@@ -95,20 +95,24 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     on_phase("load")
     run = _Run.prepare(request, figures, policy)
     limits = Limits.of(request, policy.abandon_factor)
+    incumbent = request.incumbent_round_s
+    screen_s = incumbent and policy.screen_factor and policy.screen_factor * incumbent
+    # alone, with the incumbent's round to screen against, a candidate past the abandon limit in its warm
+    # call has paid for the envelope pass already: that call runs to its end and the pass gives it figures
+    # (screened) where abandoning it left none (README job: 5 of 12 trials, 21-42 s each, taught nothing)
+    screen_first = bool(screen_s) and not shared_cpu
     try:
         on_phase("first call")
         run.first_calls(figures, Limits() if shared_cpu else limits, on_phase)
         on_phase("warm-up")
-        run.warm_up(figures, limits)
+        beyond = run.warm_up(figures, limits, keep=screen_first)
         figures.graphs_built = measure.graphs_built()
         if request.compile_cache:  # every program of the envelope is compiled by now
             from .compile_share import save_from_torch
 
             figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
-        incumbent = request.incumbent_round_s
-        screen_s = incumbent and policy.screen_factor and policy.screen_factor * incumbent
-        if not (screen_s and not shared_cpu and run.screen_on_first_pass(figures, policy, screen_s)):
+        if not (screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s)):
             run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent)
         if run.quality is not None:
             on_phase("quality")
@@ -216,21 +220,26 @@ class _Run:
         self.first_pass_compiled = measure.compile_count() != compiles
         figures.envelope_pass_s = time.perf_counter() - start - figures.first_call_s
 
-    def warm_up(self, figures: Figures, limits: Limits) -> None:
+    def warm_up(self, figures: Figures, limits: Limits, keep: bool = False) -> bool:
         """The typical call again, warm (as quality call 1): a typical call or decode step slower than
-        ``limits`` abandons the trial, keeping the figures so far. The other shapes ran warm in the
-        envelope pass (after the engine's own warm-up): a second pass of them would only repeat their
-        longest calls (a 2,000-token prompt's was ~15% of a trial's time)."""
+        ``limits`` abandons the trial, keeping the figures so far — or, with ``keep``, the call runs to
+        its end and this returns True (the candidate is beyond the limits: the caller screens it on the
+        envelope pass). The other shapes ran warm in the envelope pass (after the engine's own warm-up): a
+        second pass of them would only repeat their longest calls (a 2,000-token prompt's was ~15% of a
+        trial's time)."""
         compiles = measure.compile_count()
-        self.warm_call = self.one_call(0, limits, 1 if self.quality is not None else None)
+        self.warm_call = self.one_call(0, Limits(e2e_s=limits.e2e_s) if keep else limits,
+                                       1 if self.quality is not None else None)
         self.warm_compiled = measure.compile_count() != compiles
         second = self.warm_call[2]
         figures.e2e_ms_p50 = second * 1e3
         # judged on evidence: a call that compiled is not a call that decodes (its time says nothing)
-        if limits.e2e_s is not None and second > limits.e2e_s and measure.compile_count() == compiles:
+        beyond = limits.e2e_s is not None and second > limits.e2e_s and not self.warm_compiled
+        if beyond and not keep:
             raise Hopeless(f"its warm typical call took {second:.2f} s, beyond the {limits.e2e_s:.2f} s limit "
                            f"derived from the incumbent (nothing compiled in it)")
         figures.warmup_s = second
+        return beyond
 
     def measure(self, figures: Figures, policy, screen_s: float | None = None, race_s: float | None = None) -> None:
         """Rounds of one call per shape until the CV of a round's time is under target (after

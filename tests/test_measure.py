@@ -110,6 +110,26 @@ def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
     assert "limit derived from the incumbent" in ev.error
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_candidate_past_the_abandon_limit_after_its_envelope_pass_keeps_figures(tiny_model, lanes):
+    """Its warm call past the abandon limit, a candidate that ran its envelope pass alone gets that pass's
+    figures (ok, screened, no measured round) instead of none; in a lane beside others (its pass's
+    timings say nothing) it is abandoned as before."""
+    from autotune.figures import Figures
+    from autotune.isolate import Gate
+
+    leader = Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3, shapes=[{"prompt_tokens": 8, "new_tokens": 6, "e2e_ms_p50": 1e-6}])
+    policy = MeasurePolicy(**{**ABANDONING, "screen_factor": 1.25})
+    ev = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=policy, gate=Gate(lanes))
+    if lanes > 1:
+        assert ev.status == Status.PRUNED and "limit derived from the incumbent" in ev.error, ev.error
+        return
+    assert ev.status == Status.OK, ev.error
+    f = ev.figures
+    assert f.screened and f.runs == 1 and f.measure_s == 0 and f.tokens_per_s > 0 and f.quality is not None
+    assert len(f.shapes) == 1 and len(f.output_ids) == 6
+
+
 def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
     """Screened: a first measured round slower than the screen factor times the incumbent's ends the
     measurement with that round's figures (ok, runs 1); without an incumbent, or with screening off,
