@@ -31,9 +31,10 @@ class StopFlag:
 
 
 def run_lanes(lanes: int, gate, more: Callable[[int], bool], ask: Callable[[], object],
-              step: Callable[[object], object], done: Callable[[object], None], deadline: float | None) -> bool:
-    """Run trials ``lanes`` at a time until ``more(in_flight)`` says no, the ``deadline`` (monotonic)
-    passes or Ctrl-C: ``ask()`` a trial (the search's own work, outside any timed window), run
+              step: Callable[[object], object], done: Callable[[object], None],
+              deadline: Callable[[], float | None]) -> bool:
+    """Run trials ``lanes`` at a time until ``more(in_flight)`` says no, the ``deadline()`` (monotonic,
+    asked afresh: a search moves it) passes or Ctrl-C: ``ask()`` a trial (the search's own work, outside any timed window), run
     ``step(trial)`` in a lane, hand each result to ``done(result)``. Returns whether it was
     interrupted."""
     interrupted, running = False, set()
@@ -45,7 +46,8 @@ def run_lanes(lanes: int, gate, more: Callable[[int], bool], ask: Callable[[], o
     with StopFlag() as flag, ThreadPoolExecutor(lanes, thread_name_prefix="autotune-lane") as pool:
         try:
             while True:
-                stopping = flag.stop or (deadline is not None and time.monotonic() > deadline)
+                end = deadline()
+                stopping = flag.stop or (end is not None and time.monotonic() > end)
                 interrupted = interrupted or flag.stop
                 while not stopping and len(running) < lanes and more(len(running)):
                     with gate.parent_work():

@@ -144,14 +144,21 @@ class Search:
         baseline = self.baseline(status)
         if baseline.status != Status.OK:
             raise NoFeasibleRecipe(f"the HF-default baseline itself failed ({baseline.status}): {baseline.error}")
-        # a timeout covers the side-by-side measurement too: the trials stop early enough for it (at most
-        # a quarter of the search's time; then it runs past the timeout rather than not at all)
-        reserve = min(m.side_by_side_reserve(), self.spec.timeout / 4) if self.spec.timeout and \
-            self.spec.side_by_side else 0.0
-        m.caps.deadline = started + self.spec.timeout - reserve if self.spec.timeout else None
         m.note_incumbent(baseline)
         for record in self.study_records(study):  # a resumed study's incumbent
             m.note_incumbent(record)
+
+        def deadline() -> float | None:
+            """A timeout covers the side-by-side measurement too: the trials stop early enough for it, as
+            the best so far would take it (at most a quarter of the search's time; then it runs past the
+            timeout rather than not at all)."""
+            if not self.spec.timeout:
+                return None
+            reserve = min(m.side_by_side_reserve(), self.spec.timeout / 4) if self.spec.side_by_side else 0.0
+            m.caps.deadline = started + self.spec.timeout - reserve
+            return m.caps.deadline
+
+        deadline()
         m.gate = isolate.Gate(self.spec.lanes)  # with one lane too: a second Ctrl-C stops the lane's trial through it
         counts = {"done": protocol.counted_trials(study)[0], "asked": 0}
 
@@ -172,8 +179,7 @@ class Search:
 
         try:
             interrupted = run_lanes(max(1, self.spec.lanes), m.gate, more, ask,
-                                    lambda trial: self.step(study, status, trial), done,
-                                    m.caps.deadline)
+                                    lambda trial: self.step(study, status, trial), done, deadline)
         finally:
             m.gate = None
         self.wall_s = time.monotonic() - started

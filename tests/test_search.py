@@ -320,3 +320,22 @@ def test_the_best_is_measured_again_beside_a_fresh_baseline_at_the_end(tmp_path,
 
     off, payload = search(["--study-file", f, "--study", "sbs3", "--no-side-by-side"], db_url)
     assert off.exit_code == 0 and payload["side_by_side"] is None
+
+
+def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_compile():
+    """The pair at the end runs the HF default again and the best from its programs on disk: the time a
+    time-boxed search keeps for it is the baseline's trial and the best's, less quality, the rounds past
+    the pair's cap, and the best's compile (twice the baseline's kept 66 s where the pair took 43)."""
+    from autotune.figures import Figures
+    from autotune.measurer import SIDE_BY_SIDE_MEASURE_S, Measurer, TrialRecord
+    from autotune.states import Status
+
+    m = Measurer.__new__(Measurer)
+    base = Figures(wall_s=46.0, measure_s=26.0, quality_s=2.2, first_call_s=1.9, warmup_s=1.9)
+    m.baseline_record = TrialRecord(-1, 1, {}, Status.OK, base, None, False)
+    m._best_feasible = None
+    alone = 2 * (46.0 - 26.0 - 2.2 + SIDE_BY_SIDE_MEASURE_S)
+    assert m.side_by_side_reserve() == pytest.approx(alone)  # nothing beat the baseline yet: twice its own
+    m._best_feasible = Figures(wall_s=99.0, measure_s=8.6, quality_s=0.6, first_call_s=82.7, warmup_s=0.5)
+    best = (99.0 - 8.6 - 0.6 + 8.6) - (82.7 - 0.5)
+    assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best)
