@@ -147,12 +147,14 @@ def compile_count() -> int:
 
 
 def graphs_built() -> int:
-    """Graphs inductor built in this process (its FX-graph cache's misses): 0 when every compile was
-    served from a cache, local or the team's."""
+    """Graphs inductor built in this process (its FX-graph cache's misses) and AOTInductor packages it
+    compiled: 0 when every compile was served from a cache, local or the team's."""
     import sys
 
     dynamo = sys.modules.get("torch._dynamo.utils")
-    return 0 if dynamo is None else int(dynamo.counters["inductor"]["fxgraph_cache_miss"])
+    engines = sys.modules.get("autotune.engines.aoti")
+    return (0 if dynamo is None else int(dynamo.counters["inductor"]["fxgraph_cache_miss"])) + \
+        (0 if engines is None else engines.AheadOfTimeLoop.compiled_packages)
 
 
 # -- memory ------------------------------------------------------------------------------------

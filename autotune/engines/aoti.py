@@ -60,6 +60,32 @@ def _module(model, cache):
     return OverStaticCache()
 
 
+#: packages the team compile cache brought (:mod:`autotune.compile_share`), by :func:`share_key`: the
+#: package's bytes and its constants' (or None). A program not on disk is written from here, not compiled
+SHARED: dict[str, tuple[bytes, bytes | None]] = {}
+#: the packages this process loaded (compiled, found on disk or brought), by :func:`share_key`: what a
+#: trial gives the team compile cache after its warm-up
+USED: dict[str, Path] = {}
+
+
+def share_key(batch: int, slots: int, device) -> str:
+    """What a package is among one recipe's, model's, hardware class's and versions' (the team cache's
+    artifact is named for those): its format, rows, cache size and device. The path on disk is not it:
+    it hashes the model's folder, which differs from host to host."""
+    return f"{PACKAGE_FORMAT}/{batch}/{slots}/{device}"
+
+
+def write_package(path: Path, package: bytes, constants: bytes | None) -> None:
+    """A package brought by the team cache, at ``path``: whole or not at all, its constants before it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, data in ((constants_path(path), constants), (path, package)):
+        if data is None:
+            continue
+        tmp = target.with_name(f".{os.getpid()}-{target.name}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+
 def package_path(model, identity: dict, batch: int, slots: int) -> Path:
     """Where the program for this model (``identity``: recipe, hardware, versions), batch (the most rows
     it serves) and cache size is kept."""
@@ -217,6 +243,9 @@ class AheadOfTimeLoop(DecodeLoop):
         batch, slots = self.ladder.envelope.max_batch, cache.layers[0].max_cache_len
         module = _module(model, cache)
         path = package_path(model, self.identity, batch, slots)
+        key = share_key(batch, slots, model.device)
+        if not path.exists() and key in SHARED:
+            write_package(path, *SHARED[key])
         if not path.exists():
             try:
                 compile_package(module, batch, slots, window, model.device, self.options, path,
@@ -224,6 +253,7 @@ class AheadOfTimeLoop(DecodeLoop):
             finally:
                 self.ladder.set_window(cache, window)  # tracing left the layers a traced span
             AheadOfTimeLoop.compiled_packages += 1
+        USED[key] = path
         runner = torch._inductor.aoti_load_package(str(path))
         made = torch.load(constants_path(path)) if constants_path(path).exists() else {}
         runner.load_constants(constants_of(module, runner.get_constant_fqns(), made), check_full_update=True,
