@@ -175,13 +175,15 @@ class CompileCaps:
             return max(self.policy.max_first_call_s, SEED_SHARE * self.timeout)
         return min(self.policy.max_first_call_s, max(30.0, self.timeout / 10))
 
-    def plan(self, recipe: dict, key: str) -> tuple[float, bool, Prediction | None]:
-        """(cap, defer, prediction) for a candidate. In a time-boxed search no first call runs past the
+    def plan(self, recipe: dict, key: str, shared: bool = False) -> tuple[float, bool, Prediction | None]:
+        """(cap, defer, prediction) for a candidate; ``shared``: the team compile cache holds what an
+        earlier trial of it compiled, so its first call loads rather than compiles — nothing to predict
+        from compiles, never deferred on one. In a time-boxed search no first call runs past the
         search's deadline (at least :data:`MIN_CAP_S`): the README job launched the guide's compiled
         forward with 69 s left under a seed's 240 s cap, and ended at 774 s of its 600."""
         import time
 
-        predicted = self.cost.predict(recipe) if self.cost else None
+        predicted = self.cost.predict(recipe) if self.cost and not shared else None
         cap = self.base_cap(key)
         if self.deadline is not None:
             cap = min(cap, max(MIN_CAP_S, self.deadline - time.monotonic()))

@@ -47,6 +47,12 @@ def configured(url: str | None = None) -> str | None:
     return url
 
 
+def loaded(note: str | None) -> bool:
+    """Whether a trial's ``compile_shared`` note says it loaded an artifact (its first call's time is then
+    no compile's: the compile-time history leaves it out)."""
+    return (note or "").startswith("loaded")
+
+
 def mask(url: str) -> str:
     """``url`` with its password (and a user's secret) replaced by ``***``."""
     parts = urlsplit(url)

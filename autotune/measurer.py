@@ -161,7 +161,7 @@ class Measurer:
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
         """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
         is predicted past any cap the search can give it)."""
-        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe))
+        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=self._shared_artifact(recipe) is not None)
         earlier = [r for r in self._earlier(recipe) if defer or (r.figures or {}).get("phase") != "deferred"]
         row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
         if row is not None:
@@ -194,7 +194,8 @@ class Measurer:
             ev.figures.predicted_first_call_s = predicted.seconds
         record = self._store(number, recipe, ev.status, ev.figures, limit, ev.error, is_baseline)
         self._measured_now.add(record.measurement_id)
-        self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, ev.figures.first_call_cap_s)
+        if not compile_share.loaded(ev.figures.compile_shared):  # a first call that loaded the team's compiled artifact compiled nothing
+            self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, ev.figures.first_call_cap_s)
         return record
 
     def _store(self, number, recipe, status: Status, figures: Figures, limit, error, is_baseline=False):

@@ -96,6 +96,29 @@ def test_a_candidate_predicted_past_its_cap_is_deferred_and_remembered(tiny_sear
     assert all(p.id != record.measurement_id for p in queries.compile_history(search.store))
 
 
+def test_a_recipe_the_team_compiled_loads_rather_than_compiles(tiny_search):
+    """With the team compile cache holding a recipe's artifact its first call loads it: no compile to
+    predict, never deferred on one; and such a first call (seconds) teaches nothing of the recipe's
+    compile — it stays out of the history another host's prediction rests on."""
+    search = tiny_search
+    search.baseline()
+    candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
+    for seconds, note in ((500.0, None), (1.5, "loaded 3f2a9c0e11aa (4.4 MB, 1 AOTInductor package)")):
+        writes.record_measurement(
+            search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study="earlier",
+            is_baseline=False, status=Status.OK.value, error=None,
+            figures={"first_call_s": seconds, "tpot_ms_p50": 1.0, "compile_shared": note}, reuse_key="x",
+            trial_limit_s=None)
+    history = [p for p in queries.compile_history(search.store) if p.recipe == candidate]
+    assert [p.seconds for p in history] == [500.0]
+    caps = search.measurer.caps
+    caps.cost.add(history[0])
+    key = recipe_key(candidate)
+    assert caps.plan(candidate, key)[1] is True  # 500 s predicted: deferred
+    cap, defer, predicted = caps.plan(candidate, key, shared=True)
+    assert not defer and predicted is None and cap == caps.base_cap(key)
+
+
 def test_a_cap_that_fits():
     """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
     and the time left affords it; deferred when it does not. Seeds get 40% of the search's time, or

@@ -137,8 +137,10 @@ def study_budget(store, name: str | None) -> str | None:
 def compile_history(store, limit: int = 5000):
     """Every measured first call the database holds (newest ``limit``), as
     :class:`autotune.compile_cost.Past` rows: a compile stopped at a cap counts as at least the cap;
-    a deferred one (never launched) and a rule-pruned one (never compiled) are left out."""
+    a deferred one (never launched), a rule-pruned one (never compiled) and one that loaded the team
+    compile cache's artifact (compiled nothing) are left out."""
     from ..compile_cost import Past
+    from ..compile_share import loaded
 
     with store.session() as s:
         q = (select(t.Measurement.id, t.Measurement.model_id, t.Measurement.is_baseline, t.Measurement.figures,
@@ -154,8 +156,8 @@ def compile_history(store, limit: int = 5000):
     out = []
     for r in rows:
         f = r.figures or {}
-        if f.get("phase") == "deferred":
-            continue
+        if f.get("phase") == "deferred" or loaded(f.get("compile_shared")):
+            continue  # never launched; or its first call loaded the team's compiled artifact: no compile's time
         censored = f.get("first_call_cap_s") is not None
         if censored and (f.get("lanes") or 1) > 1:
             continue  # stopped while sharing the CPU with other trials: no bound on a compile alone
