@@ -199,11 +199,15 @@ def test_a_ladder_serves_each_call_from_the_smallest_rung():
     assert capacities(300, 2) == [150, 300] and capacities(100, 2) == [100]
 
 
-def test_aoti_programs_share_the_models_weights(tiny_model):
+def test_aoti_programs_share_the_models_weights(tiny_model, tmp_path, monkeypatch):
     """One program serves every rung (the window dynamic), handed the model's own weight tensors
-    (user-managed constants): programs do not multiply the weights."""
+    (user-managed constants): programs do not multiply the weights; and once compiled, the export's
+    traced graph is not kept alive (torch keeps its proxies in a module-level map)."""
+    from torch.fx.experimental import proxy_tensor
+
     from autotune.engines.aoti import AheadOfTimeLoop, constants_of
 
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))  # compiled here, not found
     opts = get_optimizations()
     recipe = resolve(PATHS["aoti"], opts)
     ctx = ApplyContext(current_target("cpu"), "cpu", 8, 8, 1, recipe, max_context=300)
@@ -212,6 +216,7 @@ def test_aoti_programs_share_the_models_weights(tiny_model):
     loop = applied.generate_fn
     assert isinstance(loop, AheadOfTimeLoop) and loop.ladder.capacities == [150, 300]
     assert list(loop.programs) == ["any"]  # one for both rungs and every batch width
+    assert list((tmp_path / "aoti").glob("*.pt2")) and not proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT
     weight = applied.model.model.layers[0].mlp.down_proj.weight
     for runner in loop.programs.values():
         cache = loop.ladder.cache(loop.cache_rows(), 150)
