@@ -34,9 +34,9 @@ def run_lanes(lanes: int, gate, more: Callable[[int], bool], ask: Callable[[], o
               step: Callable[[object], object], done: Callable[[object], None],
               deadline: Callable[[], float | None]) -> bool:
     """Run trials ``lanes`` at a time until ``more(in_flight)`` says no, the ``deadline()`` (monotonic,
-    asked afresh: a search moves it) passes or Ctrl-C: ``ask()`` a trial (the search's own work, outside any timed window), run
-    ``step(trial)`` in a lane, hand each result to ``done(result)``. Returns whether it was
-    interrupted."""
+    asked afresh: a search moves it) passes or Ctrl-C: ``ask()`` a trial (the search's own work, outside
+    any timed window), run ``step(trial)`` in a lane, hand each result to ``done(result)``. Returns
+    whether it was interrupted."""
     interrupted, running = False, set()
 
     def lane(trial):

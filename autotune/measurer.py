@@ -161,7 +161,8 @@ class Measurer:
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
         """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
         is predicted past any cap the search can give it)."""
-        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=self._shared_artifact(recipe) is not None)
+        shared = self._shared_artifact(recipe) is not None  # the team holds its compiled artifact: it loads
+        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=shared)
         earlier = [r for r in self._earlier(recipe) if defer or (r.figures or {}).get("phase") != "deferred"]
         row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
         if row is not None:
@@ -194,7 +195,8 @@ class Measurer:
             ev.figures.predicted_first_call_s = predicted.seconds
         record = self._store(number, recipe, ev.status, ev.figures, limit, ev.error, is_baseline)
         self._measured_now.add(record.measurement_id)
-        if not compile_share.loaded(ev.figures.compile_shared):  # a first call that loaded the team's compiled artifact compiled nothing
+        # a first call that loaded the team's compiled artifact compiled nothing: no compile's time
+        if not compile_share.loaded(ev.figures.compile_shared):
             self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, ev.figures.first_call_cap_s)
         return record
 

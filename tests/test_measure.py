@@ -118,7 +118,8 @@ def test_a_candidate_past_the_abandon_limit_after_its_envelope_pass_keeps_figure
     from autotune.figures import Figures
     from autotune.isolate import Gate
 
-    leader = Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3, shapes=[{"prompt_tokens": 8, "new_tokens": 6, "e2e_ms_p50": 1e-6}])
+    leader = Figures(e2e_ms_p50=1e-6, tpot_ms_p50=1e3,
+                     shapes=[{"prompt_tokens": 8, "new_tokens": 6, "e2e_ms_p50": 1e-6}])
     policy = MeasurePolicy(**{**ABANDONING, "screen_factor": 1.25})
     ev = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=policy, gate=Gate(lanes))
     if lanes > 1:
