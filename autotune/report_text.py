@@ -77,6 +77,8 @@ def ratios(candidate: dict, baseline: dict) -> dict:
 
 
 def noisy_note(baseline: dict) -> str:
+    if baseline.get("runs") == 1:  # a time-boxed search's HF default (``pass_round``): its pair at the end is the ratio
+        return " (the baseline was measured in one round: its spread is unknown; treat ratios as loose)"
     if not baseline.get("noisy"):
         return ""
     return f" (the baseline is noisy: CV {baseline.get('cv', 0):.3f} at its repeat cap; treat ratios as loose)"
@@ -248,6 +250,8 @@ def show_text(r) -> str:
     if f.get("screened"):
         lines.append(f"  note: screened: measured {f.get('runs')} round(s) only, then found slower than the leader "
                      "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise")
+    if b.get("runs") == 1:
+        lines.append("  note: the baseline was measured in one round (its envelope pass): ratios are loose")
     if f.get("noisy") or b.get("noisy"):
         lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
                      "ratios are loose")

@@ -56,6 +56,11 @@ class MeasurePolicy:
     #: the kernel kills a trial process whose memory passes this many bytes (a memory cgroup, where
     #: the host lets autotune make one); 0: no cap. The trial then ends as ``oom``.
     memory_cap_bytes: int = 0
+    #: the envelope pass and the warm typical call are the trial's one round, where nothing compiled in
+    #: them: no measured rounds follow. The HF default of a time-boxed search gets it: the search measures
+    #: it again beside the best at its end, and that pair's ratio is the headline (its rounds were ~28 s
+    #: of a 600 s search; Xeon)
+    pass_round: bool = False
 
     def __post_init__(self):
         for f in fields(self):
@@ -90,6 +95,8 @@ class MeasurePolicy:
         relevant = {k: v for k, v in self.to_dict().items()
                     if k not in ("abandon_factor", "screen_factor", "race_factor", "compile_allowance_s", "memory_cap_bytes",
                                  "max_first_call_s")}
+        if not relevant.get("pass_round"):  # the keys of measurements from before the option stay as they were
+            relevant.pop("pass_round", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:

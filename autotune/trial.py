@@ -112,7 +112,8 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
 
             figures.compile_artifact = save_from_torch(request.compile_cache)
         on_phase("measure")
-        if not (screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s)):
+        if not ((screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s))
+                or (policy.pass_round and run.pass_as_round(figures, policy))):
             run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent)
         if run.quality is not None:
             on_phase("quality")
@@ -277,11 +278,18 @@ class _Run:
         (one lane). Returns whether it screened."""
         if self.first_pass_compiled or self.warm_compiled:
             return False
-        first = [self.warm_call, *self.first_pass]
-        if sum(call[2] for call in first) <= screen_s:
+        if self.warm_call[2] + sum(call[2] for call in self.first_pass) <= screen_s:
             return False
-        figures.screened, figures.measure_s, figures.steady_compiles = True, 0.0, 0
-        self._figures(figures, [first], policy, forced=self.quality is not None)
+        figures.screened = True
+        return self.pass_as_round(figures, policy)
+
+    def pass_as_round(self, figures: Figures, policy) -> bool:
+        """The envelope pass and the warm typical call as the trial's one round (``runs`` 1, ``measure_s``
+        0), when nothing compiled in them. Returns whether they were."""
+        if self.first_pass_compiled or self.warm_compiled:
+            return False
+        figures.measure_s, figures.steady_compiles = 0.0, 0
+        self._figures(figures, [[self.warm_call, *self.first_pass]], policy, forced=self.quality is not None)
         return True
 
     def _figures(self, figures: Figures, rounds: list[list], policy, forced: bool = False) -> None:
@@ -289,7 +297,7 @@ class _Run:
         whose tokens were forced, so the greedy reference needs a call of its own)."""
         figures.peak_memory_bytes = self.memory.peak()
         self._speed(figures, rounds, policy)
-        if figures.screened and figures.runs == 1:  # one round: its spread is unknown, not small
+        if figures.runs == 1:  # one round: its spread is unknown, not small
             figures.cv = figures.noisy = None
         figures.output_ids = self._greedy_reference(rounds, forced)
         figures.bytes_per_step = roofline.bytes_per_step(

@@ -153,6 +153,20 @@ def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
         assert ev.status == Status.OK and ev.figures.runs >= FAST["min_runs"] and not ev.figures.screened
 
 
+def test_pass_round_makes_the_envelope_pass_the_one_round(tiny_model):
+    """``pass_round`` (a time-boxed search's HF default): the envelope pass and the warm typical call are
+    the trial's round — no measured round, not screened, its spread unknown — with every figure; without
+    it the same trial measures min_runs rounds."""
+    one = run(tiny_model, get_optimizations(), {}, policy=MeasurePolicy(**{**FAST, "pass_round": True}))
+    assert one.status == Status.OK, one.error
+    f = one.figures
+    assert f.runs == 1 and f.measure_s == 0 and not f.screened and f.cv is None and f.noisy is None
+    assert f.tokens_per_s > 0 and f.peak_memory_bytes > 0 and f.quality is not None and len(f.output_ids) == 6
+    assert len(f.shapes) == len(WORKLOAD.shapes())
+    assert MeasurePolicy(**FAST).key == MeasurePolicy(**{**FAST, "pass_round": False}).key != \
+        MeasurePolicy(**{**FAST, "pass_round": True}).key
+
+
 def test_a_candidate_behind_the_leader_after_two_rounds_is_raced_out(tiny_model):
     """Raced: from the second round on, a median round above the race factor times the incumbent's
     ends the measurement (ok, runs 2, its spread known), where min_runs would ask for three."""

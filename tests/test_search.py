@@ -339,3 +339,16 @@ def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_comp
     m._best_feasible = Figures(wall_s=99.0, measure_s=8.6, quality_s=0.6, first_call_s=82.7, warmup_s=0.5)
     best = (99.0 - 8.6 - 0.6 + 8.6) - (82.7 - 0.5)
     assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best)
+    # a baseline whose envelope pass was its one round (no measured rounds): the pair's two rounds of it
+    m._best_feasible = None
+    m.baseline_record.figures = Figures(wall_s=20.0, measure_s=0.0, quality_s=2.2, first_call_s=1.9, warmup_s=1.9,
+                                        shapes=[{"e2e_ms_p50": 2000.0}, {"e2e_ms_p50": 3000.0}])
+    assert m.side_by_side_reserve() == pytest.approx(2 * (20.0 - 2.2 + 10.0))
+    # such a baseline is a time-boxed search's that measures the pair at its end; any other's is measured
+    from types import SimpleNamespace
+
+    from autotune.spec import MeasurePolicy
+
+    for timeout, pair, one_round in ((600.0, True, True), (None, True, False), (600.0, False, False)):
+        m.spec = SimpleNamespace(timeout=timeout, side_by_side=pair, policy=MeasurePolicy())
+        assert m.baseline_policy().pass_round is one_round
