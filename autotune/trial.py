@@ -171,15 +171,18 @@ class _Run:
         figures.weights_bytes = measure.weights_bytes(applied.model)
         return run
 
-    def one_call(self, shape: int = 0, limits: Limits | None = None, call: int | None = None, ids=None):
+    def one_call(self, shape: int = 0, limits: Limits | None = None, call: int | None = None, ids=None,
+                 new_tokens: int | None = None):
         """One timed generate call of shape ``shape`` (an index into :attr:`shapes`), with the
         envelope's sampling: (output ids, streamer, e2e s). ``call``: a quality call (its reference
-        window, greedy and forced) instead; ``ids``: other inputs (the envelope's widest call)."""
+        window, greedy and forced) instead; ``ids``: other inputs (the envelope's widest call);
+        ``new_tokens``: fewer new tokens than the shape's (an untimed check)."""
         import torch
 
         streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s,
                                           on_slow=_abandon_tpot(measure.compile_count()))
         prompt, new, inputs = self.shapes[shape]
+        new = new_tokens or new
         extra = dict(self.sampling)
         if call is not None:
             inputs, extra = self.quality.inputs(call)
@@ -206,12 +209,17 @@ class _Run:
         compilation. A pathological decode step (``FIRST_CALL_SLACK`` times the warm limit) stops it."""
         first = Limits(tpot_s=limits.tpot_s and FIRST_CALL_SLACK * limits.tpot_s)
         start = time.perf_counter()
+        compiles = measure.compile_count()
         self.one_call(0, first, 0 if self.quality is not None else None)
         self.applied.warm_up()
         figures.first_call_s = time.perf_counter() - start
         on_phase("envelope pass")
         if self.wide is not None:
-            self.one_call(0, ids=self.wide)
+            # untimed: where nothing compiled for the typical call, nothing will for the wide batch either,
+            # and its prompt pass and first decode step show the batch runs (its 64 tokens were 3-8 s of an
+            # eager trial, README job); a compiling engine's decode steps compile for it
+            compiled = measure.compile_count() != compiles
+            self.one_call(0, ids=self.wide, new_tokens=None if compiled else WIDE_CHECK_TOKENS)
         # from here on the memory high-water mark covers what a round serves: a candidate screened on this
         # pass (:meth:`screen_on_first_pass`) reports it
         self.memory.release_freed()
@@ -439,6 +447,9 @@ class _Quality:
 
 #: how much slower than the warm limit a decode step of the first (compiling) call may be
 FIRST_CALL_SLACK = 10.0
+
+#: new tokens of the envelope's widest batch, untimed, where the recipe compiled nothing for its first call
+WIDE_CHECK_TOKENS = 2
 
 #: generate calls quality is scored on (each with the workload's batch of reference windows); the
 #: first two are the warm-up calls

@@ -16,9 +16,24 @@ class Chaos(Optimization):
 
     def options(self):
         return [Option("behaviour", ("none", "abort", "hang", "raise", "oom", "slow", "hog", "slow-compile",
-                                     "busy-compile", "slow-calls", "compiling-calls"), "none")]
+                                     "busy-compile", "slow-calls", "compiling-calls", "log-calls"), "none")]
 
     def wrap_generate(self, generate, model, opts, ctx):
+        if opts["behaviour"] == "log-calls":
+            # each call's rows and new tokens, a line each, to $CHAOS_LOG; with $CHAOS_COMPILE_FIRST the
+            # first call compiles a graph (as a compiling engine's first call does)
+            def logged(*args, _calls=[], **kwargs):
+                if not _calls and os.environ.get("CHAOS_COMPILE_FIRST"):
+                    import torch
+
+                    torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2))
+                _calls.append(1)
+                _model, ids, _mask, new = args[:4]  # the generate path's (model, ids, mask, new tokens, ...)
+                with open(os.environ["CHAOS_LOG"], "a") as log:
+                    log.write(f"{ids.shape[0]} {new}\n")
+                return generate(*args, **kwargs)
+
+            return logged
         if opts["behaviour"] in ("slow-calls", "compiling-calls"):
             # a long timed window: every call after the first is slow; compiling-calls: because each
             # compiles something (a fresh graph each call, as a recompile would)

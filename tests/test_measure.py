@@ -167,6 +167,24 @@ def test_pass_round_makes_the_envelope_pass_the_one_round(tiny_model):
         MeasurePolicy(**{**FAST, "pass_round": True}).key
 
 
+@pytest.mark.parametrize("compiles", [False, True])
+def test_the_wide_batch_is_a_two_token_check_where_the_first_call_compiled_nothing(chaos, tiny_model, tmp_path,
+                                                                                  monkeypatch, compiles):
+    """The envelope's widest batch runs once, untimed: two new tokens (its prompt pass and a decode step)
+    where nothing compiled for the typical call; every token where something did (its decode steps
+    compile for the batch)."""
+    log = tmp_path / "calls"
+    monkeypatch.setenv("CHAOS_LOG", str(log))
+    if compiles:
+        monkeypatch.setenv("CHAOS_COMPILE_FIRST", "1")
+    wide = Workload(prompt_tokens=8, new_tokens=6, max_context=64, max_batch=2)
+    ev = run(tiny_model, chaos, {"chaos": {"behaviour": "log-calls"}}, workload=wide)
+    assert ev.status == Status.OK, ev.error
+    calls = [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]
+    assert [new for rows, new in calls if rows == 2] == [6 if compiles else 2]
+    assert all(new == 6 for rows, new in calls if rows == 1)
+
+
 def test_a_candidate_behind_the_leader_after_two_rounds_is_raced_out(tiny_model):
     """Raced: from the second round on, a median round above the race factor times the incumbent's
     ends the measurement (ok, runs 2, its spread known), where min_runs would ask for three."""
