@@ -64,7 +64,7 @@ class Limit:
     def violation(self, figures) -> float | None:
         """Optuna constraint value: <= 0 when met, positive by how much it is missed (relative)."""
         got = figures.get(self.key)
-        if got is None:
+        if got is None or got != got:  # missing, or NaN (no figure at all): it misses
             return None
         scale = abs(self.value) or 1.0
         return (got - self.value) / scale if self.op == "<=" else (self.value - got) / scale

@@ -417,6 +417,10 @@ class _Quality:
             force = self.forcers[call]
             top1 += torch.stack(force.top1, 1).flatten().tolist()
             nll += torch.stack(force.nll, 1).flatten().tolist()
+        broken = int((~torch.isfinite(torch.tensor(nll))).sum())
+        if broken:  # (float16 weights overflowed on a CPU: NaN at every step, and a NaN KLD the budget cannot judge)
+            raise RuntimeError(f"the recipe's next-token probabilities are not finite (NaN or inf) at {broken} of "
+                               f"{len(nll)} decode steps: its arithmetic overflows")
         figures.top1 = top1
         figures.perplexity = float(torch.tensor(nll).mean().exp())
         self._divergence(figures)

@@ -98,7 +98,7 @@ class CorruptDecode(Optimization):
     description = "test-only: add noise to the logits of one-token decode steps"
 
     def options(self):
-        return [Option("decode", ("clean", "noisy"), "clean")]
+        return [Option("decode", ("clean", "noisy", "nan"), "clean")]
 
     def after_load(self, model, opts, ctx):
         if opts["decode"] == "clean":
@@ -111,6 +111,9 @@ class CorruptDecode(Optimization):
             out = forward(*args, **kwargs)
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is not None and ids.shape[1] == 1:  # a decode step, not the prefill
+                if opts["decode"] == "nan":  # overflowed arithmetic (float16 weights on a CPU)
+                    out.logits = torch.full_like(out.logits, float("nan"))
+                    return out
                 g = torch.Generator().manual_seed(int(ids.sum()))
                 noise = torch.randn(out.logits.shape, generator=g) * out.logits.float().std() * 3
                 out.logits = out.logits + noise.to(out.logits.dtype)

@@ -41,6 +41,7 @@ def test_a_kld_ceiling_is_a_quality_limit():
     assert b.missed(Figures(kld=0.02, quality=1.0)) == ["kld<=0.0100"]
     assert b.missed(Figures(kld=0.005, quality=1.0)) == []
     assert b.missed(Figures(kld=0.5, quality=1.0, quality_valid=False)) == []  # random weights: not judged
+    assert b.violations(Figures(kld=float("nan"), quality=1.0))["kld<=0.0100"] == 1.0  # no figure: it misses
     for bad in ("kld>=0.01", "kld<=0.01ms"):
         with pytest.raises(BudgetError, match="kld is a ceiling"):
             parse_budget(bad)

@@ -29,6 +29,14 @@ def run(model, optimizations, partial, timeout=120.0, baseline=None, workload=WO
                     baseline=baseline, timeout=timeout, policy=policy, **kw)
 
 
+def test_a_recipe_whose_probabilities_are_not_finite_fails_with_one_line(chaos, tiny_model):
+    """NaN logits (float16 weights overflowing on a CPU) left a NaN KLD, which Optuna refused as a
+    constraint and the search died with a traceback: the trial fails, saying why."""
+    base = run(tiny_model, chaos, {})
+    nan = run(tiny_model, chaos, {"corrupt": {"decode": "nan"}}, baseline=base)
+    assert nan.status == Status.ERROR and "not finite" in nan.error and "\n" not in nan.error.strip(), nan.error
+
+
 def test_ok_measurement_has_every_figure(tiny_model):
     ev = run(tiny_model, get_optimizations(), {})
     assert ev.status == Status.OK, ev.error
