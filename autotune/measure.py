@@ -136,14 +136,8 @@ def compile_count() -> int:
     engines built (a recipe serving its envelope in steady state adds none)."""
     import sys
 
-    total = 0
     dynamo = sys.modules.get("torch._dynamo.utils")
-    if dynamo is not None:
-        total += int(dynamo.counters["stats"]["unique_graphs"])
-    engines = sys.modules.get("autotune.engines.aoti")
-    if engines is not None:
-        total += engines.AheadOfTimeLoop.compiled_packages
-    return total
+    return (0 if dynamo is None else int(dynamo.counters["stats"]["unique_graphs"])) + _packages_built()
 
 
 def graphs_built() -> int:
@@ -152,9 +146,15 @@ def graphs_built() -> int:
     import sys
 
     dynamo = sys.modules.get("torch._dynamo.utils")
+    return (0 if dynamo is None else int(dynamo.counters["inductor"]["fxgraph_cache_miss"])) + _packages_built()
+
+
+def _packages_built() -> int:
+    """AOTInductor packages autotune's engines compiled in this process (none where the engine is not loaded)."""
+    import sys
+
     engines = sys.modules.get("autotune.engines.aoti")
-    return (0 if dynamo is None else int(dynamo.counters["inductor"]["fxgraph_cache_miss"])) + \
-        (0 if engines is None else engines.AheadOfTimeLoop.compiled_packages)
+    return 0 if engines is None else engines.AheadOfTimeLoop.compiled_packages
 
 
 # -- memory ------------------------------------------------------------------------------------
