@@ -163,8 +163,8 @@ class Measurer:
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
         """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
         is predicted past any cap the search can give it)."""
-        shared = self._shared_artifact(recipe) is not None  # the team holds its compiled artifact: it loads
-        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=shared)
+        artifact = self._shared_artifact(recipe)  # the team holds its compiled artifact: it loads, not compiles
+        cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=artifact is not None)
         earlier = [r for r in self._earlier(recipe) if defer or (r.figures or {}).get("phase") != "deferred"]
         row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
         if row is not None:
@@ -174,23 +174,24 @@ class Measurer:
             return self._store(number, recipe, Status.PRUNED, figures, self.trial_limit_s,
                                f"deferred: its compile is predicted at {predicted.text()}, past the {cap:.0f} s cap")
         on_status(describe(recipe, self.optimizations))
-        return self._measure(recipe, is_baseline=False, number=number, first_call_cap_s=cap, predicted=predicted)
+        return self._measure(recipe, is_baseline=False, number=number, first_call_cap_s=cap, predicted=predicted,
+                             compile_artifact=artifact)
 
     def record_invalid(self, number: int, recipe: dict, reason: str) -> TrialRecord:
         """A candidate the plugins' rules rule out: stored, never run."""
         return self._store(number, recipe, Status.INVALID, Figures(), None, reason)
 
     def _measure(self, recipe, is_baseline: bool, number: int = -1, policy=None,
-                 first_call_cap_s: float | None = None, predicted=None) -> TrialRecord:
+                 first_call_cap_s: float | None = None, predicted=None, compile_artifact: str | None = None) -> TrialRecord:
         """Measure ``recipe`` in isolation and store it; ``first_call_cap_s`` stops its compilation
-        (None for the baseline: never cut)."""
+        (None for the baseline: never cut); ``compile_artifact``: the team compile cache's for it."""
         limit = (self.spec.trial_timeout if is_baseline else self.trial_limit_s) or BASELINE_TIMEOUT_S
         base = self.baseline_record if not is_baseline else None
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base and Evaluation(base.recipe, base.status, base.figures), timeout=limit,
                       policy=policy or self.spec.policy, incumbent=None if is_baseline else self._incumbent(),
                       first_call_cap_s=first_call_cap_s, gate=self.gate, compile_cache=self.compile_cache,
-                      compile_artifact=None if is_baseline else self._shared_artifact(recipe))
+                      compile_artifact=compile_artifact)
         if self.gate is not None and self.spec.lanes > 1:
             ev.figures.lanes = self.spec.lanes
         if predicted is not None:

@@ -148,17 +148,15 @@ class Search:
         for record in self.study_records(study):  # a resumed study's incumbent
             m.note_incumbent(record)
 
-        def deadline() -> float | None:
+        def settle_deadline() -> None:
             """A timeout covers the side-by-side measurement too: the trials stop early enough for it, as
             the best so far would take it (at most a quarter of the search's time; then it runs past the
-            timeout rather than not at all)."""
-            if not self.spec.timeout:
-                return None
-            reserve = min(m.side_by_side_reserve(), self.spec.timeout / 4) if self.spec.side_by_side else 0.0
-            m.caps.deadline = started + self.spec.timeout - reserve
-            return m.caps.deadline
+            timeout rather than not at all). Settled again as each trial ends (the best may have changed)."""
+            if self.spec.timeout:
+                reserve = min(m.side_by_side_reserve(), self.spec.timeout / 4) if self.spec.side_by_side else 0.0
+                m.caps.deadline = started + self.spec.timeout - reserve
 
-        deadline()
+        settle_deadline()
         m.gate = isolate.Gate(self.spec.lanes)  # with one lane too: a second Ctrl-C stops the lane's trial through it
         counts = {"done": protocol.counted_trials(study)[0], "asked": 0}
 
@@ -172,6 +170,7 @@ class Search:
 
         def done(record: TrialRecord) -> None:
             counts["done"] += record.status != Status.INVALID
+            settle_deadline()
             if progress:
                 progress.trial_done(record, self)
 
@@ -179,7 +178,7 @@ class Search:
 
         try:
             interrupted = run_lanes(max(1, self.spec.lanes), m.gate, more, ask,
-                                    lambda trial: self.step(study, status, trial), done, deadline)
+                                    lambda trial: self.step(study, status, trial), done, lambda: m.caps.deadline)
         finally:
             m.gate = None
         self.wall_s = time.monotonic() - started
