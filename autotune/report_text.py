@@ -307,8 +307,20 @@ def time_split(records, search_wall_s: float | None = None) -> dict:
              for k in ("load_s", "first_call_s", "envelope_pass_s", "warmup_s", "measure_s", "quality_s", "wall_s",
                        "paused_s")}
     wall = search_wall_s or parts["wall_s"]
-    return {"trials_measured": len(measured), **parts, "search_wall_s": search_wall_s,
-            "measured_share": parts["measure_s"] / wall if wall else None}
+    timed = sum(timed_s(f) for f in measured)
+    return {"trials_measured": len(measured), **parts, "search_wall_s": search_wall_s, "timed_s": timed,
+            "measured_share": timed / wall if wall else None}
+
+
+def timed_s(f) -> float:
+    """The seconds of a trial's calls its figures were taken from: its measured rounds, or — where its
+    envelope pass and warm typical call were its one round (screened on the pass, or a time-boxed search's
+    HF default) — those."""
+    if f.get("measure_s"):
+        return f.measure_s
+    if f.get("runs") == 1 and f.get("shapes"):
+        return (f.get("envelope_pass_s") or 0.0) + (f.get("warmup_s") or 0.0)
+    return 0.0
 
 
 def outcome_counts(records) -> dict:
@@ -374,7 +386,7 @@ def search_text(result, search) -> str:
                 "stopped while another measured)" if result.lanes > 1 else "")
         lines.append(f"time: {split['trials_measured']} measured trials in "
                      f"{split['search_wall_s'] or split['wall_s']:.0f} s{side}; "
-                     f"{100 * split['measured_share']:.0f}% in measured windows (load {split['load_s']:.0f} s, "
+                     f"{100 * split['measured_share']:.0f}% in measured windows, the calls the figures came from (load {split['load_s']:.0f} s, "
                      f"first calls {split['first_call_s']:.0f} s, envelope passes {split['envelope_pass_s']:.0f} s, "
                      f"quality {split['quality_s']:.0f} s); "
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")

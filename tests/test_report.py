@@ -27,7 +27,7 @@ def study_db(tmp_path_factory, tiny_model):
         "quantization.quant_type": ["fp4"], "quantization.double_quant": [False],
         "quantization.compute_dtype": ["float32"], "dtype.dtype": ["auto"], "attention.implementation": ["sdpa"],
         "attention.sdpa_backend": ["auto"], "attention.gqa": ["auto"], "cache.implementation": ["dynamic", "static"],
-        "cache.ladder": ["x2"], "compile.target": ["off"],
+        "cache.ladder": ["x2"], "compile.target": ["off"], "corrupt.decode": ["clean"],
     }, trials=4, sampler="grid", budget="quality>=0.99", jobs=1)  # the grid in its order, one at a time
     db = f"sqlite:///{tmp / 'tune.db'}"
     pm.register(plugins_for_tests, name="plugins_for_tests")
@@ -93,3 +93,19 @@ def test_report_without_the_report_extra_names_it(study_db, tmp_path):
     out = _without(("plotly",), "report", "rep", "-o", str(tmp_path / "r.html"), "--db", db)
     assert out.returncode == 1 and "pip install 'autotune[report]'" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "r.html").exists()
+
+
+def test_the_measured_share_counts_the_calls_the_figures_came_from():
+    """A trial whose envelope pass and warm call were its one round (screened there, or a time-boxed
+    search's HF default) spent those seconds in measured windows; a reused or deferred one spent none."""
+    from types import SimpleNamespace
+
+    from autotune.figures import Figures
+    from autotune.report_text import time_split
+
+    rows = [Figures(wall_s=40.0, measure_s=10.0, envelope_pass_s=6.0, warmup_s=1.0, runs=3, shapes=[{}]),
+            Figures(wall_s=30.0, measure_s=0.0, envelope_pass_s=5.0, warmup_s=2.0, runs=1, shapes=[{}]),
+            Figures(wall_s=25.0, measure_s=0.0, envelope_pass_s=9.0, warmup_s=3.0),  # abandoned: no figures
+            Figures(phase="deferred")]
+    split = time_split([SimpleNamespace(reused=False, figures=f) for f in rows], search_wall_s=100.0)
+    assert split["timed_s"] == 17.0 and split["measured_share"] == 0.17 and split["trials_measured"] == 3
