@@ -191,7 +191,8 @@ class Measurer:
                       baseline=base and Evaluation(base.recipe, base.status, base.figures), timeout=limit,
                       policy=policy or self.spec.policy, incumbent=None if is_baseline else self._incumbent(),
                       first_call_cap_s=first_call_cap_s, gate=self.gate, compile_cache=self.compile_cache,
-                      compile_artifact=compile_artifact)
+                      compile_artifact=compile_artifact,
+                      greedy_match=any(lim.key == "greedy_match" for lim in self.spec.budget.limits))
         if self.gate is not None and self.spec.lanes > 1:
             ev.figures.lanes = self.spec.lanes
         if predicted is not None:

@@ -249,7 +249,9 @@ def show_text(r) -> str:
         lines += shapes_lines(f, b, indent="    ")
     if f.get("screened"):
         lines.append(f"  note: screened: measured {f.get('runs')} round(s) only, then found slower than the leader "
-                     "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise")
+                     "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise"
+                     + ("; its greedy match was not measured (no budget named it)" if f.get("greedy_match") is None
+                        else ""))
     if b.get("runs") == 1:
         lines.append("  note: the baseline was measured in one round (its envelope pass): ratios are loose")
     if f.get("noisy") or b.get("noisy"):

@@ -155,6 +155,15 @@ def test_a_candidate_far_behind_the_leader_is_measured_one_round(tiny_model):
     # every figure still there — memory, quality, and a free-running greedy reference of its own
     assert f.measure_s == 0 and f.peak_memory_bytes > 0 and f.quality is not None
     assert len(f.output_ids) == 6
+    # unless no budget names greedy_match: its own call is then saved, and the figure left unmeasured
+    base = run(tiny_model, get_optimizations(), {})
+    unasked = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=screening, baseline=base,
+                  greedy_match=False)
+    assert unasked.status == Status.OK and unasked.figures.screened, unasked.error
+    assert unasked.figures.output_ids == [] and unasked.figures.greedy_match is None
+    assert unasked.figures.quality is not None and unasked.figures.tokens_per_s > 0
+    asked = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=screening, baseline=base)
+    assert asked.figures.screened and asked.figures.greedy_match is not None
     alone = run(tiny_model, get_optimizations(), {}, policy=screening)
     off = run(tiny_model, get_optimizations(), {}, incumbent=leader, policy=MeasurePolicy(**FAST))
     for ev in (alone, off):
