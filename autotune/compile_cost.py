@@ -119,12 +119,15 @@ class CompileCost:
         return Prediction(statistics.median(s[3] for s in near), len(near), f"{len(near)} {what} {where}",
                           at_least=any(s[4] for s in near))
 
-    def error(self) -> tuple[float | None, int]:
+    def error(self, compiled_only: bool = False) -> tuple[float | None, int]:
         """Median absolute relative error of :meth:`predict` on this model's uncensored history, each
-        measurement held back in turn, and how many could be predicted."""
+        measurement held back in turn, and how many could be predicted; ``compiled_only``: of the first
+        calls of recipes that compile (``compile.target`` not off: an eager first call is no compile)."""
         errors = []
         for p, _ in self.history:
             if p.censored or p.model_id != self.model_id or p.hardware_key != self.hardware_key or p.seconds <= 0:
+                continue
+            if compiled_only and p.recipe.get("compile", {}).get("target", "off") == "off":
                 continue
             guess = self.predict(p.recipe, exclude=p.id)
             if guess is not None:
@@ -198,6 +201,8 @@ class CompileCaps:
 
         if predicted is None or predicted.seconds < cap or (predicted.seconds == cap and not predicted.at_least):
             return cap, False  # (one stopped at this very cap took at least the cap: it does not fit under it)
+        if predicted.at_least:  # a bound from a compile stopped at a cap says no cap that fits: a second host
+            return cap, True    # gave the compiled generate ">= 60 s" a 78 s cap and lost 80 s to it (README job)
         fits = predicted.seconds * MARGIN
         left = None if self.deadline is None else self.deadline - time.monotonic()
         if fits <= self.policy.max_first_call_s and (left is None or fits <= left / 4):

@@ -297,7 +297,8 @@ def prediction_payload(search) -> dict | None:
     if cost is None:
         return None
     error, n = cost.error()
-    return {"median_error": error, "held_back": n}
+    compiled, m = cost.error(compiled_only=True)
+    return {"median_error": error, "held_back": n, "median_error_compiled": compiled, "held_back_compiled": m}
 
 
 def time_split(records, search_wall_s: float | None = None) -> dict:
@@ -361,7 +362,7 @@ def shared_lines(records, url: str | None) -> list[str]:
     return lines
 
 
-def counts_text(c: dict, prediction: tuple | None = None) -> str:
+def counts_text(c: dict, prediction: tuple | None = None, compiled: tuple | None = None) -> str:
     pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
     text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget, "
             f"{c.get('screened', 0)} screened: measured no further once slower than the best so far); "
@@ -371,6 +372,8 @@ def counts_text(c: dict, prediction: tuple | None = None) -> str:
     if prediction and prediction[0] is not None:
         text += f"\ncompile-time prediction: median error {100 * prediction[0]:.0f}% over {prediction[1]} " \
                 "first calls of this model here, each held back in turn"
+        if compiled and compiled[0] is not None and compiled[1] != prediction[1]:
+            text += f" ({100 * compiled[0]:.0f}% over the {compiled[1]} of recipes that compile)"
     return text
 
 
@@ -394,8 +397,9 @@ def search_text(result, search) -> str:
                      f"trial limit {fmt(result.trial_limit_s, 0)} s")
     measurer = getattr(search, "measurer", None)
     lines += shared_lines(result.records, measurer and measurer.compile_cache)
-    lines.append(counts_text(outcome_counts(result.records),
-                             measurer.caps.cost.error() if measurer and measurer.caps.cost else None))
+    cost = measurer.caps.cost if measurer else None
+    lines.append(counts_text(outcome_counts(result.records), cost.error() if cost else None,
+                             cost.error(compiled_only=True) if cost else None))
     if result.interrupted:
         lines.append("interrupted: run the same command again to resume")
     for i, r in enumerate(result.best):

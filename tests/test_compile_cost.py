@@ -51,6 +51,10 @@ def test_error_holds_each_measurement_back():
     assert n == 2  # the censored row is predicted from, never scored
     # 40 held back: predicted from 60 and >=50 -> 55 (37.5% off); 60: from 40 and 50 -> 45 (25% off)
     assert error == pytest.approx((0.375 + 0.25) / 2)
+    # over the recipes that compile only: an eager first call (compile.target off) is no compile
+    eager = [Past(6, 1, "h", "v", recipe(target="off"), 2.0), Past(7, 1, "h", "v", recipe(target="off"), 6.0)]
+    cost = CompileCost(history + eager, "h", "v", 1)
+    assert cost.error()[1] == 4 and cost.error(compiled_only=True) == (pytest.approx((0.375 + 0.25) / 2), 2)
 
 
 @pytest.fixture
@@ -138,6 +142,9 @@ def test_a_cap_that_fits():
     assert caps.cap_for(Prediction(50.0, 1, "x"), 30.0) == (30.0, True)  # 65 s is past the policy's 60 s
     # a like recipe stopped at this very cap took at least the cap: this one is deferred, not run to it again
     assert caps.cap_for(Prediction(60.0, 1, "x", at_least=True), 60.0) == (60.0, True)
+    # and a bound past the cap gets no cap "that fits" (the bound says nothing of the top): deferred
+    assert caps.cap_for(Prediction(40.0, 1, "x", at_least=True), 30.0) == (30.0, True)
+    assert caps.cap_for(Prediction(40.0, 1, "x"), 30.0) == (pytest.approx(52.0), False)
     assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, False)
 
 
