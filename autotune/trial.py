@@ -10,6 +10,7 @@ plain data. Each phase is announced through ``on_phase`` so that a trial killed 
 says where it was."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -217,6 +218,8 @@ class _Run:
         start = time.perf_counter()
         compiles = measure.compile_count()
         self.one_call(0, first, 0 if self.quality is not None else None)
+        if self.quality is not None:
+            self.quality.check_finite(0)
         self.applied.warm_up()
         figures.first_call_s = time.perf_counter() - start
         on_phase("envelope pass")
@@ -402,6 +405,13 @@ class _Quality:
         self.forcers[call] = measure.forcing_processor(forced)
         return context, {"logits_processor": _processors(self.forcers[call])}
 
+    def check_finite(self, call: int) -> None:
+        """Fails the trial at once when quality call ``call`` met non-finite probabilities (the first call
+        is one: a float16 recipe's NaN otherwise ran its whole trial, ~30 s, to fail at the end)."""
+        import torch
+
+        finite(torch.stack(self.forcers[call].nll, 1).flatten().tolist())
+
     def check(self, call: int, out) -> None:
         import torch
 
@@ -425,10 +435,7 @@ class _Quality:
             force = self.forcers[call]
             top1 += torch.stack(force.top1, 1).flatten().tolist()
             nll += torch.stack(force.nll, 1).flatten().tolist()
-        broken = int((~torch.isfinite(torch.tensor(nll))).sum())
-        if broken:  # (float16 weights overflowed on a CPU: NaN at every step, and a NaN KLD the budget cannot judge)
-            raise RuntimeError(f"the recipe's next-token probabilities are not finite (NaN or inf) at {broken} of "
-                               f"{len(nll)} decode steps: its arithmetic overflows")
+        finite(nll)
         figures.top1 = top1
         figures.perplexity = float(torch.tensor(nll).mean().exp())
         self._divergence(figures)
@@ -455,6 +462,15 @@ class _Quality:
             theirs = torch.load(path)
             if theirs.shape == mine.shape:
                 figures.kld = measure.kl_divergence(theirs, mine)
+
+
+def finite(nll: list[float]) -> None:
+    """Raises when a forced call's negative log-likelihoods are not all finite: float16 weights overflowed
+    on a CPU gave NaN at every step, and a NaN KLD the budget cannot judge."""
+    broken = sum(1 for x in nll if not math.isfinite(x))
+    if broken:
+        raise RuntimeError(f"the recipe's next-token probabilities are not finite (NaN or inf) at {broken} of "
+                           f"{len(nll)} decode steps: its arithmetic overflows")
 
 
 #: how much slower than the warm limit a decode step of the first (compiling) call may be

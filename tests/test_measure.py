@@ -35,6 +35,7 @@ def test_a_recipe_whose_probabilities_are_not_finite_fails_with_one_line(chaos, 
     base = run(tiny_model, chaos, {})
     nan = run(tiny_model, chaos, {"corrupt": {"decode": "nan"}}, baseline=base)
     assert nan.status == Status.ERROR and "not finite" in nan.error and "\n" not in nan.error.strip(), nan.error
+    assert nan.figures.phase == "first call"  # found in the first (forced) call, not after the whole trial
 
 
 def test_ok_measurement_has_every_figure(tiny_model):
