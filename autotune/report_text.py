@@ -373,7 +373,7 @@ def counts_text(c: dict, prediction: tuple | None = None, compiled: tuple | None
         text += f"\ncompile-time prediction: median error {100 * prediction[0]:.0f}% over {prediction[1]} " \
                 "first calls of this model here, each held back in turn"
         if compiled and compiled[0] is not None and compiled[1] != prediction[1]:
-            text += f" ({100 * compiled[0]:.0f}% over the {compiled[1]} of recipes that compile)"
+            text += f" ({100 * compiled[0]:.0f}% over the {compiled[1]} that compile)"
     return text
 
 
