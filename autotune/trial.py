@@ -293,19 +293,16 @@ class _Run:
         1, ``screened``, ``measure_s`` 0), instead of one more round confirming it (a slow eager candidate's
         round took ~14 s of a 35 s trial in the README job). Only for a trial that ran that pass alone
         (one lane). Returns whether it screened."""
-        if self.first_pass_compiled or self.warm_compiled:
-            return False
         if self.warm_call[2] + sum(call[2] for call in self.first_pass) <= screen_s:
             return False
-        figures.screened = True
-        return self.pass_as_round(figures, policy)
+        return self.pass_as_round(figures, policy, screened=True)
 
-    def pass_as_round(self, figures: Figures, policy) -> bool:
+    def pass_as_round(self, figures: Figures, policy, screened: bool = False) -> bool:
         """The envelope pass and the warm typical call as the trial's one round (``runs`` 1, ``measure_s``
-        0), when nothing compiled in them. Returns whether they were."""
+        0; ``screened`` as the caller judged it), when nothing compiled in them. Returns whether they were."""
         if self.first_pass_compiled or self.warm_compiled:
             return False
-        figures.measure_s, figures.steady_compiles = 0.0, 0
+        figures.screened, figures.measure_s, figures.steady_compiles = screened or None, 0.0, 0
         self._figures(figures, [[self.warm_call, *self.first_pass]], policy, forced=self.quality is not None)
         return True
 
