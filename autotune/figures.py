@@ -57,6 +57,9 @@ class Figures:
     lanes: int | None = None
     #: measured one round only: its first round took longer than the screen factor times the incumbent's
     screened: bool | None = None
+    #: new tokens its envelope pass decoded of each long shape, the rest extrapolated at their median step
+    #: (a loser on its typical first call: autotune.trial.SAMPLED_DECODE_TOKENS); None: every token
+    decode_sampled: int | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     #: graphs inductor built (FX-graph cache misses): 0 when every compile came from a cache

@@ -251,7 +251,9 @@ def show_text(r) -> str:
         lines.append(f"  note: screened: measured {f.get('runs')} round(s) only, then found slower than the leader "
                      "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise"
                      + ("; its greedy match was not measured (no budget named it)" if f.get("greedy_match") is None
-                        else ""))
+                        else "")
+                     + (f"; its longer shapes decoded {f.get('decode_sampled')} of their new tokens, the rest extrapolated at "
+                        "their median step" if f.get("decode_sampled") else ""))
     if b.get("runs") == 1:
         lines.append("  note: the baseline was measured in one round (its envelope pass): ratios are loose")
     if f.get("noisy") or b.get("noisy"):
@@ -330,13 +332,14 @@ def outcome_counts(records) -> dict:
     """What this study's trials taught: recipes with figures (ok, within the budget or not), the
     pruned by reason (stopped at the compile cap, deferred on a predicted compile, hopeless), the
     failed, and the rule-pruned (invalid, free)."""
-    out = {"with_figures": 0, "within_budget": 0, "screened": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
+    out = {"with_figures": 0, "within_budget": 0, "screened": 0, "sampled": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
            "failed": 0, "ruled_out": 0}
     for r in records:
         if r.status == Status.OK:
             out["with_figures"] += 1
             out["within_budget"] += r.feasible
             out["screened"] += bool(r.figures.screened)
+            out["sampled"] += bool(r.figures.decode_sampled)
         elif r.status == Status.PRUNED:
             reason = ("deferred" if r.figures.phase == "deferred" else
                       "pruned_at_cap" if r.figures.first_call_cap_s is not None else "hopeless")
@@ -365,7 +368,8 @@ def shared_lines(records, url: str | None) -> list[str]:
 def counts_text(c: dict, prediction: tuple | None = None, compiled: tuple | None = None) -> str:
     pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
     text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget, "
-            f"{c.get('screened', 0)} screened: measured no further once slower than the best so far); "
+            f"{c.get('screened', 0)} screened: measured no further once slower than the best so far"
+            + (f", {c['sampled']} of them on sampled decode" if c.get("sampled") else "") + "); "
             f"pruned: {pruned} ({c['pruned_at_cap']} at the compile cap, {c['deferred']} deferred on a "
             f"predicted compile, {c['hopeless']} hopeless); failed: {c['failed']}; "
             f"ruled out by the rules: {c['ruled_out']}")

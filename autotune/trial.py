@@ -108,7 +108,11 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     screen_first = bool(screen_s) and not shared_cpu
     try:
         on_phase("first call")
-        run.first_calls(figures, Limits() if shared_cpu else limits, on_phase)
+        # a typical first call that compiled nothing and ran past the screen already shows a loser: its
+        # long shapes' decode is sampled (:data:`SAMPLED_DECODE_TOKENS`), their prompts timed whole
+        run.first_calls(figures, Limits() if shared_cpu else limits, on_phase,
+                        sample_beyond=screen_first and request.incumbent_e2e_s
+                        and policy.screen_factor * request.incumbent_e2e_s or None)
         on_phase("warm-up")
         beyond = run.warm_up(figures, limits, keep=screen_first)
         figures.graphs_built = measure.graphs_built()
@@ -148,6 +152,7 @@ class _Run:
         self.first_pass: list = []  # the envelope pass's calls (every shape but the typical), and whether
         self.first_pass_compiled = True  # anything compiled in them; the warm typical call, likewise
         self.warm_call, self.warm_compiled = None, True
+        self.extrapolated_s = 0.0  # decode time the envelope pass's sampled calls extrapolated (sampled_call)
         self.calls = 0  # timed calls so far: each sampled call draws from its own seed
         self.greedy_match = True  # a screened candidate's greedy reference is wanted (TrialRequest.greedy_match)
         if device == "cuda":
@@ -183,7 +188,7 @@ class _Run:
         """One timed generate call of shape ``shape`` (an index into :attr:`shapes`), with the
         envelope's sampling: (output ids, streamer, e2e s). ``call``: a quality call (its reference
         window, greedy and forced) instead; ``ids``: other inputs (the envelope's widest call);
-        ``new_tokens``: fewer new tokens than the shape's (an untimed check)."""
+        ``new_tokens``: fewer new tokens than the shape's (an untimed check, or :meth:`sampled_call`)."""
         import torch
 
         streamer = measure.TimingStreamer(self.device == "cuda", limits and limits.tpot_s,
@@ -208,18 +213,23 @@ class _Run:
             self.quality.check(call, out)
         return out, streamer, e2e
 
-    def first_calls(self, figures: Figures, limits: Limits, on_phase=lambda phase: None) -> None:
+    def first_calls(self, figures: Figures, limits: Limits, on_phase=lambda phase: None,
+                    sample_beyond: float | None = None) -> None:
         """The typical call (as quality call 0, when quality is scored) and every program of the
         recipe's engine once: the compilation, which the search's compile cap bounds (``first_call_s``).
         Then, as the "envelope pass", every other shape once and the envelope's widest batch: what
         compiling left to pay, and the uncompiled cost of long prompts, which no cap should count as
-        compilation. A pathological decode step (``FIRST_CALL_SLACK`` times the warm limit) stops it."""
+        compilation. A pathological decode step (``FIRST_CALL_SLACK`` times the warm limit) stops it.
+        A typical call that compiled nothing and took longer than ``sample_beyond`` seconds marks a
+        loser: the pass decodes :data:`SAMPLED_DECODE_TOKENS` of each shape's new tokens
+        (:meth:`sampled_call`)."""
         first = Limits(tpot_s=limits.tpot_s and FIRST_CALL_SLACK * limits.tpot_s)
         start = time.perf_counter()
         compiles = measure.compile_count()
-        self.one_call(0, first, 0 if self.quality is not None else None)
+        typical = self.one_call(0, first, 0 if self.quality is not None else None)
         if self.quality is not None:
             self.quality.check_finite(0)
+        loser = bool(sample_beyond) and typical[2] > sample_beyond and measure.compile_count() == compiles
         self.applied.warm_up()
         figures.first_call_s = time.perf_counter() - start
         on_phase("envelope pass")
@@ -234,9 +244,23 @@ class _Run:
         self.memory.release_freed()
         self.memory.reset()
         compiles = measure.compile_count()
-        self.first_pass = [self.one_call(shape) for shape in range(1, len(self.shapes))]
+        self.first_pass = [self.sampled_call(shape) if loser else self.one_call(shape)
+                           for shape in range(1, len(self.shapes))]
         self.first_pass_compiled = measure.compile_count() != compiles
         figures.envelope_pass_s = time.perf_counter() - start - figures.first_call_s
+
+    def sampled_call(self, shape: int):
+        """One call of ``shape`` decoding :data:`SAMPLED_DECODE_TOKENS` of its new tokens: its prompt
+        (TTFT) and those steps timed, its end-to-end time extrapolated to all of them at its median
+        step (the steps of one shape run at near the same position). A shape with no more new tokens
+        than that runs whole."""
+        new = self.shapes[shape][1]
+        if new <= SAMPLED_DECODE_TOKENS:
+            return self.one_call(shape)
+        out, streamer, e2e = self.one_call(shape, new_tokens=SAMPLED_DECODE_TOKENS)
+        rest = (new - SAMPLED_DECODE_TOKENS) * statistics.median(streamer.tpots)
+        self.extrapolated_s += rest
+        return out, streamer, e2e + rest
 
     def warm_up(self, figures: Figures, limits: Limits, keep: bool = False) -> bool:
         """The typical call again, warm (as quality call 1): a typical call or decode step slower than
@@ -303,6 +327,7 @@ class _Run:
         if self.first_pass_compiled or self.warm_compiled:
             return False
         figures.screened, figures.measure_s, figures.steady_compiles = screened or None, 0.0, 0
+        figures.decode_sampled = SAMPLED_DECODE_TOKENS if self.extrapolated_s else None
         self._figures(figures, [[self.warm_call, *self.first_pass]], policy, forced=self.quality is not None)
         return True
 
@@ -345,7 +370,8 @@ class _Run:
                 Key.tpot_ms_p50: statistics.median(t for c in mine for t in c[1].tpots) * 1e3})
         # what the first pass over every shape and the warm typical call cost beyond their steady time
         steady = sum(s[Key.e2e_ms_p50] for s in figures.shapes) / 1e3 + figures.shapes[0][Key.e2e_ms_p50] / 1e3
-        figures.compile_s = max(0.0, figures.first_call_s + figures.envelope_pass_s + figures.warmup_s - steady)
+        paid = figures.first_call_s + figures.envelope_pass_s + self.extrapolated_s + figures.warmup_s
+        figures.compile_s = max(0.0, paid - steady)
         steps = sum(c[1].steps for c in calls)
         figures.tokens_per_step = sum(len(c[1].tpots) for c in calls) / steps if steps else None
 
@@ -475,6 +501,12 @@ FIRST_CALL_SLACK = 10.0
 
 #: new tokens of the envelope's widest batch, untimed, where the recipe compiled nothing for its first call
 WIDE_CHECK_TOKENS = 2
+
+#: new tokens the envelope pass decodes of each shape for a candidate whose typical first call compiled
+#: nothing and was already past the screen (a loser): the rest of each shape's end-to-end time is
+#: extrapolated at its median step. Its long prompts are timed whole; the decode of their 64 new tokens
+#: was a third of such a trial's envelope pass (README job, eager candidates at 30-100 ms a token)
+SAMPLED_DECODE_TOKENS = 16
 
 #: generate calls quality is scored on (each with the workload's batch of reference windows); the
 #: first two are the warm-up calls

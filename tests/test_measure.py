@@ -203,6 +203,45 @@ def test_the_wide_batch_is_a_two_token_check_where_the_first_call_compiled_nothi
     assert all(new == 6 for rows, new in calls if rows == 1)
 
 
+@pytest.mark.parametrize("case", ["loser", "compiles", "no incumbent"])
+def test_a_loser_on_its_typical_first_call_decodes_a_sample_of_its_long_shapes(chaos, tiny_model, tmp_path,
+                                                                               monkeypatch, case):
+    """A typical first call that compiled nothing and already ran past the screen marks a loser: its
+    envelope pass decodes SAMPLED_DECODE_TOKENS of each long shape's new tokens, and the one round it
+    is screened on extrapolates the rest at each shape's median step (figures for every shape, saying
+    so). A first call that compiled, or no incumbent to screen against: every token, as before."""
+    from autotune.figures import Figures
+    from autotune.trial import SAMPLED_DECODE_TOKENS
+
+    log = tmp_path / "calls"
+    monkeypatch.setenv("CHAOS_LOG", str(log))
+    if case == "compiles":
+        monkeypatch.setenv("CHAOS_COMPILE_FIRST", "1")
+    new = SAMPLED_DECODE_TOKENS + 16
+    envelope = Workload(prompt_tokens=8, new_tokens=new, max_context=4 * new)
+    leader = Figures(e2e_ms_p50=1e-3, tpot_ms_p50=1e3,
+                     shapes=[{"prompt_tokens": 8, "new_tokens": new, "e2e_ms_p50": 1e-3}] * 3)
+    ev = run(tiny_model, chaos, {"chaos": {"behaviour": "log-calls"}}, workload=envelope,
+             incumbent=None if case == "no incumbent" else leader,
+             policy=MeasurePolicy(**{**FAST, "screen_factor": 1.25}))
+    assert ev.status == Status.OK, ev.error
+    f = ev.figures
+    decoded = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    long_shapes = len(envelope.shapes()) - 1
+    assert long_shapes == 2 and len(f.shapes) == 3
+    if case == "loser":
+        # typical first call (whole), the long shapes (sampled), the warm call; then quality, greedy
+        assert decoded[:4] == [new, SAMPLED_DECODE_TOKENS, SAMPLED_DECODE_TOKENS, new], decoded
+        assert f.screened and f.runs == 1 and f.decode_sampled == SAMPLED_DECODE_TOKENS
+        for shape in f.shapes[1:]:  # extrapolated to all its new tokens at its median step: half the
+            # sampled steps at least at the median, and every extrapolated one (a sum of 15 steps falls short)
+            assert shape["new_tokens"] == new
+            floor = (SAMPLED_DECODE_TOKENS // 2 + new - SAMPLED_DECODE_TOKENS) * shape["tpot_ms_p50"]
+            assert shape["e2e_ms_p50"] - shape["ttft_ms_p50"] >= floor * (1 - 1e-9), shape
+    else:
+        assert SAMPLED_DECODE_TOKENS not in decoded and f.decode_sampled is None, decoded
+
+
 def test_a_candidate_behind_the_leader_after_two_rounds_is_raced_out(tiny_model):
     """Raced: from the second round on, a median round above the race factor times the incumbent's
     ends the measurement (ok, runs 2, its spread known), where min_runs would ask for three."""

@@ -109,3 +109,18 @@ def test_the_measured_share_counts_the_calls_the_figures_came_from():
             Figures(phase="deferred")]
     split = time_split([SimpleNamespace(reused=False, figures=f) for f in rows], search_wall_s=100.0)
     assert split["timed_s"] == 17.0 and split["measured_share"] == 0.17 and split["trials_measured"] == 3
+
+
+def test_the_summary_counts_the_losers_measured_on_sampled_decode():
+    """Screened losers whose long shapes' decode was sampled are counted, and said so, in the summary."""
+    from types import SimpleNamespace
+
+    from autotune.figures import Figures
+    from autotune.report_text import counts_text, outcome_counts
+    from autotune.states import Status
+
+    rows = [Figures(screened=True, decode_sampled=16), Figures(screened=True), Figures()]
+    counts = outcome_counts([SimpleNamespace(status=Status.OK, feasible=True, figures=f) for f in rows])
+    assert (counts["with_figures"], counts["screened"], counts["sampled"]) == (3, 2, 1)
+    assert "2 screened: measured no further once slower than the best so far, 1 of them on sampled decode)" \
+        in counts_text(counts)
