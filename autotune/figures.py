@@ -111,6 +111,14 @@ class Figures:
 
 FIGURE_KEYS = tuple(f.name for f in fields(Figures))
 
+#: the phase of a measurement pruned before it ran, its compile predicted past any cap it could get
+DEFERRED = "deferred"
+
+
+def is_deferred(figures) -> bool:
+    """Whether a measurement (its :class:`Figures`, or their dict) is a deferral: it ran nothing."""
+    return bool(figures) and figures.get("phase") == DEFERRED
+
 
 class Key:
     """Figure keys by name, for figures held as dicts (stored rows, JSON): ``Key.tpot_ms_p50`` is

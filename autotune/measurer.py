@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 from . import compile_share
 from .compile_cost import CompileCaps, CompileCost, shipped_prior
 from .evaluate import Evaluation, evaluate
-from .figures import SPEED_KEYS, Figures, Key
+from .figures import DEFERRED, SPEED_KEYS, Figures, Key, is_deferred
 from .optimization import Optimization
 from .recipe import describe, recipe_key, resolve
 from .reuse import Today, reusable, reuse_key
@@ -165,12 +165,12 @@ class Measurer:
         is predicted past any cap the search can give it)."""
         artifact = self._shared_artifact(recipe)  # the team holds its compiled artifact: it loads, not compiles
         cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=artifact is not None)
-        earlier = [r for r in self._earlier(recipe) if defer or (r.figures or {}).get("phase") != "deferred"]
+        earlier = [r for r in self._earlier(recipe) if defer or not is_deferred(r.figures)]
         row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
         if row is not None:
             return self.record(number, row)
         if defer:
-            figures = Figures(phase="deferred", first_call_cap_s=cap, predicted_first_call_s=predicted.seconds)
+            figures = Figures(phase=DEFERRED, first_call_cap_s=cap, predicted_first_call_s=predicted.seconds)
             return self._store(number, recipe, Status.PRUNED, figures, self.trial_limit_s,
                                f"deferred: its compile is predicted at {predicted.text()}, past the {cap:.0f} s cap")
         on_status(describe(recipe, self.optimizations))

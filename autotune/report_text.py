@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .budget import cost_per_mtok, format_value
-from .figures import SHOWN, Key
+from .figures import SHOWN, Key, is_deferred
 from .states import JobState, Status
 from .recipe import describe
 
@@ -341,7 +341,7 @@ def outcome_counts(records) -> dict:
             out["screened"] += bool(r.figures.screened)
             out["sampled"] += bool(r.figures.decode_sampled)
         elif r.status == Status.PRUNED:
-            reason = ("deferred" if r.figures.phase == "deferred" else
+            reason = ("deferred" if is_deferred(r.figures) else
                       "pruned_at_cap" if r.figures.first_call_cap_s is not None else "hopeless")
             out[reason] += 1
         elif r.status == Status.INVALID:

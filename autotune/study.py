@@ -15,7 +15,7 @@ from typing import Iterable
 
 import optuna
 
-from .figures import Figures
+from .figures import Figures, is_deferred
 from .states import Status
 
 S = optuna.trial.TrialState
@@ -33,6 +33,7 @@ class Attr:
     WORKER = "worker"  # host:pid of the process that runs it
     PROPOSED_BY = "proposed_by"  # seed, refinement, or the sampler
     COMPILE_CAPPED = "compile_capped"  # pruned because its first call (compilation) ran past the cap
+    DEFERRED = "deferred"  # pruned before it ran: its compile was predicted past any cap it could get (free)
     SEEDS_ASKED = "seeds_asked"  # (study) seed recipes asked so far
     PRICE_PER_HOUR = "price_per_hour"  # (study) what an hour of the machine costs, for the report
     SIDE_BY_SIDE = "side_by_side"  # (study) the HF default and the best, measured again back to back
@@ -111,24 +112,36 @@ def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
 def tell_pruned(study: optuna.Study, trial, figures: Figures, objective: str | None) -> None:
     """Tell Optuna a pruned trial as every search does: with its partial ``objective`` when one was
     measured (lets TPE rank hopeless candidates among themselves), and marked
-    :attr:`Attr.COMPILE_CAPPED` when its first call ran past the compile cap (pauses refinements)."""
+    :attr:`Attr.COMPILE_CAPPED` when its first call ran past the compile cap, or would have (deferred;
+    both pause refinements), and :attr:`Attr.DEFERRED` when it never ran."""
     if figures.first_call_cap_s is not None:
         trial.set_user_attr(Attr.COMPILE_CAPPED, True)
+    if is_deferred(figures):
+        trial.set_user_attr(Attr.DEFERRED, True)
     partial = figures.get(objective) if objective else None
     if partial is not None:
         trial.report(partial, step=0)
     _tell(study, trial, state=S.PRUNED)
 
 
+def counts_toward_plan(status: Status, figures: Figures) -> bool:
+    """Whether a finished trial counts toward a search's ``--trials``: a measured one does, whatever its
+    outcome; a rule-pruned or deferred one ran nothing and does not (16 deferrals ended a README job's
+    second host at 40 trials with 80 of its 600 s unused)."""
+    return status != Status.INVALID and not is_deferred(figures)
+
+
 def counted_trials(study: optuna.Study) -> tuple[int, int]:
     """(trials that count toward the plan, trials running now). A measured trial counts once
     finished, whatever its outcome (hopeless ones pruned after measuring too); a trial failed because
-    its worker died does not count (its retry does); rule-pruned candidates do not count."""
+    its worker died does not count (its retry does); rule-pruned and deferred candidates do not count
+    (:func:`counts_toward_plan`)."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
     def measured(t) -> bool:
-        return Attr.MEASUREMENT_ID in t.user_attrs and t.user_attrs.get(Attr.STATUS) != Status.INVALID.value
+        return (Attr.MEASUREMENT_ID in t.user_attrs and t.user_attrs.get(Attr.STATUS) != Status.INVALID.value
+                and not t.user_attrs.get(Attr.DEFERRED))
 
     done = sum(1 for t in trials
                if t.state == S.COMPLETE or (t.state in (S.FAIL, S.PRUNED) and measured(t) and t.number not in retried))

@@ -169,7 +169,7 @@ class Search:
             return self.ask(study)
 
         def done(record: TrialRecord) -> None:
-            counts["done"] += record.status != Status.INVALID
+            counts["done"] += protocol.counts_toward_plan(record.status, record.figures)
             settle_deadline()
             if progress:
                 progress.trial_done(record, self)

@@ -145,7 +145,11 @@ def test_a_cap_that_fits():
     # and a bound past the cap gets no cap "that fits" (the bound says nothing of the top): deferred
     assert caps.cap_for(Prediction(40.0, 1, "x", at_least=True), 30.0) == (30.0, True)
     assert caps.cap_for(Prediction(40.0, 1, "x"), 30.0) == (pytest.approx(52.0), False)
-    assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, False)
+    # a prediction must fit with the margin to spare: at the cap itself it is past it (78 s, past the policy's)
+    assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, True)
+    assert caps.cap_for(Prediction(25.0, 1, "x"), 30.0) == (pytest.approx(32.5), False)
+    caps.deadline = time.monotonic() + 38.5  # the time left caps it: 38.3 s predicted does not fit in it
+    assert caps.cap_for(Prediction(38.3, 1, "x"), 38.5) == (38.5, True)
 
 
 def test_no_first_call_runs_past_the_searchs_deadline():

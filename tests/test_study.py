@@ -49,8 +49,15 @@ def test_what_counts_toward_the_plan(study, storage):
     study.tell(died, state=S.FAIL)
     protocol.retry(study, storage, protocol.trial_id(storage, study, died.number))
     study.ask()  # the retry, now running
+    # deferred on its predicted compile, never launched: free, as the search's own count says too
+    deferred = Figures(phase="deferred", first_call_cap_s=60.0)
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])})
+    protocol.record(trial, 200, "x", Status.PRUNED, "deferred: ...")
+    protocol.tell(study, trial, Status.PRUNED, deferred, {}, [("tpot_ms_p50", "minimize")])
+    assert not protocol.counts_toward_plan(Status.PRUNED, deferred)
+    assert protocol.counts_toward_plan(Status.PRUNED, Figures(first_call_cap_s=60.0))  # ran to the cap: counts
     assert protocol.counted_trials(study) == (3, 1)
-    assert set(protocol.measurement_ids(study)) == {100, 101, 102, 103}
+    assert set(protocol.measurement_ids(study)) == {100, 101, 102, 103, 200}
 
 
 def test_tell_puts_the_budget_in_the_constraints(study):

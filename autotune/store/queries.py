@@ -141,6 +141,7 @@ def compile_history(store, limit: int = 5000):
     compile cache's artifact (compiled nothing) are left out."""
     from ..compile_cost import Past
     from ..compile_share import loaded
+    from ..figures import is_deferred
 
     with store.session() as s:
         q = (select(t.Measurement.id, t.Measurement.model_id, t.Measurement.is_baseline, t.Measurement.figures,
@@ -156,7 +157,7 @@ def compile_history(store, limit: int = 5000):
     out = []
     for r in rows:
         f = r.figures or {}
-        if f.get("phase") == "deferred" or loaded(f.get("compile_shared")):
+        if is_deferred(f) or loaded(f.get("compile_shared")):
             continue  # never launched; or its first call loaded the team's compiled artifact: no compile's time
         censored = f.get("first_call_cap_s") is not None
         if censored and (f.get("lanes") or 1) > 1:
