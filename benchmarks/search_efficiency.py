@@ -11,6 +11,11 @@ benchmark, not a test; figures go to RESULTS.md).
    compared.
 
     python benchmarks/search_efficiency.py [--db sqlite:///bench.db] [--seeds 10] [--within 0.05]
+
+``--table efficiency-cpu.json`` replays a grid measured before (its saved table: each recipe's status,
+TPOT and quality) instead of measuring one: the strategies of today's code against yesterday's
+figures, in a minute. A pruned recipe's partial figure is not in the table: it is told pruned
+without one (a search would have told TPE its partial TPOT).
 """
 from __future__ import annotations
 
@@ -66,6 +71,39 @@ def measure_grid(store, spec: SearchSpec, optimizations) -> dict[str, tuple[Stat
     return {recipe_key(r.recipe): (r.status, r.figures) for r in result_records}
 
 
+def table_from_saved(path: Path, space, optimizations, target) -> dict[str, tuple[Status, Figures]]:
+    """A saved grid table (``grid_table`` of a ``--table`` JSON) keyed by today's recipe keys: each row's
+    recipe is named by the choices it differs in from the defaults, matched against the grid's points
+    on the options that vary in :data:`GRID` (the pinned ones name no difference between points)."""
+    import itertools
+
+    varying = [k for k, values in GRID.items() if len(values) > 1]
+    points = {}
+    for values in itertools.product(*(GRID[k] for k in varying)):
+        choice = dict(zip(varying, values))
+        partial: dict = {}
+        for k, v in {**{k: vs[0] for k, vs in GRID.items()}, **choice}.items():
+            plugin, option = k.split(".")
+            partial.setdefault(plugin, {})[option] = v
+        recipe = resolve(partial, optimizations)
+        if impossible(recipe, optimizations, target):
+            continue
+        named = frozenset(f"{k}={v}" for k, v in choice.items() if v != GRID[k][0])
+        points[named] = recipe_key(recipe)
+    table, unmatched = {}, []
+    for row in json.loads(path.read_text())["grid_table"]:
+        named = frozenset() if row["recipe"] == "HF default" else frozenset(
+            p for p in row["recipe"].split(", ") if p.split("=")[0] in varying)
+        if named not in points:
+            unmatched.append(row["recipe"])
+            continue
+        figures = Figures(tpot_ms_p50=row.get("tpot_ms_p50"), quality=row.get("quality"), peak_memory_bytes=0)
+        table[points[named]] = (Status(row["status"]), figures)
+    if unmatched:
+        print(f"{len(unmatched)} saved rows match no point of today's grid: {unmatched}", file=sys.stderr)
+    return table
+
+
 def replay(space, optimizations, target, table: dict, budget, strategy: str, seed: int, goal: float,
            key: str, limit: int) -> int | None:
     """Distinct recipes measured (rule-pruned proposals and repeats of a measured recipe not counted)
@@ -110,21 +148,30 @@ def main() -> int:
     ap.add_argument("--within", type=float, default=0.05)
     ap.add_argument("--study", default="bench-grid", help="the grid's study (another name measures the grid again, "
                                                           "reusing the database's successes)")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="replay a saved grid (a JSON this benchmark wrote) instead of measuring one")
     args = ap.parse_args()
 
-    store, optimizations, target = Store(args.db), get_optimizations(), current_target()
+    optimizations, target = get_optimizations(), current_target()
     source, workload = resolve_model("smollm2-135m"), Workload()
     budget, objectives = parse_budget(args.budget), parse_objectives("tpot", False)
     space = build_space(optimizations, target, GRID, source.info())
-    spec = SearchSpec(source, workload, target, budget, objectives, trials=count(space), study_name=args.study,
-                      sampler="grid", restrict=GRID, trial_timeout=600)
-    table = measure_grid(store, spec, optimizations)
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        table = table_from_saved(args.table, space, optimizations, target)
+    else:
+        spec = SearchSpec(source, workload, target, budget, objectives, trials=count(space), study_name=args.study,
+                          sampler="grid", restrict=GRID, trial_timeout=600)
+        table = measure_grid(Store(args.db), spec, optimizations)
     key = objectives[0][0]
     feasible = {k: f for k, (status, f) in table.items() if status == Status.OK and budget.feasible(f)}
     best_key = min(feasible, key=lambda k: feasible[k].get(key))
     goal = feasible[best_key].get(key) * (1 + args.within)
     n_valid = sum(1 for status, _ in table.values() if status != Status.INVALID)  # what a grid measures
-    out = {"target": target.describe(), "workload": workload.describe(), "grid_recipes": count(space),
+    out = {"target": saved["target"] if args.table else target.describe(),
+           "workload": saved["workload"] if args.table else workload.describe(),
+           "replayed": f"{args.table} (replayed on {target.describe()})" if args.table else None,
+           "grid_recipes": count(space),
            "grid_measured": n_valid, "grid_feasible": len(feasible),
            "grid_best": describe(json.loads(best_key), optimizations), "grid_best_tpot_ms": feasible[best_key].get(key),
            "within": args.within, "goal_tpot_ms": goal}
@@ -140,7 +187,8 @@ def main() -> int:
                         "median": statistics.median(found) if found else None,
                         "median_share_of_grid": statistics.median(found) / n_valid if found else None}
     print(json.dumps({k: v for k, v in out.items() if k != "grid_table"}, indent=2))
-    Path("benchmarks/last-efficiency.json").write_text(json.dumps(out, indent=2))
+    Path("benchmarks/last-replay.json" if args.table else "benchmarks/last-efficiency.json").write_text(
+        json.dumps(out, indent=2))
     return 0
 
 
