@@ -67,21 +67,29 @@ def shapes_lines(candidate: dict, baseline: dict, indent: str = "  ") -> list[st
 def ratios(candidate: dict, baseline: dict) -> dict:
     """Candidate over baseline, each "higher is better" except memory (a share of the baseline's);
     ``tokens_per_s`` over the traffic mix, ``tokens_per_s_geomean`` the geometric mean of the shapes'
-    ratios; ``noisy_baseline`` says when the baseline missed its CV target, so the ratios are loose."""
+    ratios; ``noisy_baseline`` says when the baseline missed its CV target, ``loose`` why the ratios are
+    loose (:func:`loose_baseline`; None: they are not)."""
     return {Key.tokens_per_s: ratio(candidate, baseline, Key.tokens_per_s),
             "tokens_per_s_geomean": shape_ratio(candidate, baseline),
             "tpot_speedup": ratio(candidate, baseline, Key.tpot_ms_p50, higher_is_better=False),
             "ttft_speedup": ratio(candidate, baseline, Key.ttft_ms_p50, higher_is_better=False),
             "memory": ratio(candidate, baseline, Key.peak_memory_bytes),
-            "noisy_baseline": bool(baseline.get("noisy"))}
+            "noisy_baseline": bool(baseline.get("noisy")), "loose": loose_baseline(baseline)}
+
+
+def loose_baseline(baseline: dict) -> str | None:
+    """Why ratios over this baseline are loose — measured in one round (a time-boxed search's HF
+    default, ``pass_round``: its pair at the end gives the ratio), or noisy — or None: they are not."""
+    if baseline.get("runs") == 1:
+        return "the baseline was measured in one round: its spread is unknown"
+    if baseline.get("noisy"):
+        return f"the baseline is noisy: CV {baseline.get('cv', 0):.3f} at its repeat cap"
+    return None
 
 
 def noisy_note(baseline: dict) -> str:
-    if baseline.get("runs") == 1:  # a time-boxed search's HF default (``pass_round``): its pair at the end is the ratio
-        return " (the baseline was measured in one round: its spread is unknown; treat ratios as loose)"
-    if not baseline.get("noisy"):
-        return ""
-    return f" (the baseline is noisy: CV {baseline.get('cv', 0):.3f} at its repeat cap; treat ratios as loose)"
+    reason = loose_baseline(baseline)
+    return f" ({reason}; treat ratios as loose)" if reason else ""
 
 
 def bench_payload(candidate, baseline, target, workload, source) -> dict:
@@ -247,6 +255,13 @@ def show_text(r) -> str:
         lines.append("  per timed shape (prompt + new tokens)" + (f": {geo:.2f}x the baseline's tokens/s, geometric mean"
                                                               if geo else ""))
         lines += shapes_lines(f, b, indent="    ")
+    lines += notes(f, b)
+    return "\n".join(lines)
+
+
+def notes(f, b) -> list[str]:
+    """What a measurement's figures (``f``, over the baseline's ``b``) leave loose, a line each."""
+    lines = []
     if f.get("screened"):
         lines.append(f"  note: screened: measured {f.get('runs')} round(s) only, then found slower than the leader "
                      "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise"
@@ -254,12 +269,11 @@ def show_text(r) -> str:
                         else "")
                      + (f"; its longer shapes decoded {f.get('decode_sampled')} of their new tokens, the rest extrapolated at "
                         "their median step" if f.get("decode_sampled") else ""))
-    if b.get("runs") == 1:
-        lines.append("  note: the baseline was measured in one round (its envelope pass): ratios are loose")
-    if f.get("noisy") or b.get("noisy"):
-        lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)}, baseline CV {fmt(b.get('cv'), 3)}): "
-                     "ratios are loose")
-    return "\n".join(lines)
+    if loose_baseline(b):
+        lines.append(f"  note: {loose_baseline(b)}: ratios are loose")
+    if f.get("noisy"):
+        lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)} at its repeat cap): its figures are loose")
+    return lines
 
 
 def search_payload(result, search) -> dict:

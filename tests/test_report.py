@@ -124,3 +124,27 @@ def test_the_summary_counts_the_losers_measured_on_sampled_decode():
     assert (counts["with_figures"], counts["screened"], counts["sampled"]) == (3, 2, 1)
     assert "2 screened: measured no further once slower than the best so far, 1 of them on sampled decode)" \
         in counts_text(counts)
+    from autotune.report_text import notes
+
+    assert "its longer shapes decoded 16 of their new tokens" in notes(rows[0], Figures())[0]
+    assert "decoded" not in notes(rows[1], Figures())[0]
+
+
+def test_why_ratios_are_loose_is_said_once_for_every_output():
+    """A baseline measured in one round (a time-boxed search's HF default) or noisy makes ratios loose:
+    one reason, the same in the ratios' JSON, the summary's note and the show text."""
+    from autotune.figures import Figures
+    from autotune.report_text import loose_baseline, noisy_note, notes, ratios
+
+    one_round = {"runs": 1, "tokens_per_s": 10.0}
+    noisy = {"runs": 5, "noisy": True, "cv": 0.2, "tokens_per_s": 10.0}
+    tight = {"runs": 3, "noisy": False, "cv": 0.01, "tokens_per_s": 10.0}
+    candidate = {"runs": 3, "tokens_per_s": 30.0}
+    assert "one round" in loose_baseline(one_round) and "CV 0.200" in loose_baseline(noisy)
+    assert loose_baseline(tight) is None and noisy_note(tight) == "" and ratios(candidate, tight)["loose"] is None
+    for base in (one_round, noisy):
+        assert ratios(candidate, base)["loose"] == loose_baseline(base)
+        assert loose_baseline(base) in noisy_note(base)
+        shown = notes(Figures(runs=3, tokens_per_s=30.0), Figures(**base))
+        assert f"  note: {loose_baseline(base)}: ratios are loose" in shown, shown
+    assert notes(Figures(runs=3), Figures(**tight)) == []
