@@ -194,19 +194,24 @@ class CompileCaps:
 
     def cap_for(self, predicted: Prediction | None, cap: float) -> tuple[float, bool]:
         """The cap for a candidate whose first call is ``predicted`` (None: launched under ``cap``,
-        nothing known yet), and whether to defer it: one that fits under its cap with :data:`MARGIN`
-        to spare runs under it; one predicted past that gets a cap that fits when that is within the
-        policy's cap and a quarter of the search's time left; otherwise it is deferred, never launched
-        blind. (Without the margin, a compile predicted at 38.3 s ran under the 38.5 s left before a
-        README job's deadline, past it, and taught nothing.)"""
+        nothing known yet), and whether to defer it. One that fits under its cap with :data:`MARGIN` to
+        spare runs under it. One whose prediction fits but not its margin gets the margin, within the
+        time left (a compile predicted at 38.3 s ran under the 38.5 s left before a README job's
+        deadline, past it, and taught nothing). One predicted past its cap gets a cap that fits when that
+        is within the policy's cap and a quarter of the search's time left. Otherwise it is deferred,
+        never launched blind; so is one whose prediction is a bound (a compile stopped at a cap) at or
+        past its cap — below it, it runs under the cap."""
         import time
 
-        fits = None if predicted is None else predicted.seconds * MARGIN
-        if fits is None or fits <= cap:
+        if predicted is None or predicted.seconds * MARGIN <= cap:
             return cap, False
         if predicted.at_least:  # a bound from a compile stopped at a cap says no cap that fits: a second host
-            return cap, True    # gave the compiled generate ">= 60 s" a 78 s cap and lost 80 s to it (README job)
+            # gave the compiled generate ">= 60 s" a 78 s cap and lost 80 s to it (README job)
+            return cap, predicted.seconds >= cap
+        fits = predicted.seconds * MARGIN
         left = None if self.deadline is None else self.deadline - time.monotonic()
+        if predicted.seconds <= cap:  # only the margin is past the cap (a seed's 40% of the search included)
+            return (fits, False) if left is None or fits <= left else (cap, True)
         if fits <= self.policy.max_first_call_s and (left is None or fits <= left / 4):
             return fits, False
         return cap, True

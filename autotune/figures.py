@@ -57,7 +57,7 @@ class Figures:
     lanes: int | None = None
     #: measured one round only: its first round took longer than the screen factor times the incumbent's
     screened: bool | None = None
-    #: new tokens its envelope pass decoded of each long shape, the rest extrapolated at their median step
+    #: new tokens its envelope pass decoded of each long shape, the rest extrapolated from those steps
     #: (a loser on its typical first call: autotune.trial.SAMPLED_DECODE_TOKENS); None: every token
     decode_sampled: int | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)

@@ -10,7 +10,7 @@ import optuna
 
 from .errors import UsageError
 from .store import queue
-from .study import beat_unclaimed, counted_trials
+from .study import ASKS_PER_TRIAL, beat_unclaimed, counted_trials
 
 HARDWARE_HELP = ("this (default: the submitter's hardware), any, cpu, cuda, cuda>=40GiB, or a hardware key "
                  "from `autotune jobs --json`")
@@ -69,7 +69,8 @@ def reserve_trial(store, job_id: int, study, storage, ask):
         beat_unclaimed(study, storage)
         optuna.storages.fail_stale_trials(study)
         done, running = counted_trials(study)
-        if done + running >= job.trials_planned:
+        asked = len(study.get_trials(deepcopy=False))  # rule-pruned and deferred ones are free, not endless
+        if done + running >= job.trials_planned or asked >= job.trials_planned * ASKS_PER_TRIAL:
             return None, job.state
         return ask(study), job.state
 

@@ -267,8 +267,8 @@ def notes(f, b) -> list[str]:
                      "beyond the screen (one round) or race (two or more) factor: a loser's figures, less precise"
                      + ("; its greedy match was not measured (no budget named it)" if f.get("greedy_match") is None
                         else "")
-                     + (f"; its longer shapes decoded {f.get('decode_sampled')} of their new tokens, the rest extrapolated at "
-                        "their median step" if f.get("decode_sampled") else ""))
+                     + (f"; its longer shapes decoded {f.get('decode_sampled')} of their new tokens, the rest extrapolated from "
+                        "those steps" if f.get("decode_sampled") else ""))
     if loose_baseline(b):
         lines.append(f"  note: {loose_baseline(b)}: ratios are loose")
     if f.get("noisy"):

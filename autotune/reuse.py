@@ -40,7 +40,9 @@ def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_
     ``status``, ``study``, ``figures``, ``trial_limit_s``):
 
     - with ``remeasure``, only one this run made;
-    - a success always does;
+    - a success always does — but one whose longer shapes' decode was sampled (``decode_sampled``: a
+      loser judged against its own study's incumbent, that never decoded the envelope's last
+      positions) stands within its study only: another study measures it again;
     - a failed baseline never does (it is measured again);
     - a timeout under a shorter limit than today's says nothing about today's;
     - one pruned because its first call (compilation) ran past a cap at least today's
@@ -57,7 +59,8 @@ def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_
         return newest if newest.id in today.measured_now else None
     status = Status(newest.status)
     if status == Status.OK:
-        return newest
+        sampled = (newest.figures or {}).get("decode_sampled")
+        return None if sampled and newest.study != today.study else newest
     if is_baseline:
         return None
     if status == Status.TIMEOUT and (newest.trial_limit_s or 0) < (today.trial_limit_s or BASELINE_TIMEOUT_S):

@@ -21,6 +21,9 @@ from .states import Status
 S = optuna.trial.TrialState
 #: a trial that failed because its worker died is queued again at most this many times
 RETRIES = 3
+#: trials a plan may ask per trial it counts: rule-pruned and deferred candidates are free, so a
+#: sampler that keeps proposing them would otherwise never finish the plan
+ASKS_PER_TRIAL = 5
 
 
 class Attr:

@@ -250,17 +250,21 @@ class _Run:
         figures.envelope_pass_s = time.perf_counter() - start - figures.first_call_s
 
     def sampled_call(self, shape: int):
-        """One call of ``shape`` decoding :data:`SAMPLED_DECODE_TOKENS` of its new tokens: its prompt
-        (TTFT) and those steps timed, its end-to-end time extrapolated to all of them at its median
-        step (the steps of one shape run at near the same position). A shape with no more new tokens
-        than that runs whole."""
+        """One call of ``shape`` decoding :data:`SAMPLED_DECODE_TOKENS` of its new tokens, read as the
+        whole call: its prompt (TTFT) timed whole, its decode steps repeated in turn over the tokens not
+        decoded (the steps of one shape run at near the same position), so its end-to-end time, its
+        share of the traffic mix's TPOT and its tokens per step count every new token
+        (:class:`_Extended`). A shape with no more new tokens than that, or a call whose tokens came
+        in fewer than two timed steps (a draft accepted whole), runs whole."""
         new = self.shapes[shape][1]
         if new <= SAMPLED_DECODE_TOKENS:
             return self.one_call(shape)
         out, streamer, e2e = self.one_call(shape, new_tokens=SAMPLED_DECODE_TOKENS)
-        rest = (new - SAMPLED_DECODE_TOKENS) * statistics.median(streamer.tpots)
-        self.extrapolated_s += rest
-        return out, streamer, e2e + rest
+        if len(streamer.tpots) < 2:
+            return self.one_call(shape)
+        extended = _Extended(streamer, new - SAMPLED_DECODE_TOKENS)
+        self.extrapolated_s += extended.rest_s
+        return out, extended, e2e + extended.rest_s
 
     def warm_up(self, figures: Figures, limits: Limits, keep: bool = False) -> bool:
         """The typical call again, warm (as quality call 1): a typical call or decode step slower than
@@ -324,8 +328,8 @@ class _Run:
     def pass_as_round(self, figures: Figures, policy, screened: bool = False) -> bool:
         """The envelope pass and the warm typical call as the trial's one round (``runs`` 1, ``measure_s``
         0; ``screened`` as the caller judged it), when nothing compiled in them. Returns whether they were."""
-        if self.first_pass_compiled or self.warm_compiled:
-            return False
+        if self.first_pass_compiled or self.warm_compiled or (self.extrapolated_s and not screened):
+            return False  # (a sampled pass stands only for a screened loser: one that is not measures rounds)
         figures.screened, figures.measure_s, figures.steady_compiles = screened or None, 0.0, 0
         figures.decode_sampled = SAMPLED_DECODE_TOKENS if self.extrapolated_s else None
         self._figures(figures, [[self.warm_call, *self.first_pass]], policy, forced=self.quality is not None)
@@ -383,6 +387,18 @@ class _Run:
         if self.sampling or forced:
             out = self.applied.generate_ids(inputs, max_new_tokens=new, min_new_tokens=new)
         return out[:, prompt:].flatten().tolist()
+
+
+class _Extended:
+    """A sampled call's timings read as the whole call's: ``rest`` more tokens, each the next of its
+    timed decode steps' per-token times in turn (:meth:`_Run.sampled_call`)."""
+
+    def __init__(self, streamer, rest: int):
+        timed = streamer.tpots
+        extra = [timed[i % len(timed)] for i in range(rest)]
+        self.ttft, self.tpots, self.rest_s = streamer.ttft, timed + extra, sum(extra)
+        per_step = len(timed) / streamer.steps if streamer.steps else 1.0
+        self.steps = streamer.steps + round(rest / per_step)
 
 
 def _abandon_tpot(compiles_at_start: int):
@@ -503,8 +519,8 @@ FIRST_CALL_SLACK = 10.0
 WIDE_CHECK_TOKENS = 2
 
 #: new tokens the envelope pass decodes of each shape for a candidate whose typical first call compiled
-#: nothing and was already past the screen (a loser): the rest of each shape's end-to-end time is
-#: extrapolated at its median step. Its long prompts are timed whole; the decode of their 64 new tokens
+#: nothing and was already past the screen (a loser): the rest of each call is extrapolated from its
+#: decoded steps (:class:`_Extended`). Its long prompts are timed whole; the decode of their 64 new tokens
 #: was a third of such a trial's envelope pass (README job, eager candidates at 30-100 ms a token)
 SAMPLED_DECODE_TOKENS = 16
 

@@ -161,7 +161,8 @@ class Search:
         counts = {"done": protocol.counted_trials(study)[0], "asked": 0}
 
         def more(in_flight: int) -> bool:
-            return (counts["done"] + in_flight < self.spec.trials and counts["asked"] < self.spec.trials * 5
+            return (counts["done"] + in_flight < self.spec.trials
+                    and counts["asked"] < self.spec.trials * protocol.ASKS_PER_TRIAL
                     and not (self.spec.sampler == "grid" and study.sampler.is_exhausted(study)))
 
         def ask():

@@ -145,11 +145,15 @@ def test_a_cap_that_fits():
     # and a bound past the cap gets no cap "that fits" (the bound says nothing of the top): deferred
     assert caps.cap_for(Prediction(40.0, 1, "x", at_least=True), 30.0) == (30.0, True)
     assert caps.cap_for(Prediction(40.0, 1, "x"), 30.0) == (pytest.approx(52.0), False)
-    # a prediction must fit with the margin to spare: at the cap itself it is past it (78 s, past the policy's)
-    assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (60.0, True)
+    # a prediction that fits but not its margin gets the margin, within the time left
+    assert caps.cap_for(Prediction(60.0, 1, "x"), 60.0) == (pytest.approx(78.0), False)
     assert caps.cap_for(Prediction(25.0, 1, "x"), 30.0) == (pytest.approx(32.5), False)
+    assert caps.cap_for(Prediction(185.0, 1, "x"), 240.0) == (pytest.approx(240.5), False)  # a seed's 40%
+    assert caps.cap_for(Prediction(50.0, 1, "x", at_least=True), 60.0) == (60.0, False)  # a bound under it
     caps.deadline = time.monotonic() + 38.5  # the time left caps it: 38.3 s predicted does not fit in it
     assert caps.cap_for(Prediction(38.3, 1, "x"), 38.5) == (38.5, True)
+    caps.deadline = time.monotonic() + 200
+    assert caps.cap_for(Prediction(185.0, 1, "x"), 200.0) == (200.0, True)
 
 
 def test_no_first_call_runs_past_the_searchs_deadline():
@@ -208,3 +212,30 @@ def test_the_shipped_prior_warns_a_fresh_time_boxed_cpu_search(tiny_search):
     search.spec = search.measurer.spec = replace(search.spec, timeout=300.0)
     search.baseline()
     assert sum(p.id < 0 for p, _ in search.measurer.caps.cost.history) == len(prior)
+
+
+def test_deferrals_are_free_of_the_plan_but_not_endless(tiny_search):
+    """Every candidate predicted past any cap it could get: each deferral ran nothing and leaves the
+    plan (--trials 2) untouched, and the plan's asks (ASKS_PER_TRIAL each) still end the search."""
+    from dataclasses import replace
+
+    from autotune.study import ASKS_PER_TRIAL, Attr
+    from autotune.tuner import Search
+
+    spec = tiny_search.spec  # few rule-pruned proposals: plain weights, every one a compiled forward
+    spec = replace(spec, trials=2, restrict={**spec.restrict, "quantization.method": ["none"],
+                                             "quantization.head": ["keep"]})
+    search = Search(spec, tiny_search.store, tiny_search.optimizations)
+    search.baseline()
+    candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
+    writes.record_measurement(
+        search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study="earlier",
+        is_baseline=False, status=Status.OK.value, error=None, figures={"first_call_s": 500.0, "tpot_ms_p50": 1.0},
+        reuse_key="another policy", trial_limit_s=None)
+    started = time.monotonic()
+    result = search.run(strict=False)
+    trials = search.open_study().get_trials()
+    deferred = [t for t in trials if t.user_attrs.get(Attr.DEFERRED)]
+    assert len(deferred) > 2 and len(trials) == 2 * ASKS_PER_TRIAL, str(sorted((t.user_attrs.get("status"), (t.user_attrs.get("failure") or "")[9:40]) for t in trials))
+    assert not [r for r in result.records if r.status == Status.OK and r.recipe != search.baseline_recipe]
+    assert time.monotonic() - started < 60, "deferrals launch nothing"

@@ -203,13 +203,14 @@ def test_the_wide_batch_is_a_two_token_check_where_the_first_call_compiled_nothi
     assert all(new == 6 for rows, new in calls if rows == 1)
 
 
-@pytest.mark.parametrize("case", ["loser", "compiles", "no incumbent"])
+@pytest.mark.parametrize("case", ["loser", "not screened", "compiles", "no incumbent"])
 def test_a_loser_on_its_typical_first_call_decodes_a_sample_of_its_long_shapes(chaos, tiny_model, tmp_path,
                                                                                monkeypatch, case):
     """A typical first call that compiled nothing and already ran past the screen marks a loser: its
     envelope pass decodes SAMPLED_DECODE_TOKENS of each long shape's new tokens, and the one round it
     is screened on extrapolates the rest at each shape's median step (figures for every shape, saying
-    so). A first call that compiled, or no incumbent to screen against: every token, as before."""
+    so). One whose pass is not screened after all measures rounds of every token, its figures theirs.
+    A first call that compiled, or no incumbent to screen against: every token, as before."""
     from autotune.figures import Figures
     from autotune.trial import SAMPLED_DECODE_TOKENS
 
@@ -219,11 +220,14 @@ def test_a_loser_on_its_typical_first_call_decodes_a_sample_of_its_long_shapes(c
         monkeypatch.setenv("CHAOS_COMPILE_FIRST", "1")
     new = SAMPLED_DECODE_TOKENS + 16
     envelope = Workload(prompt_tokens=8, new_tokens=new, max_context=4 * new)
+    # the leader's typical call is faster than any; its round, in "not screened", slower than any
+    long_ms = 1e9 if case == "not screened" else 1e-3
     leader = Figures(e2e_ms_p50=1e-3, tpot_ms_p50=1e3,
-                     shapes=[{"prompt_tokens": 8, "new_tokens": new, "e2e_ms_p50": 1e-3}] * 3)
+                     shapes=[{"prompt_tokens": 8, "new_tokens": new, "e2e_ms_p50": 1e-3}]
+                     + [{"prompt_tokens": 8, "new_tokens": new, "e2e_ms_p50": long_ms}] * 2)
     ev = run(tiny_model, chaos, {"chaos": {"behaviour": "log-calls"}}, workload=envelope,
              incumbent=None if case == "no incumbent" else leader,
-             policy=MeasurePolicy(**{**FAST, "screen_factor": 1.25}))
+             policy=MeasurePolicy(**{**FAST, "screen_factor": 1.25, "pass_round": case == "not screened"}))
     assert ev.status == Status.OK, ev.error
     f = ev.figures
     decoded = [int(line.split()[1]) for line in log.read_text().splitlines()]
@@ -233,11 +237,16 @@ def test_a_loser_on_its_typical_first_call_decodes_a_sample_of_its_long_shapes(c
         # typical first call (whole), the long shapes (sampled), the warm call; then quality, greedy
         assert decoded[:4] == [new, SAMPLED_DECODE_TOKENS, SAMPLED_DECODE_TOKENS, new], decoded
         assert f.screened and f.runs == 1 and f.decode_sampled == SAMPLED_DECODE_TOKENS
-        for shape in f.shapes[1:]:  # extrapolated to all its new tokens at its median step: half the
-            # sampled steps at least at the median, and every extrapolated one (a sum of 15 steps falls short)
+        for shape in f.shapes[1:]:  # extrapolated to all its new tokens, its 15 timed steps repeated: at
+            # least 8 of them are at or above their median, and each counts twice (15 timed steps fall short)
             assert shape["new_tokens"] == new
-            floor = (SAMPLED_DECODE_TOKENS // 2 + new - SAMPLED_DECODE_TOKENS) * shape["tpot_ms_p50"]
+            floor = 2 * (SAMPLED_DECODE_TOKENS // 2) * shape["tpot_ms_p50"]
             assert shape["e2e_ms_p50"] - shape["ttft_ms_p50"] >= floor * (1 - 1e-9), shape
+        assert f.tokens_per_step == 1.0  # every new token a step of its own, the extrapolated ones too
+    elif case == "not screened":  # sampled in the pass, then rounds of every token: the figures are theirs
+        # (even where the policy makes a pass the one round, pass_round: a sampled pass is no round)
+        assert decoded[1:3] == [SAMPLED_DECODE_TOKENS] * 2 and decoded[4:7] == [new] * 3, decoded
+        assert not f.screened and f.runs >= 2 and f.decode_sampled is None and f.measure_s > 0
     else:
         assert SAMPLED_DECODE_TOKENS not in decoded and f.decode_sampled is None, decoded
 

@@ -28,6 +28,15 @@ def test_a_success_always_stands():
     assert reusable([ok], TODAY, is_baseline=True) is ok
 
 
+def test_a_loser_on_sampled_decode_stands_within_its_study_only():
+    """Its longer shapes' decode was sampled (it never decoded the envelope's last positions), judged a
+    loser against its own study's incumbent: another study measures it again."""
+    sampled = {"decode_sampled": 16}
+    assert reusable([Row(1, "ok", study="s", figures=sampled)], TODAY).id == 1
+    assert reusable([Row(1, "ok", study="other", figures=sampled)], TODAY) is None
+    assert reusable([Row(1, "ok", study="other", figures={"screened": True})], TODAY).id == 1
+
+
 def test_remeasure_reuses_only_what_this_run_measured():
     ok = Row(1, "ok")
     assert reusable([ok], Today("s", remeasure=True)) is None

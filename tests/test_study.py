@@ -90,3 +90,27 @@ def test_a_trial_cut_off_by_an_outage_is_settled_once(study, storage):
     assert protocol.settle(study, storage, tid) is True  # left running: failed and queued again
     assert protocol.settle(study, storage, tid) is False  # already queued again: not twice
     assert sum(1 for t in study.get_trials(deepcopy=False) if t.state == S.WAITING) == 1
+
+
+def test_a_queued_job_whose_every_proposal_is_deferred_still_ends(tmp_path):
+    """A daemon reserves trials while the plan has room: deferrals are free of the plan, so only the
+    plan's asks (ASKS_PER_TRIAL per trial) end a job whose every proposal is deferred."""
+    from autotune import jobqueue
+    from autotune.store import Store, queue
+
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    storage = store.optuna_storage()
+    job_id = queue.add_job(store, model="m", search_spec={}, hardware={"kind": "any"}, study_name="q", trials=2,
+                           submitted_from="here")
+    study = optuna.create_study(study_name="q", storage=storage)
+    asked = 0
+    while asked < 100:
+        trial, state = jobqueue.reserve_trial(store, job_id, study, storage,
+                                              lambda st: st.ask({"x": optuna.distributions.FloatDistribution(0, 1)}))
+        if trial is None:
+            break
+        asked += 1
+        protocol.record(trial, asked, "x", Status.PRUNED, "deferred: ...")
+        protocol.tell(study, trial, Status.PRUNED, Figures(phase="deferred", first_call_cap_s=60.0), {},
+                      [("tpot_ms_p50", "minimize")])
+    assert asked == 2 * protocol.ASKS_PER_TRIAL and protocol.counted_trials(study) == (0, 0)
