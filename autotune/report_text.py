@@ -269,8 +269,9 @@ def notes(f, b) -> list[str]:
                         else "")
                      + (f"; its longer shapes decoded {f.get('decode_sampled')} of their new tokens, the rest extrapolated from "
                         "those steps" if f.get("decode_sampled") else ""))
-    if loose_baseline(b):
-        lines.append(f"  note: {loose_baseline(b)}: ratios are loose")
+    loose = loose_baseline(b)
+    if loose:
+        lines.append(f"  note: {loose}: ratios are loose")
     if f.get("noisy"):
         lines.append(f"  note: noisy measurement (CV {fmt(f.get('cv'), 3)} at its repeat cap): its figures are loose")
     return lines
@@ -346,8 +347,8 @@ def outcome_counts(records) -> dict:
     """What this study's trials taught: recipes with figures (ok, within the budget or not), the
     pruned by reason (stopped at the compile cap, deferred on a predicted compile, hopeless), the
     failed, and the rule-pruned (invalid, free)."""
-    out = {"with_figures": 0, "within_budget": 0, "screened": 0, "sampled": 0, "pruned_at_cap": 0, "deferred": 0, "hopeless": 0,
-           "failed": 0, "ruled_out": 0}
+    out = {"with_figures": 0, "within_budget": 0, "screened": 0, "sampled": 0, "pruned_at_cap": 0, "deferred": 0,
+           "hopeless": 0, "failed": 0, "ruled_out": 0}
     for r in records:
         if r.status == Status.OK:
             out["with_figures"] += 1

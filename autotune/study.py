@@ -127,11 +127,11 @@ def tell_pruned(study: optuna.Study, trial, figures: Figures, objective: str | N
     _tell(study, trial, state=S.PRUNED)
 
 
-def counts_toward_plan(status: Status, figures: Figures) -> bool:
-    """Whether a finished trial counts toward a search's ``--trials``: a measured one does, whatever its
-    outcome; a rule-pruned or deferred one ran nothing and does not (16 deferrals ended a README job's
-    second host at 40 trials with 80 of its 600 s unused)."""
-    return status != Status.INVALID and not is_deferred(figures)
+def counts_toward_plan(status: Status, deferred: bool) -> bool:
+    """Whether a finished trial counts toward a plan (a search's ``--trials``, a job's trials): a
+    measured one does, whatever its outcome; a rule-pruned or ``deferred`` one ran nothing and does
+    not (16 deferrals ended a README job's second host at 40 trials with 80 of its 600 s unused)."""
+    return status != Status.INVALID and not deferred
 
 
 def counted_trials(study: optuna.Study) -> tuple[int, int]:
@@ -143,8 +143,9 @@ def counted_trials(study: optuna.Study) -> tuple[int, int]:
     retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
     def measured(t) -> bool:
-        return (Attr.MEASUREMENT_ID in t.user_attrs and t.user_attrs.get(Attr.STATUS) != Status.INVALID.value
-                and not t.user_attrs.get(Attr.DEFERRED))
+        status = t.user_attrs.get(Attr.STATUS)  # (none yet: its measurement is recorded, so it ran)
+        return Attr.MEASUREMENT_ID in t.user_attrs and counts_toward_plan(
+            Status(status) if status else Status.ERROR, bool(t.user_attrs.get(Attr.DEFERRED)))
 
     done = sum(1 for t in trials
                if t.state == S.COMPLETE or (t.state in (S.FAIL, S.PRUNED) and measured(t) and t.number not in retried))

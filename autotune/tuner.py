@@ -18,6 +18,7 @@ import optuna
 from . import space as spaces
 from . import study as protocol
 from .errors import NoFeasibleRecipe, UsageError
+from .figures import is_deferred
 from .measurer import Measurer, TrialRecord
 from .optimization import Optimization
 from .proposals import check_sampler, make_sampler, next_trial
@@ -170,7 +171,7 @@ class Search:
             return self.ask(study)
 
         def done(record: TrialRecord) -> None:
-            counts["done"] += protocol.counts_toward_plan(record.status, record.figures)
+            counts["done"] += protocol.counts_toward_plan(record.status, is_deferred(record.figures))
             settle_deadline()
             if progress:
                 progress.trial_done(record, self)

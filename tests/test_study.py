@@ -54,8 +54,8 @@ def test_what_counts_toward_the_plan(study, storage):
     trial = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])})
     protocol.record(trial, 200, "x", Status.PRUNED, "deferred: ...")
     protocol.tell(study, trial, Status.PRUNED, deferred, {}, [("tpot_ms_p50", "minimize")])
-    assert not protocol.counts_toward_plan(Status.PRUNED, deferred)
-    assert protocol.counts_toward_plan(Status.PRUNED, Figures(first_call_cap_s=60.0))  # ran to the cap: counts
+    assert not protocol.counts_toward_plan(Status.PRUNED, deferred=True)
+    assert protocol.counts_toward_plan(Status.PRUNED, deferred=False)  # ran to the cap: counts
     assert protocol.counted_trials(study) == (3, 1)
     assert set(protocol.measurement_ids(study)) == {100, 101, 102, 103, 200}
 
