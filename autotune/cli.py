@@ -263,6 +263,10 @@ def open_store(db_url):
 @click.option("--submit", "submit_job", is_flag=True, help="queue the search as a job for `autotune daemon`")
 @click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True), default=None, metavar="USD",
               help="what an hour of this machine costs: show cost per 1M output tokens (needed by --objective cost)")
+@click.option("--finish-compiles", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="with a team compile cache: after the search, compile what it deferred or stopped at its cap in "
+                   "the background, at idle priority, for this long at most, so the team's next search finds it "
+                   "compiled (default: the search's --timeout, else 600; 0: off)")
 @click.option("--json", "as_json", is_flag=True)
 @workload_options
 @compile_cache_option
@@ -270,7 +274,7 @@ def open_store(db_url):
 @handle_errors
 def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file,
            remeasure, submit_job, hardware, as_json, workload, device, config_only, db_url, price_per_hour=None,
-           draft=None, jobs=None, side_by_side=None):
+           draft=None, jobs=None, side_by_side=None, finish_compiles=None):
     """Search the plugins' space for the best recipe within the budget, measuring every candidate."""
     from . import api, report_text
     from .errors import NoFeasibleRecipe
@@ -286,12 +290,27 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
         return
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     result = api.search(model, db=db_url, progress=not as_json, on_status=say, **given)
+    if not result.interrupted:  # (when nothing fits too: the next search may find what was not compiled)
+        _finish_compiles(result.run.measurer, result.raw.records, finish_compiles)
     if result.best is None:
         raise NoFeasibleRecipe(result.binding)
     if as_json:
         click.echo(json.dumps(report_text.search_payload(result.raw, result.run), indent=2))
     else:
         click.echo(report_text.search_text(result.raw, result.run))
+
+
+def _finish_compiles(measurer, records, budget_s) -> None:
+    """What the search deferred or stopped at its compile cap, compiled in the background for the team
+    (:mod:`autotune.backfill`); one line on stderr says so."""
+    from . import backfill
+
+    started = backfill.start(measurer, records, budget_s)
+    if started:
+        n = started["pending"]
+        click.echo(f"compiling {n} candidate{'s' * (n != 1)} the search deferred or stopped at the cap, in the "
+                   f"background at idle priority for {measurer.compile_share_display()} (at most "
+                   f"{started['budget_s']:.0f} s; pid {started['pid']}; log {started['log']})", err=True)
 
 
 @cli.command()

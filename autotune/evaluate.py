@@ -37,14 +37,16 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
              timeout: float | None = None, policy: MeasurePolicy | None = None,
              incumbent: Figures | None = None, first_call_cap_s: float | None = None, gate=None,
              compile_cache: str | None = None, compile_artifact: str | None = None,
-             greedy_match: bool = True) -> Evaluation:
+             greedy_match: bool = True, compile_only: bool = False) -> Evaluation:
     """Measure ``recipe`` (already resolved) unless a plugin rule forbids it on ``target``.
     ``baseline=None`` means this *is* the baseline; ``incumbent``: the best feasible figures so far,
     against which a hopeless candidate is abandoned early; ``first_call_cap_s``: a search's limit on
     compilation (the first call), beyond which the candidate is pruned; ``gate``: an
     :class:`~autotune.isolate.Gate` shared with trials running at the same time; ``compile_cache``: the
     team compile cache's URL, ``compile_artifact`` the artifact of it the database names for this recipe;
-    ``greedy_match``: whether a screened candidate's greedy match is wanted (a call of its own)."""
+    ``greedy_match``: whether a screened candidate's greedy match is wanted (a call of its own);
+    ``compile_only``: compile every program and save the artifact to the team cache, measure nothing
+    (:mod:`autotune.backfill`): the figures hold the first call's time and the artifact's name."""
     reason = impossible(recipe, optimizations, target, source.info_for(recipe))
     if reason:
         return Evaluation(recipe, Status.INVALID, error=reason)
@@ -54,13 +56,13 @@ def evaluate(source: ModelSource, recipe: dict, workload: Workload, target,
                            incumbent_e2e_s=_typical(incumbent, Key.e2e_ms_p50),
                            incumbent_tpot_s=_typical(incumbent, Key.tpot_ms_p50),
                            incumbent_round_s=_round(incumbent),
-                           reference=str(reference_path(source, workload, target)), write_reference=baseline is None,
+                           reference=str(reference_path(source, workload, target)), write_reference=baseline is None and not compile_only,
                            compile_cache=compile_cache, compile_artifact=compile_artifact,
-                           greedy_match=greedy_match or baseline is None)
+                           greedy_match=greedy_match or baseline is None, compile_only=compile_only)
     outcome = run_isolated(request, timeout or BASELINE_TIMEOUT_S, policy.memory_cap_bytes,
                            None if baseline is None else first_call_cap_s, gate)  # the baseline is never pruned
     figures = outcome.figures
-    if outcome.status != Status.OK:
+    if outcome.status != Status.OK or compile_only:
         return Evaluation(recipe, outcome.status, figures, outcome.error)
     figures.quality_valid = not source.config_only
     bad_timing = place_on_roofline(figures, target)

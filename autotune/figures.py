@@ -120,6 +120,16 @@ def is_deferred(figures) -> bool:
     return bool(figures) and figures.get("phase") == DEFERRED
 
 
+#: the phase of a candidate compiled after its search for the team compile cache (:mod:`autotune.backfill`):
+#: its first call's time is a compile's, nothing else was measured
+COMPILED_ONLY = "compiled only"
+
+
+def is_compiled_only(figures) -> bool:
+    """Whether a measurement is a compile finished after its search: it stands for no measurement."""
+    return bool(figures) and figures.get("phase") == COMPILED_ONLY
+
+
 class Key:
     """Figure keys by name, for figures held as dicts (stored rows, JSON): ``Key.tpot_ms_p50`` is
     ``"tpot_ms_p50"`` — a misspelt key is an AttributeError, not a figure silently missing."""

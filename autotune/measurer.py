@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 from . import compile_share
 from .compile_cost import CompileCaps, CompileCost, shipped_prior
 from .evaluate import Evaluation, evaluate
-from .figures import DEFERRED, SPEED_KEYS, Figures, Key, is_deferred
+from .figures import COMPILED_ONLY, DEFERRED, SPEED_KEYS, Figures, Key, is_compiled_only, is_deferred
 from .optimization import Optimization
 from .recipe import describe, recipe_key, resolve
 from .reuse import Today, reusable, reuse_key
@@ -163,9 +163,11 @@ class Measurer:
     def measure_or_reuse(self, recipe: dict, on_status=lambda s: None, number: int = -1) -> TrialRecord:
         """A stored measurement that stands for this recipe, or a new one (or a deferral: its compile
         is predicted past any cap the search can give it)."""
-        artifact = self._shared_artifact(recipe)  # the team holds its compiled artifact: it loads, not compiles
+        artifact = self.shared_artifact(recipe)  # the team holds its compiled artifact: it loads, not compiles
         cap, defer, predicted = self.caps.plan(recipe, recipe_key(recipe), shared=artifact is not None)
-        earlier = [r for r in self._earlier(recipe) if defer or not is_deferred(r.figures)]
+        # a compile finished after a search measured nothing: it stands for no measurement
+        earlier = [r for r in self._earlier(recipe)
+                   if (defer or not is_deferred(r.figures)) and not is_compiled_only(r.figures)]
         row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
         if row is not None:
             return self.record(number, row)
@@ -176,6 +178,24 @@ class Measurer:
         on_status(describe(recipe, self.optimizations))
         return self._measure(recipe, is_baseline=False, number=number, first_call_cap_s=cap, predicted=predicted,
                              compile_artifact=artifact)
+
+    def compile_only(self, recipe: dict, timeout: float) -> TrialRecord:
+        """Compile ``recipe`` into the team cache after the search (:mod:`autotune.backfill`), measuring
+        nothing, and store it as :data:`~autotune.figures.COMPILED_ONLY`: its first call's time joins the
+        compile history (a first call that loaded the team's artifact compiled nothing: not a compile's)."""
+        ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
+                      timeout=timeout, policy=self.spec.policy, compile_cache=self.compile_cache,
+                      compile_artifact=self.shared_artifact(recipe), compile_only=True)
+        ev.figures.phase = COMPILED_ONLY
+        status = Status.PRUNED if ev.status == Status.OK else ev.status
+        error = ev.error or "compiled after its search for the team compile cache; nothing measured"
+        record = self._store(-1, recipe, status, ev.figures, timeout, error)
+        if not compile_share.loaded(ev.figures.compile_shared):
+            self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, None)
+        return record
+
+    def compile_share_display(self) -> str:
+        return compile_share.mask(self.compile_cache) if self.compile_cache else "no team compile cache"
 
     def record_invalid(self, number: int, recipe: dict, reason: str) -> TrialRecord:
         """A candidate the plugins' rules rule out: stored, never run."""
@@ -215,7 +235,7 @@ class Measurer:
         return queries.previous(self.store, self.ids.model_id, self.ids.target_id, self.ids.workload_id,
                                 writes.key_hash(recipe_key(recipe)), self.reuse_key)
 
-    def _shared_artifact(self, recipe: dict) -> str | None:
+    def shared_artifact(self, recipe: dict) -> str | None:
         """The team compile cache's artifact the database names for this recipe and model on this
         hardware class and versions (the newest); None without a team cache."""
         if not self.compile_cache:

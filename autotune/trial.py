@@ -52,6 +52,9 @@ class TrialRequest:
     #: free-running greedy call of its own, for ``greedy_match``, only where this says the figure is
     #: wanted (the baseline's reference; a budget that names it): it was ~40 s of the README job's 600
     greedy_match: bool = True
+    #: compile and save only (:mod:`autotune.backfill`): the first calls and the warm-up, with no limits,
+    #: the compiled artifact saved to the team cache; nothing measured
+    compile_only: bool = False
 
 
 @dataclass
@@ -105,7 +108,9 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     # alone, with the incumbent's round to screen against, a candidate past the abandon limit in its warm
     # call has paid for the envelope pass already: that call runs to its end and the pass gives it figures
     # (screened) where abandoning it left none (README job: 5 of 12 trials, 21-42 s each, taught nothing)
-    screen_first = bool(screen_s) and not shared_cpu
+    screen_first = bool(screen_s) and not shared_cpu and not request.compile_only
+    if request.compile_only:  # every program once, to its end: nothing is judged
+        limits = Limits()
     try:
         on_phase("first call")
         # a typical first call that compiled nothing and ran past the screen already shows a loser: its
@@ -120,6 +125,8 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
             from .compile_share import save_from_torch
 
             figures.compile_artifact = save_from_torch(request.compile_cache)
+        if request.compile_only:
+            return Outcome(Status.OK, figures)
         on_phase("measure")
         if not ((screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s))
                 or (policy.pass_round and run.pass_as_round(figures, policy))):

@@ -123,6 +123,23 @@ def test_a_recipe_the_team_compiled_loads_rather_than_compiles(tiny_search):
     assert not defer and predicted is None and cap == caps.base_cap(key)
 
 
+def test_a_compile_finished_after_the_search_stands_for_no_measurement(tiny_search):
+    """A candidate compiled after its search (:mod:`autotune.backfill`, phase "compiled only") measured
+    nothing: the newest row of its recipe in this very study, it is still not taken for a measurement
+    (a study resumed on the host measures the candidate); its first call's time is compile history."""
+    search = tiny_search
+    search.baseline()
+    candidate = resolve({"quantization": {"method": "torchao-int8-weight"}}, search.optimizations)
+    row = writes.record_measurement(
+        search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study=search.study_name,
+        is_baseline=False, status=Status.PRUNED.value, error="compiled after its search",
+        figures={"phase": "compiled only", "first_call_s": 2.0, "compile_artifact": "ab" * 32},
+        reuse_key=search.measurer.reuse_key, trial_limit_s=None)
+    assert any(p.id == row.id and p.seconds == 2.0 for p in queries.compile_history(search.store))
+    record = search.measurer.measure_or_reuse(candidate)
+    assert record.measurement_id != row.id and record.status == Status.OK, (record.status, record.error)
+
+
 def test_a_cap_that_fits():
     """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
     and the time left affords it; deferred when it does not. Seeds get 40% of the search's time, or

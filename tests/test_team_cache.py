@@ -60,21 +60,25 @@ def test_a_tampered_artifact_is_refused_and_never_loaded(monkeypatch):
 
 
 def host_search(tmp_path, model: str, host: str, study: str, db: str, remeasure: bool,
-                space: dict = ONE_COMPILED) -> tuple[dict, str]:
+                space: dict = ONE_COMPILED, trials: int = 1, status: str | None = None,
+                target: str | None = None) -> tuple[dict, str]:
     """``autotune search`` as one host of the team: its own local caches (autotune's, inductor's), the
-    shared database and the shared Redis."""
+    shared database and the shared Redis. Returns its one trial of the compiled recipe (``status``:
+    the one that ended so) and its output."""
     home = tmp_path / host
     env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(home / "cache"), "AUTOTUNE_DATA_DIR": str(home / "data"),
            "AUTOTUNE_COMPILE_CACHE": REDIS}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    f = write_study(tmp_path, model, space, trials=1)
+    f = write_study(tmp_path, model, space, trials=trials)
     cmd = [sys.executable, "-m", "autotune", "search", "--study-file", f, "--study", study, "--db", db, "--json",
            "--jobs", "1"] + (["--remeasure"] if remeasure else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(proc.stdout)
-    (trial,) = [t for t in payload["trials"] if t["recipe"]["compile"]["target"] == space["compile.target"][0]]
-    return trial, proc.stdout + proc.stderr
+    found = [t for t in payload["trials"] if t["recipe"]["compile"]["target"] == (target or space["compile.target"][0])
+             and (status is None or t["status"] == status)]
+    assert len(found) == 1, [(t["recipe"]["compile"]["target"], t["status"], t.get("error")) for t in payload["trials"]]
+    return found[0], proc.stdout + proc.stderr
 
 
 @needs_redis
@@ -103,4 +107,62 @@ def test_a_second_host_builds_no_aotinductor_package_the_first_built(tmp_path, t
     assert "1 AOTInductor package" in second["compile_shared"]
     assert second["graphs_built"] == 0, "host b built a package host a had built"
     assert list((tmp_path / "b" / "cache" / "aoti").glob("*.pt2")), "the package was not written on host b"
+    assert PASSWORD not in out_b
+
+
+@needs_redis
+def test_a_deferred_compile_finishes_after_the_search_and_the_next_host_loads_it(tmp_path, tiny_model):
+    """Host a defers the compiled candidate (the history says such a compile took 200 s, past its 120 s
+    cap with the margin); after its summary it compiles it in a detached process at idle priority into
+    the team cache, recorded as compiled only (its compile's time is history; it is no recipe). A host b
+    with its own local caches then measures the candidate loading that artifact: not deferred,
+    nothing compiled."""
+    import time
+
+    import psutil
+
+    from autotune import api
+    from autotune.recipe import recipe_key, resolve
+    from autotune.registry import get_optimizations
+    from autotune.states import Status
+    from autotune.store import Store, queries, writes
+    from autotune.tuner import Search
+
+    db = f"sqlite:///{tmp_path / 'team.db'}"
+    search = Search(api.search_spec(None, study_file=write_study(tmp_path, tiny_model, ONE_COMPILED, trials=1),
+                                    device="cpu"), Store(db), get_optimizations())
+    like = resolve({"compile": {"target": "forward"}, "cache": {"implementation": "static"}}, search.optimizations)
+    writes.record_measurement(search.store, search.ids, recipe_key=recipe_key(like), recipe=like, study="history",
+                              is_baseline=False, status=Status.OK.value, error=None,
+                              figures={"first_call_s": 200.0, "tpot_ms_p50": 1.0}, reuse_key="another", trial_limit_s=None)
+
+    # (an uncompiled candidate too, so that host a's search has a recipe to show)
+    space = {**ONE_COMPILED, "compile.target": ["off", "forward"]}
+    deferred, out_a = host_search(tmp_path, tiny_model, "a", "team", db, remeasure=False, space=space, trials=2,
+                                  target="forward")
+    assert deferred["status"] == "pruned" and deferred["phase"] == "deferred", deferred
+    started = [line for line in out_a.splitlines() if line.startswith("compiling 1 candidate")]
+    assert started and "idle priority" in started[0] and PASSWORD not in out_a, out_a[-2000:]
+    pid = int(started[0].split("pid ")[1].split(";")[0])
+    log = started[0].split("log ")[1].rstrip(")")
+    try:
+        psutil.Process(pid).wait(timeout=600)
+    except psutil.NoSuchProcess:
+        pass
+    text = open(log).read()
+    assert "done: 1 of 1 compiled into the team cache" in text and PASSWORD not in text, text
+    assert not list((tmp_path / "a" / "cache" / "background").glob("*.json")), "the job file (it names the db) stays"
+
+    store = Store(db)
+    rows = [r for r in queries.list_measurements(store, None, include_failed=True) if r.study == "team"]
+    (compiled,) = [r for r in rows if (r.figures or {}).get("phase") == "compiled only"]
+    assert compiled.status == "pruned" and compiled.figures["first_call_s"] > 0 and compiled.figures["compile_artifact"]
+    assert compiled.id not in {r.id for r in queries.list_measurements(store, None)}, "listed as a recipe"
+    assert any(p.id == compiled.id for p in queries.compile_history(store)), "its compile's time is history"
+
+    measured, out_b = host_search(tmp_path, tiny_model, "b", "team-b", db, remeasure=False, space=space, trials=2,
+                                  status="ok", target="forward")
+    assert measured["compile_shared"].startswith(f"loaded {compiled.figures['compile_artifact'][:12]}"), measured
+    assert measured["graphs_built"] == 0, "host b compiled what the background compiled"
+    assert "the search deferred or stopped at the cap" not in out_b, "nothing was left to compile"
     assert PASSWORD not in out_b
