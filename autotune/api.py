@@ -62,6 +62,17 @@ class TuningResult:
 
         return load(self.best, strict=strict, device=device)
 
+    def finish_compiles(self, seconds: float | None = None) -> dict | None:
+        """With a team compile cache: compile what the search deferred or stopped at its compile cap, in a
+        detached process at idle priority, for ``seconds`` at most (default: the search's timeout, else
+        600), as ``autotune search`` does after its summary (:mod:`autotune.backfill`). Returns what was
+        started (``pid``, ``log``, ``pending``, ``budget_s``), or None when there is nothing to compile."""
+        from . import backfill
+
+        if self.run is None or self.interrupted:
+            return None
+        return backfill.start(self.run.measurer, self.raw.records, seconds)
+
     def rows(self) -> list[dict]:
         """Trials as flat rows: figures, status, and one ``plugin.option`` column per choice."""
         out = []

@@ -36,16 +36,35 @@ DEFAULT_BUDGET_S = 600.0
 @dataclass
 class Pending:
     """A candidate whose compile the search did not finish: its recipe, its predicted first call
-    (seconds; None: nothing known) and why it was not compiled."""
+    (seconds; None: nothing known; ``bound``: the prediction rests on a compile stopped at a cap, so the
+    compile takes at least that) and why it was not compiled."""
 
     recipe: dict
     predicted_s: float | None
     why: str
+    bound: bool = False
+
+    def limit(self, left: float) -> float:
+        """How long its compile may run: :data:`LIMIT_FACTOR` times a prediction (at least
+        :data:`MIN_LIMIT_S`), within the time ``left``; all of it for a bound or nothing known."""
+        if self.predicted_s is None or self.bound:
+            return left
+        return min(left, max(MIN_LIMIT_S, LIMIT_FACTOR * self.predicted_s))
+
+
+#: a compile predicted at p seconds runs at most this many times p in the background
+LIMIT_FACTOR = 3.0
+MIN_LIMIT_S = 60.0
 
 
 def pending(measurer, records) -> list[Pending]:
     """This search's deferred and cap-stopped candidates whose compiled artifact the team cache does not
-    hold yet, cheapest predicted first (the most compiles within the budget); none without a team cache."""
+    hold yet, and that no earlier background compile of this target failed on under the limit they would
+    get now: those predicted from compiles that finished first, cheapest first (the most compiles within
+    the budget), then those whose prediction is only a bound (their cost has no top: the README job's
+    background spent its whole 600 s on a compiled ``generate`` predicted at ">= 60 s", and the two
+    ahead-of-time candidates predicted at 71-72 s, which the next host then compiled itself, waited
+    behind it). None without a team cache."""
     if not measurer.compile_cache:
         return []
     out, seen = [], set()
@@ -59,14 +78,22 @@ def pending(measurer, records) -> list[Pending]:
         seen.add(key)
         guess = measurer.caps.cost.predict(r.recipe) if measurer.caps.cost else None
         why = "deferred" if is_deferred(f) else f"stopped at its {f.first_call_cap_s:.0f} s compile cap"
-        out.append(Pending(r.recipe, guess.seconds if guess else f.predicted_first_call_s, why))
-    return sorted(out, key=lambda p: p.predicted_s or 0.0)
+        out.append(Pending(r.recipe, guess.seconds if guess else f.predicted_first_call_s, why,
+                           bound=bool(guess and guess.at_least)))
+    failed = measurer.failed_background_limits
+    return order([p for p in out if failed(p.recipe) < p.limit(measurer.spec.timeout or DEFAULT_BUDGET_S)])
+
+
+def order(items: list[Pending]) -> list[Pending]:
+    """Predicted from finished compiles first, cheapest first; then bounds and the unknown."""
+    return sorted(items, key=lambda p: (p.bound or p.predicted_s is None, p.predicted_s or 0.0))
 
 
 def compile_pending(measurer, items: list[Pending], budget_s: float,
                     say: Callable[[str], None] = lambda s: None) -> list:
-    """Compile ``items`` in turn within ``budget_s`` seconds (one predicted past the time left, with
-    :data:`~autotune.compile_cost.MARGIN`, is skipped); returns the stored records."""
+    """Compile ``items`` in turn within ``budget_s`` seconds, each within :meth:`Pending.limit` (one
+    predicted past the time left, with :data:`~autotune.compile_cost.MARGIN`, is skipped); returns the
+    stored records."""
     from .recipe import describe
 
     deadline = time.monotonic() + budget_s
@@ -78,12 +105,13 @@ def compile_pending(measurer, items: list[Pending], budget_s: float,
             say(f"skipped {text}: predicted at {item.predicted_s:.0f} s, {left:.0f} s left")
             continue
         started = time.monotonic()
-        record = measurer.compile_only(item.recipe, timeout=left)
+        record = measurer.compile_only(item.recipe, timeout=item.limit(left))
         f = record.figures
         outcome = (f"compiled in {f.first_call_s:.0f} s, artifact {f.compile_artifact[:12]}"
                    if f.compile_artifact else f"{record.status}: {record.error}")
-        say(f"{text} ({item.why}, predicted {item.predicted_s or 0:.0f} s): {outcome} "
-            f"[{time.monotonic() - started:.0f} s]")
+        guess = "nothing known" if item.predicted_s is None else \
+            f"predicted {'>= ' if item.bound else ''}{item.predicted_s:.0f} s"
+        say(f"{text} ({item.why}, {guess}): {outcome} [{time.monotonic() - started:.0f} s]")
         done.append(record)
     return done
 

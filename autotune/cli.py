@@ -290,23 +290,23 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
         return
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     result = api.search(model, db=db_url, progress=not as_json, on_status=say, **given)
-    if not result.interrupted:  # (when nothing fits too: the next search may find what was not compiled)
-        _finish_compiles(result.run.measurer, result.raw.records, finish_compiles)
-    if result.best is None:
-        raise NoFeasibleRecipe(result.binding)
-    if as_json:
-        click.echo(json.dumps(report_text.search_payload(result.raw, result.run), indent=2))
-    else:
-        click.echo(report_text.search_text(result.raw, result.run))
+    try:
+        if result.best is None:
+            raise NoFeasibleRecipe(result.binding)
+        if as_json:
+            click.echo(json.dumps(report_text.search_payload(result.raw, result.run), indent=2))
+        else:
+            click.echo(report_text.search_text(result.raw, result.run))
+    finally:  # (when nothing fits too: the team's next search may find what this one could not compile)
+        _finish_compiles(result, finish_compiles)
 
 
-def _finish_compiles(measurer, records, budget_s) -> None:
+def _finish_compiles(result, budget_s) -> None:
     """What the search deferred or stopped at its compile cap, compiled in the background for the team
     (:mod:`autotune.backfill`); one line on stderr says so."""
-    from . import backfill
-
-    started = backfill.start(measurer, records, budget_s)
+    started = result.finish_compiles(budget_s)
     if started:
+        measurer = result.run.measurer
         n = started["pending"]
         click.echo(f"compiling {n} candidate{'s' * (n != 1)} the search deferred or stopped at the cap, in the "
                    f"background at idle priority for {measurer.compile_share_display()} (at most "

@@ -194,6 +194,12 @@ class Measurer:
             self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, None)
         return record
 
+    def failed_background_limits(self, recipe: dict) -> float:
+        """The longest limit a compile of ``recipe`` after a search (:meth:`compile_only`) failed under on
+        this target (0: none failed): a background given no more than that would fail again."""
+        return max((r.trial_limit_s or 0.0 for r in self._earlier(recipe)
+                    if is_compiled_only(r.figures) and Status(r.status).failed), default=0.0)
+
     def compile_share_display(self) -> str:
         return compile_share.mask(self.compile_cache) if self.compile_cache else "no team compile cache"
 

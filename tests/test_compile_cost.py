@@ -140,6 +140,40 @@ def test_a_compile_finished_after_the_search_stands_for_no_measurement(tiny_sear
     assert record.measurement_id != row.id and record.status == Status.OK, (record.status, record.error)
 
 
+def test_the_background_compiles_what_it_can_finish_first(tiny_search):
+    """After a search, compiles predicted from finished ones go first, cheapest first, each within three
+    times its prediction; a bound (">= 60 s": its top unknown) goes last with all that is left; and a
+    recipe whose background compile already failed under the limit it would get now is not tried again."""
+    from dataclasses import replace
+
+    from autotune.backfill import Pending, order, pending
+    from autotune.figures import Figures
+    from autotune.measurer import TrialRecord
+
+    bound, cheap, dear = (Pending({"a": {}}, 60.0, "deferred", bound=True), Pending({"b": {}}, 72.0, "deferred"),
+                          Pending({"c": {}}, 164.0, "deferred"))
+    assert order([bound, dear, cheap]) == [cheap, dear, bound]
+    assert cheap.limit(600) == 216.0 and bound.limit(600) == 600 and dear.limit(100) == 100
+    assert Pending({}, 5.0, "x").limit(600) == 60.0
+
+    search = tiny_search
+    search.baseline()
+    m = search.measurer
+    m.compile_cache = "redis://:pw@nowhere:6379/0"  # (pending reads the database only)
+    candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
+    deferred = Figures(phase="deferred", first_call_cap_s=60.0, predicted_first_call_s=90.0)
+    records = [TrialRecord(0, 1, candidate, Status.PRUNED, deferred, "deferred", reused=False)]
+    (item,) = pending(m, records)
+    assert item.recipe == candidate and item.why == "deferred"
+    m.spec = replace(m.spec, timeout=600.0)
+    writes.record_measurement(
+        search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study=search.study_name,
+        is_baseline=False, status=Status.TIMEOUT.value, error="no result within 600 s",
+        figures={"phase": "compiled only"}, reuse_key=m.reuse_key, trial_limit_s=600.0)
+    assert m.failed_background_limits(candidate) == 600.0
+    assert pending(m, records) == [], "tried again under the limit it failed under"
+
+
 def test_a_cap_that_fits():
     """Predicted 40 s against a 30 s cap of a time-boxed search: a 52 s cap when the policy allows it
     and the time left affords it; deferred when it does not. Seeds get 40% of the search's time, or
