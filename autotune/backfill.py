@@ -102,7 +102,8 @@ def compile_pending(measurer, items: list[Pending], budget_s: float,
         left = deadline - time.monotonic()
         text = describe(item.recipe, measurer.optimizations)
         if item.predicted_s is not None and item.predicted_s * MARGIN > left:
-            say(f"skipped {text}: predicted at {item.predicted_s:.0f} s, {left:.0f} s left")
+            say(f"skipped {text}: predicted at {'>= ' if item.bound else ''}{item.predicted_s:.0f} s, "
+                f"{max(0.0, left):.0f} s left")
             continue
         started = time.monotonic()
         record = measurer.compile_only(item.recipe, timeout=item.limit(left))
