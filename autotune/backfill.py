@@ -57,14 +57,15 @@ LIMIT_FACTOR = 3.0
 MIN_LIMIT_S = 60.0
 
 
-def pending(measurer, records) -> list[Pending]:
+def pending(measurer, records, budget_s: float) -> list[Pending]:
     """This search's deferred and cap-stopped candidates whose compiled artifact the team cache does not
     hold yet, and that no earlier background compile of this target failed on under the limit they would
     get now: those predicted from compiles that finished first, cheapest first (the most compiles within
     the budget), then those whose prediction is only a bound (their cost has no top: the README job's
     background spent its whole 600 s on a compiled ``generate`` predicted at ">= 60 s", and the two
     ahead-of-time candidates predicted at 71-72 s, which the next host then compiled itself, waited
-    behind it). None without a team cache."""
+    behind it). ``budget_s``: the background's time, the most any of them could get. None without a team
+    cache."""
     if not measurer.compile_cache:
         return []
     out, seen = [], set()
@@ -81,7 +82,7 @@ def pending(measurer, records) -> list[Pending]:
         out.append(Pending(r.recipe, guess.seconds if guess else f.predicted_first_call_s, why,
                            bound=bool(guess and guess.at_least)))
     failed = measurer.failed_background_limits
-    return order([p for p in out if failed(p.recipe) < p.limit(measurer.spec.timeout or DEFAULT_BUDGET_S)])
+    return order([p for p in out if failed(p.recipe) < p.limit(budget_s)])
 
 
 def order(items: list[Pending]) -> list[Pending]:
@@ -123,9 +124,9 @@ def start(measurer, records, budget_s: float | None = None) -> dict | None:
     ``budget_s``), or None when there is nothing to compile (or no team cache)."""
     from .paths import cache_dir
 
-    items = pending(measurer, records)
     budget_s = budget_s if budget_s is not None else (measurer.spec.timeout or DEFAULT_BUDGET_S)
-    if not items or budget_s <= 0:
+    items = pending(measurer, records, budget_s) if budget_s > 0 else []
+    if not items:
         return None
     folder = cache_dir() / "background"
     folder.mkdir(parents=True, exist_ok=True)

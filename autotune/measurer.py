@@ -181,18 +181,15 @@ class Measurer:
 
     def compile_only(self, recipe: dict, timeout: float) -> TrialRecord:
         """Compile ``recipe`` into the team cache after the search (:mod:`autotune.backfill`), measuring
-        nothing, and store it as :data:`~autotune.figures.COMPILED_ONLY`: its first call's time joins the
-        compile history (a first call that loaded the team's artifact compiled nothing: not a compile's)."""
+        nothing, and store it as :data:`~autotune.figures.COMPILED_ONLY`: the stored row's first call joins
+        the compile history of later searches (:func:`autotune.store.queries.compile_history`)."""
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       timeout=timeout, policy=self.spec.policy, compile_cache=self.compile_cache,
                       compile_artifact=self.shared_artifact(recipe), compile_only=True)
         ev.figures.phase = COMPILED_ONLY
         status = Status.PRUNED if ev.status == Status.OK else ev.status
         error = ev.error or "compiled after its search for the team compile cache; nothing measured"
-        record = self._store(-1, recipe, status, ev.figures, timeout, error)
-        if not compile_share.loaded(ev.figures.compile_shared):
-            self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, None)
-        return record
+        return self._store(-1, recipe, status, ev.figures, timeout, error)
 
     def failed_background_limits(self, recipe: dict) -> float:
         """The longest limit a compile of ``recipe`` after a search (:meth:`compile_only`) failed under on

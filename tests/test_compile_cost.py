@@ -144,8 +144,6 @@ def test_the_background_compiles_what_it_can_finish_first(tiny_search):
     """After a search, compiles predicted from finished ones go first, cheapest first, each within three
     times its prediction; a bound (">= 60 s": its top unknown) goes last with all that is left; and a
     recipe whose background compile already failed under the limit it would get now is not tried again."""
-    from dataclasses import replace
-
     from autotune.backfill import Pending, order, pending
     from autotune.figures import Figures
     from autotune.measurer import TrialRecord
@@ -163,15 +161,14 @@ def test_the_background_compiles_what_it_can_finish_first(tiny_search):
     candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
     deferred = Figures(phase="deferred", first_call_cap_s=60.0, predicted_first_call_s=90.0)
     records = [TrialRecord(0, 1, candidate, Status.PRUNED, deferred, "deferred", reused=False)]
-    (item,) = pending(m, records)
+    (item,) = pending(m, records, 600.0)
     assert item.recipe == candidate and item.why == "deferred"
-    m.spec = replace(m.spec, timeout=600.0)
     writes.record_measurement(
         search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study=search.study_name,
         is_baseline=False, status=Status.TIMEOUT.value, error="no result within 600 s",
         figures={"phase": "compiled only"}, reuse_key=m.reuse_key, trial_limit_s=600.0)
     assert m.failed_background_limits(candidate) == 600.0
-    assert pending(m, records) == [], "tried again under the limit it failed under"
+    assert pending(m, records, 600.0) == [], "tried again under the limit it failed under"
 
 
 def test_a_cap_that_fits():
