@@ -54,6 +54,11 @@ class Prediction:
         return f"{'>= ' if self.at_least else ''}{self.seconds:.0f} s ({self.basis})"
 
 
+def compile_target(recipe: dict) -> str:
+    """What a recipe compiles (the compile plugin's ``target``; ``off``: nothing)."""
+    return str(recipe.get("compile", {}).get("target", "off"))
+
+
 def flat(recipe: dict) -> dict[str, object]:
     return {f"{p}.{o}": v for p, opts in recipe.items() if isinstance(opts, dict) for o, v in opts.items()}
 
@@ -127,7 +132,7 @@ class CompileCost:
         for p, _ in self.history:
             if p.censored or p.model_id != self.model_id or p.hardware_key != self.hardware_key or p.seconds <= 0:
                 continue
-            if compiled_only and p.recipe.get("compile", {}).get("target", "off") == "off":
+            if compiled_only and compile_target(p.recipe) == "off":
                 continue
             guess = self.predict(p.recipe, exclude=p.id)
             if guess is not None:
@@ -165,18 +170,31 @@ class CompileCaps:
         self.policy, self.timeout, self.seed_keys = policy, timeout, seed_keys
         self.cost: CompileCost | None = None
         self.deadline: float | None = None
+        self.fitted: set[str] = set()  # compile targets a seed within the budget has compiled (see seed_fits)
 
-    def base_cap(self, key: str) -> float:
+    def base_cap(self, key: str, recipe: dict | None = None) -> float:
         """The policy's cap, and within a time-boxed search at most a tenth of the search's time, so one
         pathological compile cannot eat the budget of ten candidates — except a seed's (``key`` among
         ``seed_keys``), the prior's best bets, which get the policy's cap or, in a time-boxed search,
         :data:`SEED_SHARE` of its time when that is more: the AOTInductor seed, the usual CPU winner,
-        compiled in 110 s on a fast day and 174-206 s on a slow one (Xeon, 2 cores)."""
+        compiled in 110 s on a fast day and 174-206 s on a slow one (Xeon, 2 cores). Only until a seed
+        compiled the same way (``recipe``'s compile target) fits the budget: see :meth:`seed_fits`."""
         if not self.timeout:
             return self.policy.max_first_call_s
-        if key in self.seed_keys:
+        if key in self.seed_keys and compile_target(recipe or {}) not in self.fitted:
             return max(self.policy.max_first_call_s, SEED_SHARE * self.timeout)
         return min(self.policy.max_first_call_s, max(30.0, self.timeout / 10))
+
+    def seed_fits(self, recipe: dict, key: str) -> None:
+        """A seed (``key`` among ``seed_keys``) measured within the budget: a seed's share of the search pays
+        for one figure of its compile target early, the likely winner's; the seeds left of that target
+        are then candidates like any other — under the ordinary cap, or a cap that fits their prediction,
+        or deferred (and compiled after the search for the team). On a fresh host the int8 AOTInductor
+        seed, after the int4 one fit the README job's budget, took 110 s of its 600 (Xeon, 2 cores): the
+        time of four eager candidates' figures."""
+        target = compile_target(recipe)
+        if key in self.seed_keys and target != "off":
+            self.fitted.add(target)
 
     def plan(self, recipe: dict, key: str, shared: bool = False) -> tuple[float, bool, Prediction | None]:
         """(cap, defer, prediction) for a candidate; ``shared``: the team compile cache holds what an
@@ -187,7 +205,7 @@ class CompileCaps:
         import time
 
         predicted = self.cost.predict(recipe) if self.cost and not shared else None
-        cap = self.base_cap(key)
+        cap = self.base_cap(key, recipe)
         if self.deadline is not None:
             cap = min(cap, max(MIN_CAP_S, self.deadline - time.monotonic()))
         return (*self.cap_for(predicted, cap), predicted)

@@ -260,6 +260,8 @@ class Measurer:
         return self._best_feasible
 
     def note_incumbent(self, record: TrialRecord) -> None:
+        if record.feasible:
+            self.caps.seed_fits(record.recipe, recipe_key(record.recipe))
         e2e = record.figures.e2e_ms_p50
         if record.feasible and e2e is not None and record.figures.tpot_ms_p50 is not None:
             if self._best_feasible is None or e2e < self._best_feasible.e2e_ms_p50:

@@ -204,6 +204,30 @@ def test_a_cap_that_fits():
     assert caps.cap_for(Prediction(185.0, 1, "x"), 200.0) == (200.0, True)
 
 
+def test_a_seed_compiled_like_one_that_fits_is_deferred_on_its_prediction():
+    """After the int4 AOTInductor seed fits the budget, the int8 one predicted at 92 s from it is
+    deferred under the ordinary cap (60 s) rather than run for 110 s under a seed's 240; a seed of
+    another compile target keeps its share."""
+    from autotune.compile_cost import CompileCaps, Prediction
+    from autotune.spec import MeasurePolicy
+
+    aoti, layers = {"compile": {"target": "aoti"}}, {"compile": {"target": "decode", "scope": "layers"}}
+    caps = CompileCaps(MeasurePolicy(max_first_call_s=60.0), timeout=600, seed_keys={"int4", "int8", "layers"})
+
+    class Cost:
+        def predict(self, recipe):
+            return Prediction(92.0, 1, "1 of the same compile target here")
+
+    caps.cost = Cost()
+    assert caps.plan(aoti, "int8")[:2] == (240.0, False)
+    caps.seed_fits(aoti, "not a seed")
+    caps.seed_fits({"compile": {"target": "off"}}, "int8")
+    assert caps.plan(aoti, "int8")[:2] == (240.0, False)
+    caps.seed_fits(aoti, "int4")
+    assert caps.plan(aoti, "int8")[:2] == (60.0, True)
+    assert caps.plan(layers, "layers")[:2] == (240.0, False)
+
+
 def test_no_first_call_runs_past_the_searchs_deadline():
     """A seed's 120 s cap shrinks to the time the search has left (at least 10 s), and a candidate
     predicted past what is left is deferred, not launched to be stopped."""

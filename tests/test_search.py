@@ -225,6 +225,37 @@ def test_seeds_get_the_policys_whole_compile_cap(tiny_model, db_url):
     assert short.base_cap(recipe_key(aoti[0])) == 120
 
 
+def test_once_a_seed_fits_the_budget_the_seeds_compiled_like_it_get_the_ordinary_cap(tiny_model, db_url):
+    """A seed's share of the search pays for one figure of its compile target: once the int4
+    AOTInductor seed is within the budget, the int8 one (110 s of a fresh host's 600) competes like any
+    candidate; a seed over the budget, or the baseline, leaves the others' share alone."""
+    from autotune.figures import Figures
+    from autotune.measurer import TrialRecord
+    from autotune.recipe import recipe_key
+    from autotune.registry import get_optimizations
+    from autotune.states import Status
+    from autotune.tuner import Search
+    from autotune.spec import build
+
+    run = Search(build(model=tiny_model, timeout=600, budget="memory<=2GiB"), Store(db_url), get_optimizations())
+    m, caps = run.measurer, run.measurer.caps
+    aoti = [r for r in run.seeds if r["compile"].get("target") == "aoti"]
+    others = [r for r in run.seeds if r["compile"].get("target") not in ("aoti", "off")]
+    assert len(aoti) == 2 and others, [r["compile"] for r in run.seeds]
+    first, second = aoti
+
+    def fits(recipe, memory_gib):
+        figures = Figures(peak_memory_bytes=memory_gib * 2**30, quality=0.97)
+        return TrialRecord(0, 1, recipe, Status.OK, figures, None, False, missed=run.budget.missed(figures))
+
+    m.note_incumbent(fits(run.baseline_recipe, 1))
+    m.note_incumbent(fits(first, 3))  # over the budget
+    assert caps.base_cap(recipe_key(second), second) == 240
+    m.note_incumbent(fits(first, 1))
+    assert caps.base_cap(recipe_key(second), second) == 60
+    assert all(caps.base_cap(recipe_key(r), r) == 240 for r in others)
+
+
 def test_a_compile_past_the_cap_stands_for_searches_with_no_larger_cap(chaos, tmp_path, tiny_model, monkeypatch):
     """Compile time is the recipe's, the target's and the versions' (all in the reuse key), not the
     incumbent's: a candidate whose first call ran past a 2 s cap is not compiled again by another
