@@ -145,25 +145,16 @@ def start(measurer, records, budget_s: float | None = None) -> dict | None:
     return {"pid": proc.pid, "log": str(log), "pending": len(items), "budget_s": budget_s}
 
 
-def _idle_priority() -> str:
-    """Run (and let every trial process started from here run) only when the CPU is otherwise idle."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, OSError):
-        os.nice(19)
-        return "nice 19"
-
-
 def main(path: str) -> int:
     from .compile_share import ENV
+    from .isolate.process import idle_priority
     from .measurer import Measurer
     from .registry import get_optimizations
     from .spec import SearchSpec
     from .store import Store
     from .target import current_target
 
-    priority = _idle_priority()
+    priority = idle_priority()  # (each compile's trial process sets its own too: see autotune.trial)
     with open(path) as fh:
         doc = json.load(fh)
     os.unlink(path)  # read once: it names the database and the cache

@@ -4,7 +4,12 @@ Several workers (processes on one host or many) share a job's Optuna study in th
 trial is reserved under the job's row lock, so none is run twice and the plan is never exceeded.
 Each running trial heartbeats through Optuna's RDB heartbeat; a trial whose worker died is failed
 after the grace period and retried by whichever worker notices. SIGTERM abandons the current trial
-(it is retried elsewhere) and exits; SIGINT finishes it first (a second SIGINT abandons)."""
+(it is retried elsewhere) and exits; SIGINT finishes it first (a second SIGINT abandons).
+
+With a team compile cache, the worker that records a job's end keeps what that job deferred or stopped
+at its compile cap (:func:`autotune.backfill.pending`) and, whenever the queue has nothing for it,
+compiles one of them into the team cache (:mod:`autotune.backfill`, at idle priority), then looks at the
+queue again: the team's next search of that model loads it rather than compiles it."""
 from __future__ import annotations
 
 import logging
@@ -59,6 +64,8 @@ class Worker:
         self.worker_id: int | None = None
         #: trials this worker reserved whose end it has not told the study yet: (study, storage, trial id)
         self.unsettled: list[tuple[object, object, int]] = []
+        #: compiles the jobs whose end this worker recorded could not afford: (job id, measurer, Pending)
+        self.backlog: list[tuple[int, object, object]] = []
 
     # -- signals -------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -95,6 +102,9 @@ class Worker:
                     backoff = 1.0
                     if job_id is None:
                         self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
+                        if self.backlog:  # one compile for the team, then the queue again
+                            self.compile_one()
+                            continue
                         if self.opt.exit_when_idle:
                             break
                         time.sleep(self.opt.poll_s)
@@ -205,6 +215,33 @@ class Worker:
         state = queue.finish_job(self.store, job_id, outcome)
         if state is not None:
             log.info("job %s %s", job_id, state)
+            self.keep_compiles(job_id, search, study)
+
+    # -- the team's compiles, when idle (autotune.backfill) ----------------------------------
+    def keep_compiles(self, job_id: int, search, study) -> None:
+        """What the job deferred or stopped at its compile cap, for :meth:`compile_one` (with a team
+        compile cache; only the worker that recorded the job's end keeps them: each is compiled once)."""
+        from . import backfill
+
+        m = search.measurer
+        items = backfill.pending(m, search.study_records(study), m.spec.timeout or backfill.DEFAULT_BUDGET_S)
+        if items:
+            log.info("job %s: %d compile%s it could not afford kept for when the queue is idle, for %s", job_id,
+                     len(items), "s" * (len(items) != 1), m.compile_share_display())
+        self.backlog += [(job_id, m, item) for item in items]
+
+    def compile_one(self) -> None:
+        """The first kept compile, into the team cache (skipped when a host of the team has compiled it
+        meanwhile), within its job's time (its ``--timeout``, else the background's default)."""
+        from . import backfill
+
+        job_id, m, item = self.backlog.pop(0)
+        if m.shared_artifact(item.recipe):
+            return
+        self.beat(state=WorkerState.RUNNING.value, job_id=job_id, current=f"compiling for the team ({item.why})")
+        backfill.compile_pending(m, [item], m.spec.timeout or backfill.DEFAULT_BUDGET_S,
+                                 lambda text: log.info("job %s, for the team: %s", job_id, text))
+        self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
 
 
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:

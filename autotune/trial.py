@@ -93,6 +93,11 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
     steps' times then say nothing of the recipe, so only the warm calls (alone) may judge it hopeless."""
     from .spec import MeasurePolicy
 
+    if request.compile_only:  # a compile for the team measures nothing: it must not slow what does, wherever
+        # it runs (after a search, or in an idle daemon worker beside another's trials)
+        from .isolate.process import idle_priority
+
+        idle_priority()
     use_persistent_compile_cache()
     policy = MeasurePolicy.from_dict(request.policy)
     figures = Figures()

@@ -142,9 +142,10 @@ def test_a_compile_finished_after_the_search_stands_for_no_measurement(tiny_sear
 
 def test_the_background_compiles_what_it_can_finish_first(tiny_search):
     """After a search, compiles predicted from finished ones go first, cheapest first, each within three
-    times its prediction; a bound (">= 60 s": its top unknown) goes last with all that is left; and a
-    recipe whose background compile already failed under the limit it would get now is not tried again."""
-    from autotune.backfill import Pending, order, pending
+    times its prediction; a bound (">= 60 s": its top unknown) goes last with all that is left; a
+    recipe whose background compile already failed under the limit it would get now is not tried again;
+    and no time for it (``--finish-compiles 0``) starts nothing."""
+    from autotune.backfill import Pending, order, pending, start
     from autotune.figures import Figures
     from autotune.measurer import TrialRecord
 
@@ -163,6 +164,7 @@ def test_the_background_compiles_what_it_can_finish_first(tiny_search):
     records = [TrialRecord(0, 1, candidate, Status.PRUNED, deferred, "deferred", reused=False)]
     (item,) = pending(m, records, 600.0)
     assert item.recipe == candidate and item.why == "deferred"
+    assert start(m, records, 0) is None, "--finish-compiles 0 started a background"
     writes.record_measurement(
         search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study=search.study_name,
         is_baseline=False, status=Status.TIMEOUT.value, error="no result within 600 s",

@@ -166,3 +166,49 @@ def test_a_deferred_compile_finishes_after_the_search_and_the_next_host_loads_it
     assert measured["graphs_built"] == 0, "host b compiled what the background compiled"
     assert "the search deferred or stopped at the cap" not in out_b, "nothing was left to compile"
     assert PASSWORD not in out_b
+
+
+@needs_redis
+def test_an_idle_daemon_compiles_what_its_job_deferred_for_the_team(tmp_path, tiny_model):
+    """A daemon is the team's worker: the job's compiled candidate is deferred (the history says such
+    a compile took 200 s), the job ends done without it, and the worker that recorded its end, finding
+    the queue empty, compiles it into the team cache: a compiled-only row with its artifact, no recipe."""
+    from click.testing import CliRunner
+
+    from autotune import api
+    from autotune.cli import cli
+    from autotune.recipe import recipe_key, resolve
+    from autotune.registry import get_optimizations
+    from autotune.states import Status
+    from autotune.store import Store, queries, queue, writes
+    from autotune.tuner import Search
+
+    db = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = write_study(tmp_path, tiny_model, {**ONE_COMPILED, "compile.target": ["off", "forward"]}, trials=2)
+    search = Search(api.search_spec(None, study_file=study, device="cpu"), Store(db), get_optimizations())
+    like = resolve({"compile": {"target": "forward"}, "cache": {"implementation": "static"}}, search.optimizations)
+    writes.record_measurement(search.store, search.ids, recipe_key=recipe_key(like), recipe=like, study="history",
+                              is_baseline=False, status=Status.OK.value, error=None,
+                              figures={"first_call_s": 200.0, "tpot_ms_p50": 1.0}, reuse_key="another", trial_limit_s=None)
+    submitted = CliRunner().invoke(cli, ["submit", "--study-file", study, "--db", db])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = int(submitted.output.split("queued job ")[1].split(":")[0])
+
+    home = tmp_path / "worker"
+    env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(home / "cache"), "AUTOTUNE_DATA_DIR": str(home / "data"),
+           "AUTOTUNE_COMPILE_CACHE": REDIS}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "autotune", "daemon", "--db", db, "--poll", "0.5", "--exit-when-idle"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert "kept for when the queue is idle" in out and PASSWORD not in out, out[-3000:]
+
+    store = Store(db)
+    assert queue.get_job(store, job_id).state == "done"
+    rows = [r for r in queries.list_measurements(store, None, include_failed=True)]
+    deferred = [r for r in rows if (r.figures or {}).get("phase") == "deferred"]
+    (compiled,) = [r for r in rows if (r.figures or {}).get("phase") == "compiled only"]
+    assert deferred and deferred[0].recipe.recipe == compiled.recipe.recipe
+    assert compiled.figures["compile_artifact"] and compiled.figures["first_call_s"] > 0, compiled.figures
+    assert compiled.id not in {r.id for r in queries.list_measurements(store, None)}, "listed as a recipe"

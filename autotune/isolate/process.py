@@ -146,6 +146,17 @@ def become_trial(parent_pid: int, environ: dict, log_path: str, cgroup: str | No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def idle_priority() -> str:
+    """Run this process (and every process it starts: inductor's compile workers, gcc) only when the
+    CPU is otherwise idle: ``SCHED_IDLE``, else ``nice 19``. Returns which."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        os.nice(19)
+        return "nice 19"
+
+
 def check_cuda_fork(device: str) -> None:
     """A CUDA trial forked from a process that had initialised CUDA cannot use it: say so in one line
     instead of failing on the first CUDA call with torch's message."""
