@@ -71,6 +71,36 @@ def test_tell_puts_the_budget_in_the_constraints(study):
     assert study.trials[1].state == S.PRUNED and study.trials[1].user_attrs[Attr.COMPILE_CAPPED] is True
 
 
+def test_a_recipe_that_failed_steers_the_sampler_away(study):
+    """Told as failed, TPE ignores a trial: it keeps proposing a choice that failed every time. Told as
+    autotune tells it (pruned, nothing measured: below every measured trial), TPE proposes it less."""
+    objectives = [("tpot_ms_p50", "minimize")]
+    dist = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}
+
+    def proposals_of_3(tell_failure) -> int:
+        s = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1, n_startup_trials=4))
+        for x in (1, 2, 3, 3, 1, 2, 3):
+            s.enqueue_trial({"x": x})
+            trial = s.ask(dist)
+            if x == 3:
+                tell_failure(s, trial)
+            else:
+                protocol.tell(s, trial, Status.OK, Figures(tpot_ms_p50=10.0 + x), {}, objectives)
+        picks = 0
+        for _ in range(40):
+            trial = s.ask(dist)
+            picks += trial.params["x"] == 3
+            s.tell(trial, state=S.FAIL)  # (ignored by TPE: the history stays the same)
+        return picks
+
+    autotune_way = proposals_of_3(lambda s, t: protocol.tell(s, t, Status.ERROR, Figures(), {}, objectives))
+    ignored = proposals_of_3(lambda s, t: s.tell(t, state=S.FAIL))
+    assert autotune_way < ignored / 2, (autotune_way, ignored)
+    errored = study.ask(dist)
+    protocol.tell(study, errored, Status.OOM, Figures(), {}, objectives)
+    assert study.trials[0].state == S.PRUNED
+
+
 def test_orphans_of_a_dead_process_of_this_host_are_queued_again(study, storage):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
