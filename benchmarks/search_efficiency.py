@@ -6,7 +6,8 @@ benchmark, not a test; figures go to RESULTS.md).
    sampler) into a tuning database — or reuse what the database already holds for it.
 2. Replay: for each strategy and seed, an Optuna study over the same space whose objective is the
    stored measurement of the proposed recipe (what a real search would have measured: an ok one
-   told with its budget constraints, a pruned one with its partial figure, a failed one as failed).
+   told as the search tells it (``autotune.study.tell``): an ok one with its budget constraints, a
+   pruned one with its partial figure, a failed one as pruned with nothing measured).
    Rule-pruned proposals do not count; no seed recipes are enqueued, so the strategies alone are
    compared.
 
@@ -33,7 +34,7 @@ from autotune.states import Status
 from autotune.recipe import describe, impossible, recipe_key, resolve
 from autotune.registry import get_optimizations
 from autotune.proposals import make_sampler, refinement
-from autotune.study import tell_pruned
+from autotune import study as protocol
 from autotune.tuner import Search
 from autotune.sources import resolve_model
 from autotune.space import build_space, count, suggest
@@ -125,16 +126,11 @@ def replay(space, optimizations, target, table: dict, budget, strategy: str, see
         if key_ not in seen:  # a configuration proposed again is reused by a real search: it costs nothing
             seen.add(key_)
         status, figures = table.get(key_, (Status.ERROR, Figures()))
-        if status == Status.PRUNED:
-            tell_pruned(study, trial, figures, key)
-        elif status != Status.OK:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            for name, v in budget.violations(figures).items():
-                trial.set_constraint(name, v)
-            study.tell(trial, figures.get(key))
-            if budget.feasible(figures) and figures.get(key) <= goal:
-                return len(seen)
+        # told as a search tells it (autotune.study.tell): budget constraints, a failure as pruned
+        protocol.tell(study, trial, status, figures, budget.violations(figures) if status == Status.OK else {},
+                      [(key, "minimize")])
+        if status == Status.OK and budget.feasible(figures) and figures.get(key) <= goal:
+            return len(seen)
         if len(seen) >= limit:
             return None
     return None
