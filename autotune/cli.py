@@ -483,7 +483,8 @@ def cancel(job_id, db_url):
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True, help="trial heartbeat (s)")
 @click.option("--grace", type=click.IntRange(min=1), default=60, show_default=True,
               help="seconds without a heartbeat before a trial is failed and retried")
-@click.option("--exit-when-idle", is_flag=True, help="exit when no job is left for this hardware")
+@click.option("--exit-when-idle", is_flag=True, help="exit when no job is left for this hardware (and, with a team compile cache, "
+              "no compile its jobs deferred)")
 @click.option("--reverify", is_flag=True, help="first re-measure stored recipes measured with other versions")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
 @compile_cache_option

@@ -102,10 +102,10 @@ class Worker:
                     backoff = 1.0
                     if job_id is None:
                         self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
-                        if self.backlog:  # one compile for the team, then the queue again
-                            self.compile_one()
+                        if self.backlog and not jobqueue.others_running_here(self.store, self.worker_id):
+                            self.compile_one()  # one compile for the team, then the queue again
                             continue
-                        if self.opt.exit_when_idle:
+                        if self.opt.exit_when_idle and not self.backlog:
                             break
                         time.sleep(self.opt.poll_s)
                         continue
@@ -231,17 +231,19 @@ class Worker:
         self.backlog += [(job_id, m, item) for item in items]
 
     def compile_one(self) -> None:
-        """The first kept compile, into the team cache (skipped when a host of the team has compiled it
-        meanwhile), within its job's time (its ``--timeout``, else the background's default)."""
+        """The first kept compile, into the team cache, within its job's time (its ``--timeout``, else the
+        background's default); skipped when a host of the team has compiled it meanwhile or a compile of it
+        for the team failed under that limit. Taken off the list once done (a database outage leaves it)."""
         from . import backfill
 
-        job_id, m, item = self.backlog.pop(0)
-        if m.shared_artifact(item.recipe):
-            return
-        self.beat(state=WorkerState.RUNNING.value, job_id=job_id, current=f"compiling for the team ({item.why})")
-        backfill.compile_pending(m, [item], m.spec.timeout or backfill.DEFAULT_BUDGET_S,
-                                 lambda text: log.info("job %s, for the team: %s", job_id, text))
-        self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
+        job_id, m, item = self.backlog[0]
+        budget = m.spec.timeout or backfill.DEFAULT_BUDGET_S
+        if not m.shared_artifact(item.recipe) and m.failed_background_limits(item.recipe) < item.limit(budget):
+            self.beat(state=WorkerState.RUNNING.value, job_id=None, current=f"compiling for job {job_id}'s team "
+                                                                             f"compile cache ({item.why})")
+            backfill.compile_pending(m, [item], budget, lambda text: log.info("job %s, for the team: %s", job_id, text))
+            self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
+        self.backlog.pop(0)
 
 
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:

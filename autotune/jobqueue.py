@@ -101,3 +101,13 @@ def _done(store, job) -> int:
 
 def host_id() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
+
+
+def others_running_here(store, worker_id: int) -> bool:
+    """Whether another live worker of this host runs something now (a trial, or a compile for the team):
+    an idle worker's compile waits for it, so that it neither slows a measurement nor, starved at idle
+    priority, runs past its limit and is taken for a compile that failed."""
+    from .study import _alive
+
+    host, _ = host_id()
+    return any(wid != worker_id and _alive(pid) for wid, pid in queue.running_workers(store, host))

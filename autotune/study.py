@@ -16,7 +16,7 @@ from typing import Iterable
 import optuna
 
 from .figures import Figures, is_deferred
-from .states import Status
+from .states import FAILURES, Status
 
 S = optuna.trial.TrialState
 #: a trial that failed because its worker died is queued again at most this many times
@@ -85,6 +85,10 @@ def record(trial: optuna.Trial, measurement: int, recipe_text: str, status: Stat
         trial.set_user_attr(Attr.FAILURE, f"{status}: {error}")
 
 
+#: the constraint a failed trial misses, and by how much: more than any measured trial misses a budget limit
+FAILED, FAILED_VIOLATION = "failed", 1e9
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, status: Status, figures: Figures, violations: dict,
          objectives: list[tuple[str, str]]) -> None:
     """Tell Optuna how a trial ended: ok with its objectives and the budget's ``violations`` as
@@ -92,8 +96,12 @@ def tell(study: optuna.Study, trial: optuna.Trial, status: Status, figures: Figu
     error, out of memory, past its time limit) failed on its own choices, as a rule-pruned one would:
     told as failed, TPE leaves it out and keeps proposing its neighbours (float16 with int8 weights, NaN
     at every step, four times in one README job's 40 trials); told as pruned with nothing measured, it
-    ranks below every measured trial and TPE moves away from it."""
+    ranks below every measured trial (its constraint :data:`FAILED` missed by more than any budget
+    limit is) and TPE moves away from it."""
     if status != Status.OK:
+        if status in FAILURES:  # (a pruned trial with no constraint counts as feasible: before every one that
+            # missed the budget, where a tight budget left TPE few feasible ones to learn from)
+            trial.set_constraint(FAILED, FAILED_VIOLATION)
         single = len(objectives) == 1 and status == Status.PRUNED
         tell_pruned(study, trial, figures, objectives[0][0] if single else None)
     else:

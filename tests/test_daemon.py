@@ -307,3 +307,28 @@ def _runs_off_the_plan(worker, queue_db, job_id) -> None:
     assert states[0] == optuna.trial.TrialState.FAIL and optuna.trial.TrialState.RUNNING not in states, states
     assert any(t.system_attrs.get("failed_trial") == 0 for t in study.trials)  # queued again, not lost
     assert counted_trials(study) == (2, 0) and job(queue_db, job_id)["state"] == "done"
+
+
+def test_an_idle_workers_compile_waits_for_the_other_workers_of_its_host(queue_db):
+    """A compile for the team runs only when no other live worker of this host is running (a trial it
+    would slow, or that would starve it past its limit): a running worker with a live pid holds it, one
+    whose process is gone, one that is idle, or one of another host does not."""
+    import socket
+
+    from autotune.jobqueue import others_running_here
+    from autotune.states import WorkerState
+    from autotune.store import queue
+
+    store = Store(queue_db)
+    me = queue.add_worker(store, host=socket.gethostname(), pid=os.getpid(), hardware_key="x")
+    queue.beat_worker(store, me, state=WorkerState.RUNNING.value)
+    assert not others_running_here(store, me), "its own state held it"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = queue.add_worker(store, host=socket.gethostname(), pid=int(dead.stdout), hardware_key="x")
+    queue.beat_worker(store, gone, state=WorkerState.RUNNING.value)
+    elsewhere = queue.add_worker(store, host="another-host", pid=os.getpid(), hardware_key="x")
+    queue.beat_worker(store, elsewhere, state=WorkerState.RUNNING.value)
+    idle = queue.add_worker(store, host=socket.gethostname(), pid=os.getppid(), hardware_key="x")
+    assert not others_running_here(store, me)
+    queue.beat_worker(store, idle, state=WorkerState.RUNNING.value)
+    assert others_running_here(store, me)

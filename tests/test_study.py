@@ -71,9 +71,12 @@ def test_tell_puts_the_budget_in_the_constraints(study):
     assert study.trials[1].state == S.PRUNED and study.trials[1].user_attrs[Attr.COMPILE_CAPPED] is True
 
 
-def test_a_recipe_that_failed_steers_the_sampler_away(study):
-    """Told as failed, TPE ignores a trial: it keeps proposing a choice that failed every time. Told as
-    autotune tells it (pruned, nothing measured: below every measured trial), TPE proposes it less."""
+@pytest.mark.parametrize("fits_below", [1.5, 0.5], ids=["x=1 fits", "none fits"])
+def test_a_recipe_that_failed_steers_the_sampler_away(study, fits_below):
+    """Told as failed, TPE ignores a trial: it keeps proposing a choice (x=3) that failed every time.
+    Told as autotune tells it (pruned, nothing measured, its constraint missed by more than any budget
+    limit), TPE proposes it less — also when no measured trial fits the budget, where a pruned trial
+    with no constraint would count as feasible and rank first (TPE then proposed x=3 40 times in 40)."""
     objectives = [("tpot_ms_p50", "minimize")]
     dist = {"x": optuna.distributions.CategoricalDistribution([1, 2, 3])}
 
@@ -85,7 +88,8 @@ def test_a_recipe_that_failed_steers_the_sampler_away(study):
             if x == 3:
                 tell_failure(s, trial)
             else:
-                protocol.tell(s, trial, Status.OK, Figures(tpot_ms_p50=10.0 + x), {}, objectives)
+                protocol.tell(s, trial, Status.OK, Figures(tpot_ms_p50=10.0 + x), {"memory<=1.00 GiB": x - fits_below},
+                              objectives)
         picks = 0
         for _ in range(40):
             trial = s.ask(dist)
@@ -98,7 +102,7 @@ def test_a_recipe_that_failed_steers_the_sampler_away(study):
     assert autotune_way < ignored / 2, (autotune_way, ignored)
     errored = study.ask(dist)
     protocol.tell(study, errored, Status.OOM, Figures(), {}, objectives)
-    assert study.trials[0].state == S.PRUNED
+    assert study.trials[0].state == S.PRUNED and study.trials[0].constraints == {protocol.FAILED: protocol.FAILED_VIOLATION}
 
 
 def test_orphans_of_a_dead_process_of_this_host_are_queued_again(study, storage):

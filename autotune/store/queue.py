@@ -125,6 +125,14 @@ def beat_worker(store, worker_id: int, **fields) -> None:
         w.heartbeat_at = utcnow()
 
 
+def running_workers(store, host: str) -> list[tuple[int, int]]:
+    """(worker id, pid) of the workers on ``host`` the database says are running (a job's trials, or a
+    compile for the team)."""
+    with store.session() as s:
+        return [(w.id, w.pid) for w in s.scalars(select(t.Worker).where(
+            t.Worker.host == host, t.Worker.state == WorkerState.RUNNING.value))]
+
+
 def count_worker_trial(store, worker_id: int) -> None:
     with store.session() as s:
         s.get(t.Worker, worker_id).trials_done += 1
