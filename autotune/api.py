@@ -117,11 +117,14 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
     the best again back to back at the end, when the baseline is minutes old — on by default).
     Returns a :class:`TuningResult`; when nothing fits, its ``best`` is ``None`` and ``binding`` says
     why. Raises :class:`~autotune.errors.NoFeasibleRecipe` only when the HF default itself fails."""
+    import time
+
     from . import report_text
     from .registry import get_optimizations
     from .tuner import Search
     from .store import Store
 
+    started = time.monotonic()  # the timeout covers the whole call: a model's first conversion too
     spec = search_spec(model, study_file=study_file, workload=workload, budget=budget, objective=objective,
                        pareto=pareto, trials=trials, timeout=timeout, trial_timeout=trial_timeout, sampler=sampler,
                        study=study, device=device, config_only=config_only, remeasure=remeasure,
@@ -133,7 +136,7 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
     say(f"study {run.study_name}: {spec.source.name} on {spec.target.describe()}; {spec.workload.describe()}")
     say(f"budget: {spec.budget.text}; space: {report_text.space_summary(run.space)}; db: {store.display_url}")
     with report_text.Progress(spec.trials, enabled=progress) as bar:
-        raw = run.run(bar, strict=False)
+        raw = run.run(bar, strict=False, started=started)
     return _tuning_result(raw, run, store)
 
 

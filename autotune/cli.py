@@ -252,7 +252,7 @@ def open_store(db_url):
 @cli.command()
 @study_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="stop starting trials after this many seconds")
+              help="the whole search's seconds: no trial starts that would typically end past them")
 @click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
 @click.option("--jobs", default=None, metavar="N|auto",
               help="trials side by side: they compile at once, each measures alone (default auto: one; beside "

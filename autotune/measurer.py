@@ -57,6 +57,7 @@ class Measurer:
         self.gate = None  # an autotune.isolate.Gate while a run's trials run
         self._best_feasible: Figures | None = None
         self._measured_now: set[int] = set()  # measurement ids this run made
+        self._walls: list[float] = []  # the wall time of each trial with figures this run measured
         self.ids = writes.ensure_rows(
             store, model=spec.source.name, config_only=spec.source.config_only,
             target_fingerprint=spec.target.to_dict(), hardware_key=spec.target.hardware_key,
@@ -260,12 +261,23 @@ class Measurer:
         return self._best_feasible
 
     def note_incumbent(self, record: TrialRecord) -> None:
+        if record.status == Status.OK and not record.reused and record.figures.wall_s:
+            self._walls.append(record.figures.wall_s)
         if record.feasible:
             self.caps.seed_fits(record.recipe, recipe_key(record.recipe))
         e2e = record.figures.e2e_ms_p50
         if record.feasible and e2e is not None and record.figures.tpot_ms_p50 is not None:
             if self._best_feasible is None or e2e < self._best_feasible.e2e_ms_p50:
                 self._best_feasible = record.figures
+
+    def typical_trial_s(self) -> float:
+        """The median wall time of the trials with figures this run measured, the baseline's among them
+        (0 before any): what a search with a timeout leaves before its deadline when it asks for one
+        more trial (the README job ran its last trial 10-14 s past its deadline, and ended 20-45 s past
+        its 600)."""
+        import statistics
+
+        return statistics.median(self._walls) if self._walls else 0.0
 
     def record(self, number: int, row) -> TrialRecord:
         """A stored row as a trial of this study (reused when another study measured it)."""

@@ -132,14 +132,16 @@ class Search:
         return record
 
     # -- the whole run -----------------------------------------------------------------------
-    def run(self, progress=None, strict: bool = True) -> SearchResult:
+    def run(self, progress=None, strict: bool = True, started: float | None = None) -> SearchResult:
         """The whole search; ``strict=False`` returns a result with an empty ``best`` and its
         ``binding`` explanation when nothing fits, instead of raising :class:`NoFeasibleRecipe`.
-        With ``spec.lanes`` above one, that many trials run side by side (:mod:`autotune.lanes`)."""
+        With ``spec.lanes`` above one, that many trials run side by side (:mod:`autotune.lanes`).
+        ``started`` (monotonic): when the caller's clock for ``spec.timeout`` started, e.g. before the
+        model was converted (default: now)."""
         from . import isolate
 
         study = self.open_study()
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
         m = self.measurer
         status = progress.set_status if progress else (lambda s: None)
         baseline = self.baseline(status)
@@ -176,11 +178,16 @@ class Search:
             if progress:
                 progress.trial_done(record, self)
 
+        def launch_deadline() -> float | None:
+            """No trial starts unless a typical one of this run ends before the deadline."""
+            end = m.caps.deadline
+            return None if end is None else end - m.typical_trial_s()
+
         from .lanes import run_lanes
 
         try:
             interrupted = run_lanes(max(1, self.spec.lanes), m.gate, more, ask,
-                                    lambda trial: self.step(study, status, trial), done, lambda: m.caps.deadline)
+                                    lambda trial: self.step(study, status, trial), done, launch_deadline)
         finally:
             m.gate = None
         self.wall_s = time.monotonic() - started

@@ -383,3 +383,39 @@ def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_comp
     for timeout, pair, one_round in ((600.0, True, True), (None, True, False), (600.0, False, False)):
         m.spec = SimpleNamespace(timeout=timeout, side_by_side=pair, policy=MeasurePolicy())
         assert m.baseline_policy().pass_round is one_round
+
+
+def test_a_time_boxed_search_starts_no_trial_that_would_end_past_its_deadline(tiny_model, db_url, monkeypatch):
+    """The timeout covers the whole search, from the caller's clock: no trial starts unless a typical one
+    of the run (the median wall time of the trials with figures it measured) ends before the deadline.
+    The README job ran its last trial 10-14 s past the deadline and ended 20-45 s past its 600 s."""
+    import time
+
+    from autotune.figures import Figures
+    from autotune.measurer import Measurer, TrialRecord
+    from autotune.registry import get_optimizations
+    from autotune.states import Status
+    from autotune.study import counted_trials
+    from autotune.tuner import Search
+    from autotune.spec import build
+
+    m = Measurer.__new__(Measurer)
+    m._walls, m._best_feasible = [], None
+    assert m.typical_trial_s() == 0.0
+    for wall, status, reused in ((10.0, Status.OK, False), (99.0, Status.OK, True), (30.0, Status.OK, False),
+                                 (500.0, Status.PRUNED, False), (20.0, Status.OK, False)):
+        m.note_incumbent(TrialRecord(0, 1, {}, status, Figures(wall_s=wall), None, reused, missed=["memory"]))
+    assert m.typical_trial_s() == 20.0  # measured here, with figures: not another study's, not a pruned one
+
+    runs = iter(range(3))
+
+    def trials_run(started=None):
+        run = Search(build(model=tiny_model, timeout=600, trials=3, budget="memory<=2GiB", study_name=f"s{next(runs)}",
+                           space={"runtime.threads": [1, "auto"]}), Store(db_url), get_optimizations())
+        run.run(strict=False, started=started)
+        return counted_trials(run.open_study())[0]
+
+    assert trials_run() == 3  # the plan: plenty of time
+    assert trials_run(started=time.monotonic() - 599) == 0  # the caller's clock: a second left, the baseline only
+    monkeypatch.setattr(Measurer, "typical_trial_s", lambda self: 600.0)
+    assert trials_run() == 0  # a typical trial would end past the deadline
