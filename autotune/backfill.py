@@ -33,6 +33,11 @@ from .states import Status
 DEFAULT_BUDGET_S = 600.0
 
 
+def default_budget(measurer) -> float:
+    """The background's time for a search's compiles: its ``--timeout``, else :data:`DEFAULT_BUDGET_S`."""
+    return measurer.spec.timeout or DEFAULT_BUDGET_S
+
+
 @dataclass
 class Pending:
     """A candidate whose compile the search did not finish: its recipe, its predicted first call
@@ -74,15 +79,21 @@ def pending(measurer, records, budget_s: float) -> list[Pending]:
         if r.status != Status.PRUNED or not (is_deferred(f) or f.first_call_cap_s is not None):
             continue
         key = recipe_key(r.recipe)
-        if key in seen or measurer.shared_artifact(r.recipe):
+        if key in seen:
             continue
         seen.add(key)
         guess = measurer.caps.cost.predict(r.recipe) if measurer.caps.cost else None
         why = "deferred" if is_deferred(f) else f"stopped at its {f.first_call_cap_s:.0f} s compile cap"
         out.append(Pending(r.recipe, guess.seconds if guess else f.predicted_first_call_s, why,
                            bound=bool(guess and guess.at_least)))
-    failed = measurer.failed_background_limits
-    return order([p for p in out if failed(p.recipe) < p.limit(budget_s)])
+    return order([p for p in out if wanted(measurer, p, budget_s)])
+
+
+def wanted(measurer, item: Pending, budget_s: float) -> bool:
+    """Whether ``item``'s compile is still the team's to do: no host of the team has put its artifact in
+    the team cache, and no compile of it for the team failed under the limit it would get now."""
+    return (not measurer.shared_artifact(item.recipe)
+            and measurer.failed_background_limits(item.recipe) < item.limit(budget_s))
 
 
 def order(items: list[Pending]) -> list[Pending]:
@@ -124,7 +135,7 @@ def start(measurer, records, budget_s: float | None = None) -> dict | None:
     ``budget_s``), or None when there is nothing to compile (or no team cache)."""
     from .paths import cache_dir
 
-    budget_s = budget_s if budget_s is not None else (measurer.spec.timeout or DEFAULT_BUDGET_S)
+    budget_s = budget_s if budget_s is not None else default_budget(measurer)
     items = pending(measurer, records, budget_s) if budget_s > 0 else []
     if not items:
         return None

@@ -224,7 +224,7 @@ class Worker:
         from . import backfill
 
         m = search.measurer
-        items = backfill.pending(m, search.study_records(study), m.spec.timeout or backfill.DEFAULT_BUDGET_S)
+        items = backfill.pending(m, search.study_records(study), backfill.default_budget(m))
         if items:
             log.info("job %s: %d compile%s it could not afford kept for when the queue is idle, for %s", job_id,
                      len(items), "s" * (len(items) != 1), m.compile_share_display())
@@ -237,8 +237,8 @@ class Worker:
         from . import backfill
 
         job_id, m, item = self.backlog[0]
-        budget = m.spec.timeout or backfill.DEFAULT_BUDGET_S
-        if not m.shared_artifact(item.recipe) and m.failed_background_limits(item.recipe) < item.limit(budget):
+        budget = backfill.default_budget(m)
+        if backfill.wanted(m, item, budget):
             self.beat(state=WorkerState.RUNNING.value, job_id=None, current=f"compiling for job {job_id}'s team "
                                                                              f"compile cache ({item.why})")
             backfill.compile_pending(m, [item], budget, lambda text: log.info("job %s, for the team: %s", job_id, text))

@@ -107,7 +107,7 @@ def others_running_here(store, worker_id: int) -> bool:
     """Whether another live worker of this host runs something now (a trial, or a compile for the team):
     an idle worker's compile waits for it, so that it neither slows a measurement nor, starved at idle
     priority, runs past its limit and is taken for a compile that failed."""
-    from .study import _alive
+    from .study import alive
 
     host, _ = host_id()
-    return any(wid != worker_id and _alive(pid) for wid, pid in queue.running_workers(store, host))
+    return any(wid != worker_id and alive(pid) for wid, pid in queue.running_workers(store, host))

@@ -170,7 +170,7 @@ def retry_orphans(study: optuna.Study, storage) -> list[int]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         owner_host, _, pid = str(t.user_attrs.get(Attr.WORKER, "")).rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        if owner_host != host or not pid.isdigit() or alive(int(pid)):
             continue
         tid = trial_id(storage, study, t.number)
         if storage.set_trial_state_values(tid, S.FAIL):
@@ -225,7 +225,8 @@ def asked_params(trials: Iterable) -> Iterable[dict]:
         yield {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a trial's owner, a daemon worker)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
