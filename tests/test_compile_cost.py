@@ -38,6 +38,19 @@ def test_nearest_rows_of_the_nearest_tier():
                     flat(recipe(target="decode"))) == 0
 
 
+def test_a_recipe_not_measured_itself_is_predicted_from_its_nearest_rows_weighted():
+    """Not the nearest row alone (one eager first call of 2-5 s is noisy: the README job's error over all
+    first calls reached 27-34%), but the nearest few, the nearer the heavier; a recipe measured itself is
+    predicted from its own rows only."""
+    near, further = recipe(dtype="float32"), recipe(mode="max-autotune")
+    cost = CompileCost([Past(1, 1, "h", "v", near, 40.0), Past(2, 1, "h", "v", further, 80.0)], "h", "v", 1)
+    assert distance(flat(recipe()), flat(near)) < distance(flat(recipe()), flat(further))
+    guess = cost.predict(recipe())
+    assert 40.0 < guess.seconds < 50.0 and guess.n == 2 and "2 similar here" in guess.basis
+    cost.add(Past(3, 1, "h", "v", recipe(), 30.0))
+    assert cost.predict(recipe()).seconds == 30.0 and "1 of this recipe here" in cost.predict(recipe()).basis
+
+
 def test_a_compile_stopped_at_the_cap_is_a_lower_bound():
     cost = CompileCost([Past(1, 1, "h", "v", recipe(), 60.0, censored=True)], "h", "v", 1)
     guess = cost.predict(recipe())
