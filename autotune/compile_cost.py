@@ -133,6 +133,9 @@ class CompileCost:
         near = [s for s in scored if s[2] == tier][:NEIGHBOURS]
         weights = [(1 + s[0]) ** -WEIGHT_POWER for s in near]
         seconds = math.exp(sum(w * math.log(s[3]) for w, s in zip(weights, near)) / sum(weights))
+        # within the rows' range: exp(log(60)) is 59.99999999999999, and a bound of 60 s then fit a 60 s cap
+        # (the README job launched two compiled generates, ">= 60 s", and lost 124 s to them at the cap)
+        seconds = min(max(seconds, min(s[3] for s in near)), max(s[3] for s in near))
         what = "similar" if similar else "of the same compile target"
         return Prediction(seconds, len(near), f"{len(near)} {what} {where}", at_least=any(s[4] for s in near))
 

@@ -49,6 +49,9 @@ def test_a_recipe_not_measured_itself_is_predicted_from_its_nearest_rows_weighte
     assert 40.0 < guess.seconds < 50.0 and guess.n == 2 and "2 similar here" in guess.basis
     cost.add(Past(3, 1, "h", "v", recipe(), 30.0))
     assert cost.predict(recipe()).seconds == 30.0 and "1 of this recipe here" in cost.predict(recipe()).basis
+    # one similar compile stopped at a 60 s cap: at least 60 s, exactly, so a 60 s cap defers it
+    bound = CompileCost([Past(1, 1, "h", "v", near, 60.0, censored=True)], "h", "v", 1).predict(recipe())
+    assert bound.at_least and bound.seconds == 60.0
 
 
 def test_a_compile_stopped_at_the_cap_is_a_lower_bound():
