@@ -9,9 +9,12 @@ after the grace period and retried by whichever worker notices. SIGTERM abandons
 With a team compile cache, the worker that records a job's end keeps what that job deferred or stopped
 at its compile cap (:func:`autotune.backfill.pending`) and, whenever the queue has nothing for it,
 compiles one of them into the team cache (:mod:`autotune.backfill`, at idle priority), then looks at the
-queue again: the team's next search of that model loads it rather than compiles it."""
+queue again: the team's next search of that model loads it rather than compiles it. The job's study
+names that worker (:data:`autotune.jobqueue.COMPILES_BY`) until none is left: when it stops first (a
+restart, a kill -9), an idle worker of the same hardware adopts what is left."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -57,6 +60,12 @@ class DaemonOptions:
     max_backoff_s: float = 60.0
 
 
+#: how often an idle worker with nothing to compile looks for compiles a stopped worker kept (seconds)
+ADOPT_EVERY_S = 60.0
+#: how far back it looks: jobs that ended within this many seconds
+ADOPT_WITHIN_S = 7 * 24 * 3600.0
+
+
 class Worker:
     def __init__(self, store, target, optimizations, options: DaemonOptions):
         self.store, self.target, self.optimizations, self.opt = store, target, optimizations, options
@@ -66,6 +75,7 @@ class Worker:
         self.unsettled: list[tuple[object, object, int]] = []
         #: compiles the jobs whose end this worker recorded could not afford: (job id, measurer, Pending)
         self.backlog: list[tuple[int, object, object]] = []
+        self._adopt_at = 0.0  # when an idle worker next looks for kept compiles whose worker stopped
 
     # -- signals -------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -102,6 +112,9 @@ class Worker:
                     backoff = 1.0
                     if job_id is None:
                         self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
+                        if not self.backlog and time.monotonic() >= self._adopt_at:
+                            self._adopt_at = time.monotonic() + ADOPT_EVERY_S
+                            self.adopt_compiles()
                         if self.backlog and not jobqueue.others_running_here(self.store, self.worker_id):
                             self.compile_one()  # one compile for the team, then the queue again
                             continue
@@ -134,7 +147,7 @@ class Worker:
         spec.study_name = job.study_name
         storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
         # under the job lock: the first worker creates the rows and measures the baseline, the rest reuse them
-        with queue.locked_job(self.store, job_id):
+        with queue.locked_job(self.store, job_id), self.beating():
             search = Search(spec, self.store, self.optimizations)
             study = search.open_study(storage)
             search.baseline()
@@ -161,21 +174,16 @@ class Worker:
 
     def one_trial(self, search, study, storage, trial, job_id: int) -> None:
         trial_id = protocol.trial_id(storage, study, trial.number)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(storage, trial_id, stop), daemon=True)
-        beat.start()
         started = time.monotonic()
         try:
-            record = search.step(study, lambda text: self.beat(current=text), trial=trial)
+            with self.beating(storage, trial_id):
+                record = search.step(study, lambda text: self.beat(current=text), trial=trial)
             self.unsettled.remove((study, storage, trial_id))
         except Abandon:
             protocol.retry(study, storage, trial_id)
             self.unsettled.remove((study, storage, trial_id))
             log.info("job %s trial %s abandoned; re-queued for another worker", job_id, trial.number)
             raise
-        finally:
-            stop.set()
-            beat.join()
         queue.count_worker_trial(self.store, self.worker_id)
         log.info("job %s trial %s: %s%s in %.0f s: %s", job_id, trial.number, record.status,
                  " (reused)" if record.reused else "", time.monotonic() - started,
@@ -190,10 +198,25 @@ class Worker:
                 log.info("trial %s, cut off by the database outage: queued again", storage.get_trial(trial_id).number)
             self.unsettled.pop(0)
 
-    def _heartbeat(self, storage, trial_id: int, stop: threading.Event) -> None:
+    @contextlib.contextmanager
+    def beating(self, storage=None, trial_id: int | None = None):
+        """This worker's row (and the trial ``trial_id``'s Optuna heartbeat) beats every ``heartbeat_s``
+        for the duration of the block: a long baseline, trial or compile is no stopped worker."""
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(storage, trial_id, stop), daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+
+    def _heartbeat(self, storage, trial_id: int | None, stop: threading.Event) -> None:
         while True:
             try:
-                storage.record_heartbeat(trial_id)
+                if trial_id is not None:
+                    storage.record_heartbeat(trial_id)
+                queue.beat_worker(self.store, self.worker_id)
             except Exception as exc:  # a missed beat is retried at the next interval
                 log.warning("heartbeat failed: %s", one_line(exc))
             if stop.wait(self.opt.heartbeat_s):
@@ -225,10 +248,53 @@ class Worker:
 
         m = search.measurer
         items = backfill.pending(m, search.study_records(study), backfill.default_budget(m))
+        jobqueue.set_compiles_by(self.store.optuna_storage(), study.study_name,
+                                 self.worker_id if items else jobqueue.COMPILES_DONE)
         if items:
             log.info("job %s: %d compile%s it could not afford kept for when the queue is idle, for %s", job_id,
                      len(items), "s" * (len(items) != 1), m.compile_share_display())
         self.backlog += [(job_id, m, item) for item in items]
+
+    def adopt_compiles(self) -> None:
+        """Take over the kept compiles of jobs of this hardware whose keeper stopped (see :meth:`keep_compiles`):
+        under the job's lock, so that one worker adopts them; each is compiled only while still wanted
+        (:func:`autotune.backfill.wanted`)."""
+        import datetime as dt
+
+        from . import backfill
+        from .spec import SearchSpec
+        from .store.tables import utcnow
+        from .tuner import Search
+
+        storage = self.store.optuna_storage()
+        since = utcnow() - dt.timedelta(seconds=ADOPT_WITHIN_S)
+        stale_s = max(6 * self.opt.heartbeat_s, 60.0)
+        for job_id, study_name in queue.ended_jobs(self.store, lambda hw: jobqueue.hardware_matches(hw, self.target),
+                                                   since):
+            try:
+                keeper = jobqueue.compiles_by(storage, study_name)
+            except KeyError:  # a job that ended before its study began
+                continue
+            if not isinstance(keeper, int) or keeper == self.worker_id or \
+                    not jobqueue.worker_gone(self.store, keeper, stale_s):
+                continue
+            with queue.locked_job(self.store, job_id):
+                if jobqueue.compiles_by(storage, study_name) != keeper:
+                    continue  # another worker adopted them meanwhile
+                job = queue.get_job(self.store, job_id)
+                spec = SearchSpec.from_dict(job.search_spec, self.target)
+                spec.study_name = job.study_name
+                search = Search(spec, self.store, self.optimizations)
+                study = search.open_study(storage)
+                search.baseline()
+                m = search.measurer
+                items = backfill.pending(m, search.study_records(study), backfill.default_budget(m))
+                jobqueue.set_compiles_by(storage, study_name, self.worker_id if items else jobqueue.COMPILES_DONE)
+            log.info("job %s: adopted %d compile%s for the team, kept by worker %s, which stopped", job_id,
+                     len(items), "s" * (len(items) != 1), keeper)
+            self.backlog += [(job_id, m, item) for item in items]
+            if items:
+                return  # one job's at a time: the queue is looked at again between compiles
 
     def compile_one(self) -> None:
         """The first kept compile, into the team cache, within its job's time (its ``--timeout``, else the
@@ -241,9 +307,13 @@ class Worker:
         if backfill.wanted(m, item, budget):
             self.beat(state=WorkerState.RUNNING.value, job_id=None, current=f"compiling for job {job_id}'s team "
                                                                              f"compile cache ({item.why})")
-            backfill.compile_pending(m, [item], budget, lambda text: log.info("job %s, for the team: %s", job_id, text))
+            with self.beating():
+                backfill.compile_pending(m, [item], budget,
+                                         lambda text: log.info("job %s, for the team: %s", job_id, text))
             self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
         self.backlog.pop(0)
+        if not any(j == job_id for j, _, _ in self.backlog):
+            jobqueue.set_compiles_by(self.store.optuna_storage(), m.study_name, jobqueue.COMPILES_DONE)
 
 
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:

@@ -59,6 +59,39 @@ def claim(store, target, worker_id: int) -> int | None:
     return queue.claim_job(store, lambda hw: hardware_matches(hw, target), worker_id)
 
 
+def worker_gone(store, worker_id: int, stale_s: float) -> bool:
+    """Whether worker ``worker_id`` has stopped: its row says so (or is missing), its process on this
+    host is gone (a kill -9), or, on another host, it has not beaten for ``stale_s`` seconds."""
+    import datetime as dt
+
+    from .states import WorkerState
+    from .store.tables import utcnow
+    from .study import alive
+
+    row = queue.worker_row(store, worker_id)
+    if row is None or row[2] == WorkerState.STOPPED.value:
+        return True
+    host, pid, _, heartbeat = row
+    if host == host_id()[0]:
+        return not alive(pid)
+    return utcnow() - heartbeat > dt.timedelta(seconds=stale_s)
+
+
+#: a study attribute: the worker that keeps the compiles its job could not afford, for the team
+#: (:mod:`autotune.daemon`), or :data:`COMPILES_DONE` once none is left
+COMPILES_BY = "team_compiles_by"
+COMPILES_DONE = "done"
+
+
+def compiles_by(storage, study_name: str):
+    """Who keeps the job's compiles for the team (a worker id, :data:`COMPILES_DONE`, or None: nobody)."""
+    return storage.get_study_user_attrs(storage.get_study_id_from_name(study_name)).get(COMPILES_BY)
+
+
+def set_compiles_by(storage, study_name: str, who) -> None:
+    storage.set_study_user_attr(storage.get_study_id_from_name(study_name), COMPILES_BY, who)
+
+
 def reserve_trial(store, job_id: int, study, storage, ask):
     """Under the job lock: fail stale trials (retrying them; a reservation cut off before its first
     heartbeat is given one, so it goes stale too), then ``ask(study)`` for a trial if the plan still

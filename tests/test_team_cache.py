@@ -175,7 +175,7 @@ def test_an_idle_daemon_compiles_what_its_job_deferred_for_the_team(tmp_path, ti
     the queue empty, compiles it into the team cache: a compiled-only row with its artifact, no recipe."""
     from click.testing import CliRunner
 
-    from autotune import api
+    from autotune import api, jobqueue
     from autotune.cli import cli
     from autotune.recipe import recipe_key, resolve
     from autotune.registry import get_optimizations
@@ -212,3 +212,66 @@ def test_an_idle_daemon_compiles_what_its_job_deferred_for_the_team(tmp_path, ti
     assert deferred and deferred[0].recipe.recipe == compiled.recipe.recipe
     assert compiled.figures["compile_artifact"] and compiled.figures["first_call_s"] > 0, compiled.figures
     assert compiled.id not in {r.id for r in queries.list_measurements(store, None)}, "listed as a recipe"
+    assert jobqueue.compiles_by(store.optuna_storage(), queue.get_job(store, job_id).study_name) == "done"
+
+
+@needs_redis
+def test_the_compiles_a_killed_worker_kept_are_adopted_by_the_next_idle_one(tmp_path, tiny_model):
+    """The worker that kept a job's deferred compile is killed (-9) before compiling it: the next daemon
+    of the same hardware, idle, adopts it from the job's study and compiles it into the team cache."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from autotune import api, jobqueue
+    from autotune.cli import cli
+    from autotune.recipe import recipe_key, resolve
+    from autotune.registry import get_optimizations
+    from autotune.states import Status
+    from autotune.store import Store, queries, queue, writes
+    from autotune.tuner import Search
+
+    db = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = write_study(tmp_path, tiny_model, {**ONE_COMPILED, "compile.target": ["off", "forward"]}, trials=2)
+    search = Search(api.search_spec(None, study_file=study, device="cpu"), Store(db), get_optimizations())
+    like = resolve({"compile": {"target": "forward"}, "cache": {"implementation": "static"}}, search.optimizations)
+    writes.record_measurement(search.store, search.ids, recipe_key=recipe_key(like), recipe=like, study="history",
+                              is_baseline=False, status=Status.OK.value, error=None,
+                              figures={"first_call_s": 200.0, "tpot_ms_p50": 1.0}, reuse_key="another", trial_limit_s=None)
+    submitted = CliRunner().invoke(cli, ["submit", "--study-file", study, "--db", db])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = int(submitted.output.split("queued job ")[1].split(":")[0])
+
+    def daemon(name):
+        home = tmp_path / name
+        env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(home / "cache"), "AUTOTUNE_DATA_DIR": str(home / "data"),
+               "AUTOTUNE_COMPILE_CACHE": REDIS}
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        return subprocess.Popen([sys.executable, "-m", "autotune", "daemon", "--db", db, "--poll", "0.5",
+                                 "--exit-when-idle"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first, seen = daemon("first"), []
+    for line in first.stdout:  # killed the moment it has kept the compile, before it could compile it
+        seen.append(line)
+        if "kept for when the queue is idle" in line:
+            first.send_signal(signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    store = Store(db)
+    storage = store.optuna_storage()
+    name = queue.get_job(store, job_id).study_name
+    assert isinstance(jobqueue.compiles_by(storage, name), int)  # the killed worker keeps it
+    rows = queries.list_measurements(store, None, include_failed=True)
+    assert not [r for r in rows if (r.figures or {}).get("phase") == "compiled only"], "compiled before the kill"
+
+    second = daemon("second")
+    out, _ = second.communicate(timeout=900)
+    assert second.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert f"job {job_id}: adopted 1 compile for the team" in out and PASSWORD not in out, out[-3000:]
+    rows = queries.list_measurements(store, None, include_failed=True)
+    deferred = [r for r in rows if (r.figures or {}).get("phase") == "deferred"]
+    (compiled,) = [r for r in rows if (r.figures or {}).get("phase") == "compiled only"]
+    assert deferred and deferred[0].recipe.recipe == compiled.recipe.recipe
+    assert compiled.figures["compile_artifact"], compiled.figures
+    assert jobqueue.compiles_by(storage, name) == jobqueue.COMPILES_DONE

@@ -6,6 +6,7 @@ exclusive file lock beside the database file — safe for several workers on one
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 from pathlib import Path
 from typing import Callable
@@ -131,6 +132,22 @@ def running_workers(store, host: str) -> list[tuple[int, int]]:
     with store.session() as s:
         return [(w.id, w.pid) for w in s.scalars(select(t.Worker).where(
             t.Worker.host == host, t.Worker.state == WorkerState.RUNNING.value))]
+
+
+def worker_row(store, worker_id: int) -> tuple[str, int, str, dt.datetime] | None:
+    """(host, pid, state, last heartbeat) of a worker, or None when there is no such row."""
+    with store.session() as s:
+        w = s.get(t.Worker, worker_id)
+        return None if w is None else (w.host, w.pid, w.state, w.heartbeat_at)
+
+
+def ended_jobs(store, can_run: Callable[[dict], bool], since: dt.datetime) -> list[tuple[int, str]]:
+    """(id, study name) of the jobs that ended (done or failed) since ``since`` whose hardware class
+    ``can_run`` accepts, newest first."""
+    with store.session() as s:
+        q = (select(t.Job).where(t.Job.state.in_((JobState.DONE.value, JobState.FAILED.value)),
+                                 t.Job.updated_at >= since).order_by(t.Job.id.desc()))
+        return [(job.id, job.study_name) for job in s.scalars(q) if can_run(job.hardware)]
 
 
 def count_worker_trial(store, worker_id: int) -> None:
