@@ -127,17 +127,25 @@ class CompileCost:
         tier = scored[0][2]
         where = ("here", "on this host, other models", "on other hosts or versions")[tier]
         same = [s for s in scored if s[2] == tier and s[1] == 0]
-        if same:
-            return Prediction(statistics.median(s[3] for s in same), len(same), f"{len(same)} of this recipe {where}",
-                              at_least=any(s[4] for s in same))
+        if same:  # its own compiles that finished; else the most its stopped ones took (a bound)
+            finished = [s[3] for s in same if not s[4]]
+            seconds = statistics.median(finished) if finished else max(s[3] for s in same)
+            return Prediction(seconds, len(same), f"{len(same)} of this recipe {where}", at_least=not finished)
         near = [s for s in scored if s[2] == tier][:NEIGHBOURS]
-        weights = [(1 + s[0]) ** -WEIGHT_POWER for s in near]
-        seconds = math.exp(sum(w * math.log(s[3]) for w, s in zip(weights, near)) / sum(weights))
-        # within the rows' range: exp(log(60)) is 59.99999999999999, and a bound of 60 s then fit a 60 s cap
-        # (the README job launched two compiled generates, ">= 60 s", and lost 124 s to them at the cap)
-        seconds = min(max(seconds, min(s[3] for s in near)), max(s[3] for s in near))
         what = "similar" if similar else "of the same compile target"
-        return Prediction(seconds, len(near), f"{len(near)} {what} {where}", at_least=any(s[4] for s in near))
+        finished = [s for s in near if not s[4]]
+        # a compile stopped at a cap among the nearest is a bound that only raises the estimate; a further
+        # one says less than the finished compiles nearer (and would turn a good estimate into a deferral)
+        bounds = [s[3] for s in near if s[4] and s[1] <= near[0][1]]
+        seconds = None
+        if finished:
+            weights = [(1 + s[1]) ** -WEIGHT_POWER for s in finished]
+            seconds = math.exp(sum(w * math.log(s[3]) for w, s in zip(weights, finished)) / sum(weights))
+            # within the rows' range: exp(log(60)) is 59.99999999999999 (a bound of 60 s then fit a 60 s cap)
+            seconds = min(max(seconds, min(s[3] for s in finished)), max(s[3] for s in finished))
+        if bounds and (seconds is None or max(bounds) >= seconds):
+            return Prediction(max(bounds), len(near), f"{len(near)} {what} {where}", at_least=True)
+        return Prediction(seconds, len(finished), f"{len(finished)} {what} {where}")
 
     def error(self, compiled_only: bool = False) -> tuple[float | None, int]:
         """Median absolute relative error of :meth:`predict` on this model's uncensored history, each

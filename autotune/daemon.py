@@ -92,6 +92,12 @@ class Worker:
         self.stopping = True
         log.info("stopping after the current trial (Ctrl-C again to abandon it)")
 
+    @property
+    def stale_s(self) -> float:
+        """How long without a beat before another worker takes this one for stopped: well past its
+        heartbeat, its polls and its backoff through a database outage."""
+        return max(6 * self.opt.heartbeat_s, 3 * self.opt.poll_s, self.opt.max_backoff_s, 60.0)
+
     # -- bookkeeping ---------------------------------------------------------------------
     def register(self) -> None:
         host, pid = jobqueue.host_id()
@@ -115,11 +121,14 @@ class Worker:
                         if not self.backlog and time.monotonic() >= self._adopt_at:
                             self._adopt_at = time.monotonic() + ADOPT_EVERY_S
                             self.adopt_compiles()
-                        if self.backlog and not jobqueue.others_running_here(self.store, self.worker_id):
+                        if self.backlog and not jobqueue.others_running_here(self.store, self.worker_id, self.stale_s):
                             self.compile_one()  # one compile for the team, then the queue again
                             continue
                         if self.opt.exit_when_idle and not self.backlog:
-                            break
+                            self.adopt_compiles()  # a last look, whenever the last one was
+                            if not self.backlog:
+                                break
+                            continue
                         time.sleep(self.opt.poll_s)
                         continue
                     if self.work_on(job_id) == 0:  # others hold the remaining trials: look again later
@@ -147,7 +156,7 @@ class Worker:
         spec.study_name = job.study_name
         storage = self.store.optuna_storage(self.opt.heartbeat_s, self.opt.grace_s)
         # under the job lock: the first worker creates the rows and measures the baseline, the rest reuse them
-        with queue.locked_job(self.store, job_id), self.beating():
+        with self.beating(), queue.locked_job(self.store, job_id):  # beating while it waits for the lock too
             search = Search(spec, self.store, self.optimizations)
             study = search.open_study(storage)
             search.baseline()
@@ -268,7 +277,6 @@ class Worker:
 
         storage = self.store.optuna_storage()
         since = utcnow() - dt.timedelta(seconds=ADOPT_WITHIN_S)
-        stale_s = max(6 * self.opt.heartbeat_s, 60.0)
         for job_id, study_name in queue.ended_jobs(self.store, lambda hw: jobqueue.hardware_matches(hw, self.target),
                                                    since):
             try:
@@ -276,20 +284,21 @@ class Worker:
             except KeyError:  # a job that ended before its study began
                 continue
             if not isinstance(keeper, int) or keeper == self.worker_id or \
-                    not jobqueue.worker_gone(self.store, keeper, stale_s):
+                    not jobqueue.worker_gone(self.store, keeper, self.stale_s):
                 continue
-            with queue.locked_job(self.store, job_id):
-                if jobqueue.compiles_by(storage, study_name) != keeper:
-                    continue  # another worker adopted them meanwhile
-                job = queue.get_job(self.store, job_id)
-                spec = SearchSpec.from_dict(job.search_spec, self.target)
-                spec.study_name = job.study_name
+            if not jobqueue.pass_compiles(self.store, job_id, study_name, keeper, self.worker_id):
+                continue  # another worker adopted them meanwhile
+            job = queue.get_job(self.store, job_id)
+            spec = SearchSpec.from_dict(job.search_spec, self.target)
+            spec.study_name, spec.remeasure = job.study_name, False  # the job's baseline as it stands
+            with self.beating():
                 search = Search(spec, self.store, self.optimizations)
                 study = search.open_study(storage)
                 search.baseline()
                 m = search.measurer
                 items = backfill.pending(m, search.study_records(study), backfill.default_budget(m))
-                jobqueue.set_compiles_by(storage, study_name, self.worker_id if items else jobqueue.COMPILES_DONE)
+            if not items:
+                jobqueue.pass_compiles(self.store, job_id, study_name, self.worker_id, jobqueue.COMPILES_DONE)
             log.info("job %s: adopted %d compile%s for the team, kept by worker %s, which stopped", job_id,
                      len(items), "s" * (len(items) != 1), keeper)
             self.backlog += [(job_id, m, item) for item in items]
@@ -303,6 +312,11 @@ class Worker:
         from . import backfill
 
         job_id, m, item = self.backlog[0]
+        keeper = jobqueue.compiles_by(self.store.optuna_storage(), m.study_name)
+        if keeper != self.worker_id:  # taken for stopped (a long silence) and adopted: the adopter has them all
+            log.info("job %s: its compiles for the team are worker %s's now", job_id, keeper)
+            self.backlog = [b for b in self.backlog if b[0] != job_id]
+            return
         budget = backfill.default_budget(m)
         if backfill.wanted(m, item, budget):
             self.beat(state=WorkerState.RUNNING.value, job_id=None, current=f"compiling for job {job_id}'s team "
@@ -313,7 +327,7 @@ class Worker:
             self.beat(state=WorkerState.IDLE.value, job_id=None, current=None)
         self.backlog.pop(0)
         if not any(j == job_id for j, _, _ in self.backlog):
-            jobqueue.set_compiles_by(self.store.optuna_storage(), m.study_name, jobqueue.COMPILES_DONE)
+            jobqueue.pass_compiles(self.store, job_id, m.study_name, self.worker_id, jobqueue.COMPILES_DONE)
 
 
 def reverify(store, target, optimizations) -> list[tuple[int, str]]:

@@ -60,8 +60,10 @@ def claim(store, target, worker_id: int) -> int | None:
 
 
 def worker_gone(store, worker_id: int, stale_s: float) -> bool:
-    """Whether worker ``worker_id`` has stopped: its row says so (or is missing), its process on this
-    host is gone (a kill -9), or, on another host, it has not beaten for ``stale_s`` seconds."""
+    """Whether worker ``worker_id`` has stopped: its row says so (or is missing), it has not beaten for
+    ``stale_s`` seconds (a worker beats through its baselines, trials and compiles: a hung one, a zombie,
+    one on a host gone; the hosts' clocks are taken to agree), or its process on this host is gone (a
+    kill -9) or is this one (a restarted container's daemon has the pid of the one before)."""
     import datetime as dt
 
     from .states import WorkerState
@@ -72,9 +74,9 @@ def worker_gone(store, worker_id: int, stale_s: float) -> bool:
     if row is None or row[2] == WorkerState.STOPPED.value:
         return True
     host, pid, _, heartbeat = row
-    if host == host_id()[0]:
-        return not alive(pid)
-    return utcnow() - heartbeat > dt.timedelta(seconds=stale_s)
+    if utcnow() - heartbeat > dt.timedelta(seconds=stale_s):
+        return True
+    return host == host_id()[0] and (not alive(pid) or pid == os.getpid())
 
 
 #: a study attribute: the worker that keeps the compiles its job could not afford, for the team
@@ -90,6 +92,17 @@ def compiles_by(storage, study_name: str):
 
 def set_compiles_by(storage, study_name: str, who) -> None:
     storage.set_study_user_attr(storage.get_study_id_from_name(study_name), COMPILES_BY, who)
+
+
+def pass_compiles(store, job_id: int, study_name: str, keeper, to) -> bool:
+    """Under the job's lock: the job's compiles go from ``keeper`` to ``to`` (a worker id, or
+    :data:`COMPILES_DONE`) — only while ``keeper`` still keeps them. Whether they did."""
+    storage = store.optuna_storage()
+    with queue.locked_job(store, job_id):
+        if compiles_by(storage, study_name) != keeper:
+            return False
+        set_compiles_by(storage, study_name, to)
+        return True
 
 
 def reserve_trial(store, job_id: int, study, storage, ask):
@@ -136,11 +149,11 @@ def host_id() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
 
 
-def others_running_here(store, worker_id: int) -> bool:
+def others_running_here(store, worker_id: int, stale_s: float) -> bool:
     """Whether another live worker of this host runs something now (a trial, or a compile for the team):
     an idle worker's compile waits for it, so that it neither slows a measurement nor, starved at idle
-    priority, runs past its limit and is taken for a compile that failed."""
-    from .study import alive
-
+    priority, runs past its limit and is taken for a compile that failed (a stopped one, see
+    :func:`worker_gone`, holds nothing up)."""
     host, _ = host_id()
-    return any(wid != worker_id and alive(pid) for wid, pid in queue.running_workers(store, host))
+    return any(wid != worker_id and not worker_gone(store, wid, stale_s)
+               for wid, _ in queue.running_workers(store, host))

@@ -261,7 +261,7 @@ class Measurer:
         return self._best_feasible
 
     def note_incumbent(self, record: TrialRecord) -> None:
-        if record.status == Status.OK and not record.reused and record.figures.wall_s:
+        if record.status == Status.OK and record.measurement_id in self._measured_now and record.figures.wall_s:
             self._walls.append(record.figures.wall_s)
         if record.feasible:
             self.caps.seed_fits(record.recipe, recipe_key(record.recipe))

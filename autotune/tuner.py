@@ -141,7 +141,8 @@ class Search:
         from . import isolate
 
         study = self.open_study()
-        started = time.monotonic() if started is None else started
+        run_started = time.monotonic()
+        started = run_started if started is None else started  # the timeout's clock; wall_s is the run's own
         m = self.measurer
         status = progress.set_status if progress else (lambda s: None)
         baseline = self.baseline(status)
@@ -190,7 +191,7 @@ class Search:
                                     lambda trial: self.step(study, status, trial), done, launch_deadline)
         finally:
             m.gate = None
-        self.wall_s = time.monotonic() - started
+        self.wall_s = time.monotonic() - run_started
         result = self.result(study, interrupted, strict)
         if result.best and not interrupted and self.spec.side_by_side and m.side_by_side_due() \
                 and result.best[0].recipe != self.baseline_recipe:
@@ -198,7 +199,7 @@ class Search:
                 result.side_by_side = m.side_by_side(result.best[0], status)
             except KeyboardInterrupt:  # the trials' results stand; only the pair at the end is missing
                 result.side_by_side = {"error": "stopped by Ctrl-C"}
-            result.side_by_side["seconds"] = time.monotonic() - started - self.wall_s
+            result.side_by_side["seconds"] = time.monotonic() - run_started - self.wall_s
             study.set_user_attr(protocol.Attr.SIDE_BY_SIDE, result.side_by_side)
         return result
 

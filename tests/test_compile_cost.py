@@ -52,6 +52,19 @@ def test_a_recipe_not_measured_itself_is_predicted_from_its_nearest_rows_weighte
     # one similar compile stopped at a 60 s cap: at least 60 s, exactly, so a 60 s cap defers it
     bound = CompileCost([Past(1, 1, "h", "v", near, 60.0, censored=True)], "h", "v", 1).predict(recipe())
     assert bound.at_least and bound.seconds == 60.0
+    # a bound among the nearest raises the estimate; a further one does not make a finished compile's a bound
+    both = CompileCost([Past(1, 1, "h", "v", near, 60.0, censored=True), Past(2, 1, "h", "v", further, 40.0)],
+                       "h", "v", 1).predict(recipe())
+    assert both.at_least and both.seconds == 60.0
+    both = CompileCost([Past(1, 1, "h", "v", near, 40.0), Past(2, 1, "h", "v", further, 80.0, censored=True)],
+                       "h", "v", 1).predict(recipe())
+    assert not both.at_least and both.seconds == 40.0
+    # its own compiles that finished say more than its own stopped ones; with none, the largest bound
+    own = CompileCost([Past(1, 1, "h", "v", recipe(), 60.0, censored=True), Past(2, 1, "h", "v", recipe(), 120.0,
+                                                                                 censored=True)], "h", "v", 1)
+    assert own.predict(recipe()).seconds == 120.0 and own.predict(recipe()).at_least
+    own.add(Past(3, 1, "h", "v", recipe(), 50.0))
+    assert own.predict(recipe()).seconds == 50.0 and not own.predict(recipe()).at_least
 
 
 def test_a_compile_stopped_at_the_cap_is_a_lower_bound():
@@ -64,13 +77,13 @@ def test_error_holds_each_measurement_back():
     history = [Past(1, 1, "h", "v", recipe(), 40.0), Past(2, 1, "h", "v", recipe(), 60.0),
                Past(3, 1, "h", "v", recipe(), 50.0, censored=True)]
     error, n = CompileCost(history, "h", "v", 1).error()
-    assert n == 2  # the censored row is predicted from, never scored
-    # 40 held back: predicted from 60 and >=50 -> 55 (37.5% off); 60: from 40 and 50 -> 45 (25% off)
-    assert error == pytest.approx((0.375 + 0.25) / 2)
+    assert n == 2  # the censored row is never scored, nor predicted from beside a compile that finished
+    # 40 held back: predicted from 60 (50% off); 60: from 40 (a third off)
+    assert error == pytest.approx((0.5 + 1 / 3) / 2)
     # over the recipes that compile only: an eager first call (compile.target off) is no compile
     eager = [Past(6, 1, "h", "v", recipe(target="off"), 2.0), Past(7, 1, "h", "v", recipe(target="off"), 6.0)]
     cost = CompileCost(history + eager, "h", "v", 1)
-    assert cost.error()[1] == 4 and cost.error(compiled_only=True) == (pytest.approx((0.375 + 0.25) / 2), 2)
+    assert cost.error()[1] == 4 and cost.error(compiled_only=True) == (pytest.approx((0.5 + 1 / 3) / 2), 2)
 
 
 @pytest.fixture

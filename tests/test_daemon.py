@@ -312,17 +312,27 @@ def _runs_off_the_plan(worker, queue_db, job_id) -> None:
 def test_an_idle_workers_compile_waits_for_the_other_workers_of_its_host(queue_db):
     """A compile for the team runs only when no other live worker of this host is running (a trial it
     would slow, or that would starve it past its limit): a running worker with a live pid holds it, one
-    whose process is gone, one that is idle, or one of another host does not."""
+    whose process is gone, one that is idle, one of another host, one silent past the stale limit (hung,
+    a zombie) or one with this process's pid (a restarted container's daemon before this one) does not."""
+    import datetime as dt
     import socket
+    from functools import partial
 
-    from autotune.jobqueue import others_running_here
+    from autotune.jobqueue import worker_gone
+    from autotune.jobqueue import others_running_here as running
     from autotune.states import WorkerState
     from autotune.store import queue
+    from autotune.store import tables as t
 
+    others_running_here = partial(running, stale_s=60.0)
     store = Store(queue_db)
     me = queue.add_worker(store, host=socket.gethostname(), pid=os.getpid(), hardware_key="x")
     queue.beat_worker(store, me, state=WorkerState.RUNNING.value)
     assert not others_running_here(store, me), "its own state held it"
+    before = queue.add_worker(store, host=socket.gethostname(), pid=os.getpid(), hardware_key="x")
+    queue.beat_worker(store, before, state=WorkerState.RUNNING.value)
+    assert worker_gone(store, before, 60.0) and not others_running_here(store, me), "this pid's earlier worker"
+    queue.beat_worker(store, before, state=WorkerState.STOPPED.value)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = queue.add_worker(store, host=socket.gethostname(), pid=int(dead.stdout), hardware_key="x")
     queue.beat_worker(store, gone, state=WorkerState.RUNNING.value)
@@ -331,4 +341,12 @@ def test_an_idle_workers_compile_waits_for_the_other_workers_of_its_host(queue_d
     idle = queue.add_worker(store, host=socket.gethostname(), pid=os.getppid(), hardware_key="x")
     assert not others_running_here(store, me)
     queue.beat_worker(store, idle, state=WorkerState.RUNNING.value)
-    assert others_running_here(store, me)
+    assert others_running_here(store, me) and not worker_gone(store, idle, 60.0)
+    with store.session() as s:  # silent for two minutes: hung, or a zombie the os still lists
+        s.get(t.Worker, idle).heartbeat_at = t.utcnow() - dt.timedelta(seconds=120)
+    assert worker_gone(store, idle, 60.0) and not others_running_here(store, me)
+    queue.beat_worker(store, idle)
+    queue.beat_worker(store, elsewhere)
+    assert not worker_gone(store, elsewhere, 60.0)
+    queue.beat_worker(store, elsewhere, state=WorkerState.STOPPED.value)
+    assert worker_gone(store, elsewhere, 60.0)

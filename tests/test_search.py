@@ -400,12 +400,13 @@ def test_a_time_boxed_search_starts_no_trial_that_would_end_past_its_deadline(ti
     from autotune.spec import build
 
     m = Measurer.__new__(Measurer)
-    m._walls, m._best_feasible = [], None
+    m._walls, m._best_feasible, m._measured_now = [], None, {1, 3, 4, 5}
     assert m.typical_trial_s() == 0.0
-    for wall, status, reused in ((10.0, Status.OK, False), (99.0, Status.OK, True), (30.0, Status.OK, False),
-                                 (500.0, Status.PRUNED, False), (20.0, Status.OK, False)):
-        m.note_incumbent(TrialRecord(0, 1, {}, status, Figures(wall_s=wall), None, reused, missed=["memory"]))
-    assert m.typical_trial_s() == 20.0  # measured here, with figures: not another study's, not a pruned one
+    for i, wall, status in ((1, 10.0, Status.OK), (2, 99.0, Status.OK), (3, 30.0, Status.OK),
+                            (4, 500.0, Status.PRUNED), (5, 20.0, Status.OK)):
+        m.note_incumbent(TrialRecord(0, i, {}, status, Figures(wall_s=wall), None, False, missed=["memory"]))
+    # measured by this run, with figures: not another study's or an earlier run's (2), not a pruned one (4)
+    assert m.typical_trial_s() == 20.0
 
     runs = iter(range(3))
 

@@ -220,6 +220,7 @@ def test_the_compiles_a_killed_worker_kept_are_adopted_by_the_next_idle_one(tmp_
     """The worker that kept a job's deferred compile is killed (-9) before compiling it: the next daemon
     of the same hardware, idle, adopts it from the job's study and compiles it into the team cache."""
     import signal
+    import threading
 
     from click.testing import CliRunner
 
@@ -251,11 +252,14 @@ def test_the_compiles_a_killed_worker_kept_are_adopted_by_the_next_idle_one(tmp_
                                  "--exit-when-idle"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     first, seen = daemon("first"), []
+    stuck = threading.Timer(900, first.kill)  # a daemon that never gets there fails the test, never hangs it
+    stuck.start()
     for line in first.stdout:  # killed the moment it has kept the compile, before it could compile it
         seen.append(line)
         if "kept for when the queue is idle" in line:
             first.send_signal(signal.SIGKILL)
             break
+    stuck.cancel()
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
     store = Store(db)
