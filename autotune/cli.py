@@ -202,6 +202,9 @@ def study_options(fn):
         click.option("--pareto", is_flag=True, help="optimize several objectives at once; report the Pareto front"),
         click.option("--trials", type=click.IntRange(min=1), default=None,
                      help=f"measured trials (default {SearchSpec.trials})"),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="the whole search's seconds (a queued job's: from when its first worker starts it): "
+                          "no trial starts that would typically end past them"),
         click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="seconds one trial may take (default: derived from the baseline)"),
         click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help=f"default {SearchSpec.sampler}"),
@@ -251,8 +254,6 @@ def open_store(db_url):
 
 @cli.command()
 @study_options
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="the whole search's seconds: no trial starts that would typically end past them")
 @click.option("--remeasure", is_flag=True, help="measure every candidate again, reusing nothing from the database")
 @click.option("--jobs", default=None, metavar="N|auto",
               help="trials side by side: they compile at once, each measures alone (default auto: one; beside "
@@ -286,6 +287,9 @@ def search(model, budget, objective, pareto, trials, timeout, trial_timeout, sam
     if submit_job:
         if jobs is not None:
             raise UsageError("--jobs runs trials side by side in this search; a queued job's are the daemon's --workers")
+        if remeasure:  # a job's workers reuse what the job measured (its baseline above all)
+            raise UsageError("--remeasure applies to a search run here: a queued job's workers share what the database "
+                             "holds, its baseline above all")
         _submit(open_store(db_url), api.search_spec(model, **given), hardware)
         return
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
@@ -441,14 +445,14 @@ def _submit(store, spec, hardware):
 @workload_options
 @db_option
 @handle_errors
-def submit(model, budget, objective, pareto, trials, trial_timeout, sampler, study_name, study_file, hardware,
+def submit(model, budget, objective, pareto, trials, timeout, trial_timeout, sampler, study_name, study_file, hardware,
            workload, device, config_only, db_url, draft=None):
     """Queue a tuning job in the database; daemons on matching hardware work it off."""
     from .spec import build
 
     spec = build(study_file, model=model, budget=budget, objective=objective, pareto=pareto or None, trials=trials,
-                 trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, workload=workload, device=device,
-                 config_only=config_only or None, draft=draft)
+                 timeout=timeout, trial_timeout=trial_timeout, sampler=sampler, study_name=study_name, workload=workload,
+                 device=device, config_only=config_only or None, draft=draft)
     _submit(open_store(db_url), spec, hardware)
 
 

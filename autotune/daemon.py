@@ -159,8 +159,15 @@ class Worker:
         with self.beating(), queue.locked_job(self.store, job_id):  # beating while it waits for the lock too
             search = Search(spec, self.store, self.optimizations)
             study = search.open_study(storage)
+            deadline = jobqueue.job_deadline(storage, study.study_name, spec.timeout)  # its clock runs from here
             search.baseline()
         ran = 0
+        if deadline is not None:  # no first call runs past the job's deadline either (see CompileCaps.plan)
+            search.measurer.caps.deadline = time.monotonic() + deadline - time.time()
+
+        def time_up() -> bool:
+            """No trial starts unless a typical one of this worker's ends before the job's deadline."""
+            return deadline is not None and time.time() + search.measurer.typical_trial_s() >= deadline
 
         def reserve(study):  # under the job lock: the trial beats at once, and this worker keeps it in mind
             trial = search.ask(study)
@@ -170,10 +177,10 @@ class Worker:
             return trial
 
         while not self.stopping:
-            trial, state = jobqueue.reserve_trial(self.store, job_id, study, storage, reserve)
+            trial, state = jobqueue.reserve_trial(self.store, job_id, study, storage, reserve, time_up)
             if trial is None:
                 if state in queue.OPEN:
-                    self.finish(job_id, search, study)
+                    self.finish(job_id, search, study, time_up)
                 return ran
             if ran == 0:
                 log.info("job %s: %s (study %s)", job_id, spec.source.name, search.study_name)
@@ -231,18 +238,21 @@ class Worker:
             if stop.wait(self.opt.heartbeat_s):
                 return
 
-    def finish(self, job_id: int, search, study) -> None:
-        """The plan is spent: when no trial is still running, record the result once."""
+    def finish(self, job_id: int, search, study, time_up=lambda: False) -> None:
+        """The plan is spent (or the job's ``--timeout``, ``time_up()``): when no trial is still running,
+        record the result once."""
 
         def outcome():
             done, running = protocol.counted_trials(study)
             if running:
                 return None
+            late = f"its --timeout of {search.spec.timeout:g} s ran out after {done} of {search.spec.trials} trials" \
+                if done < search.spec.trials and time_up() else ""
             try:
                 result = search.result(study)
             except NoFeasibleRecipe as exc:
-                return JobState.FAILED, None, str(exc)
-            return JobState.DONE, result.best[0].measurement_id, f"{done} trials"
+                return JobState.FAILED, None, f"{late}: {exc}" if late else str(exc)
+            return JobState.DONE, result.best[0].measurement_id, late or f"{done} trials"
 
         state = queue.finish_job(self.store, job_id, outcome)
         if state is not None:

@@ -105,10 +105,10 @@ def pass_compiles(store, job_id: int, study_name: str, keeper, to) -> bool:
         return True
 
 
-def reserve_trial(store, job_id: int, study, storage, ask):
+def reserve_trial(store, job_id: int, study, storage, ask, time_up=lambda: False):
     """Under the job lock: fail stale trials (retrying them; a reservation cut off before its first
     heartbeat is given one, so it goes stale too), then ``ask(study)`` for a trial if the plan still
-    has room. Returns ``(trial or None, job state)``."""
+    has room and it is not ``time_up()`` (the job's ``--timeout``). Returns ``(trial or None, job state)``."""
     with queue.locked_job(store, job_id) as (s, job):
         if job is None or job.state not in queue.OPEN:
             return None, (job.state if job else "gone")
@@ -116,9 +116,29 @@ def reserve_trial(store, job_id: int, study, storage, ask):
         optuna.storages.fail_stale_trials(study)
         done, running = counted_trials(study)
         asked = len(study.get_trials(deepcopy=False))  # rule-pruned and deferred ones are free, not endless
-        if done + running >= job.trials_planned or asked >= job.trials_planned * ASKS_PER_TRIAL:
+        if done + running >= job.trials_planned or asked >= job.trials_planned * ASKS_PER_TRIAL or time_up():
             return None, job.state
         return ask(study), job.state
+
+
+#: a study attribute: when (seconds since the epoch) the job's first worker began it; a job's ``--timeout``
+#: runs from then, for all its workers (the hosts' clocks are taken to agree, as for heartbeats)
+STARTED_AT = "team_started_at"
+
+
+def job_deadline(storage, study_name: str, timeout: float | None) -> float | None:
+    """Under the job's lock: the job's deadline (seconds since the epoch), ``timeout`` after its first
+    worker began it — now, when none has; None without a timeout. A worker that joins later, or
+    restarts, keeps the job's clock: the job ends when the user said, not ``timeout`` after its last
+    worker came."""
+    import time
+
+    sid = storage.get_study_id_from_name(study_name)
+    started = storage.get_study_user_attrs(sid).get(STARTED_AT)
+    if started is None:
+        started = time.time()
+        storage.set_study_user_attr(sid, STARTED_AT, started)
+    return None if timeout is None else float(started) + timeout
 
 
 def list_jobs(store) -> list[dict]:

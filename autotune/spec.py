@@ -146,7 +146,8 @@ class SearchSpec:
         """Plain data for a queued job (the target is the worker's own, so it is not carried)."""
         return {"model": self.source.name, "config_only": self.source.config_only, "workload": self.workload.to_dict(),
                 "budget": self.budget.text, "objectives": [list(o) for o in self.objectives], "trials": self.trials,
-                "trial_timeout": self.trial_timeout, "sampler": self.sampler, "seed": self.seed,
+                "timeout": self.timeout, "trial_timeout": self.trial_timeout, "sampler": self.sampler,
+                "seed": self.seed,
                 "restrict": self.restrict, "policy": self.policy.to_dict(), "study_name": self.study_name,
                 "price_per_hour": self.price_per_hour, "draft": self.draft.name if self.draft else None}
 
@@ -155,10 +156,12 @@ class SearchSpec:
         return cls(source=resolve_model(d["model"], config_only=d["config_only"]),
                    workload=Workload.from_dict(d["workload"]), target=target,
                    budget=parse_budget(d["budget"]), objectives=[tuple(o) for o in d["objectives"]],
-                   trials=d["trials"], trial_timeout=d["trial_timeout"], sampler=d["sampler"], seed=d["seed"],
+                   trials=d["trials"], timeout=d.get("timeout"), trial_timeout=d["trial_timeout"],
+                   sampler=d["sampler"], seed=d["seed"],
                    restrict=d["restrict"], policy=MeasurePolicy.from_dict(d.get("policy")),
                    study_name=d.get("study_name"), price_per_hour=d.get("price_per_hour"),
-                   draft=resolve_model(d["draft"], tokenizer=False) if d.get("draft") else None)
+                   draft=resolve_model(d["draft"], tokenizer=False) if d.get("draft") else None,
+                   side_by_side=False)  # a job's workers measure no pair at the end: its baseline is a whole one
 
 
 # -- study files ---------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def test_a_choice_that_is_the_same_program_here_is_refused_with_the_reason(tiny_
     (["search", "{model}", "--study-file", "/no/such.toml"], 2, "cannot read study file"),
     (["search", "{model}", "--jobs", "0"], 2, "--jobs must be a positive whole number or auto"),
     (["search", "{model}", "--submit", "--jobs", "2"], 2, "a queued job's are the daemon's --workers"),
+    (["search", "{model}", "--submit", "--remeasure"], 2, "--remeasure applies to a search run here"),
 ])
 def test_bad_input(args, code, text, tiny_model, tmp_path):
     broken = tmp_path / "broken"

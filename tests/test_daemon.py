@@ -161,6 +161,24 @@ def test_a_job_nothing_fits_ends_failed_saying_why(queue_db, tmp_path, tiny_mode
     assert j["best_measurement_id"] is None
 
 
+def test_a_jobs_timeout_travels_with_it_and_runs_from_its_first_worker(queue_db, tmp_path, tiny_model):
+    # `--timeout` was dropped on the way to the queue: a job ran its whole plan however long it took
+    from autotune import jobqueue
+    from autotune.store import queue
+
+    job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 3), "--timeout", "1"])
+    assert queue.get_job(Store(queue_db), job_id).search_spec["timeout"] == 1
+    p = daemon(queue_db, "--exit-when-idle")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    j = job(queue_db, job_id)  # the clock ran from before the baseline: no time is left for a trial after it
+    assert j["trials_done"] == 0 and "its --timeout of 1 s ran out after 0 of 3 trials" in j["message"], j
+    study = study_of(queue_db, job_id)
+    started = study.user_attrs[jobqueue.STARTED_AT]
+    assert started < time.time() - 1  # set once, by the first worker: one that comes later keeps the clock
+    assert jobqueue.job_deadline(Store(queue_db).optuna_storage(), study.study_name, 5) == started + 5
+
+
 def test_sigterm_exits_cleanly_and_the_job_resumes(queue_db, tmp_path, tiny_model):
     job_id = submit(queue_db, ["--study-file", job_file(tmp_path, tiny_model, 2, **{"chaos.behaviour": ["slow"]})])
     extra = {"AUTOTUNE_PLUGIN_MODULES": "plugins_for_tests", "CHAOS_SLOW_S": "30"}
