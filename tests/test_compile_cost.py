@@ -67,6 +67,32 @@ def test_a_recipe_not_measured_itself_is_predicted_from_its_nearest_rows_weighte
     assert own.predict(recipe()).seconds == 50.0 and not own.predict(recipe()).at_least
 
 
+def test_other_hosts_compiles_are_scaled_by_what_this_host_measured_against_them():
+    """The shipped prior is a Xeon's: on an AMD EPYC the int4 ahead-of-time seed compiled in 130 s against
+    the 69 s the prior said, and the README job's median prediction error was 46%."""
+    xeon = [Past(-1, 1, "xeon", "v", recipe(target="aoti"), 70.0),
+            Past(-2, 1, "xeon", "v", recipe(target="decode"), 10.0),
+            Past(-3, 1, "xeon", "v", recipe(target="generate"), 60.0, censored=True)]
+    cost = CompileCost(xeon, "epyc", "v", 1)
+    assert cost.host_factor() == 1.0 and cost.predict(recipe(target="aoti")).seconds == 70.0  # nothing measured here
+    cost.add(Past(1, 1, "epyc", "v", recipe(target="decode"), 20.0))  # twice the Xeon's
+    aoti = cost.predict(recipe(target="aoti"))
+    assert cost.host_factor() == pytest.approx(2.0) and aoti.seconds == pytest.approx(140.0)
+    assert "x2.0 for this host" in aoti.basis
+    bound = cost.predict(recipe(target="generate"))  # a bound there is a bound twice as high here
+    assert bound.at_least and bound.seconds == pytest.approx(120.0)
+    assert cost.predict(recipe(target="decode")).seconds == 20.0  # this host's own rows are not scaled
+    # held back, a row says nothing of the factor it would be predicted with
+    assert cost.host_factor(exclude=1) == 1.0
+    assert cost.predict(recipe(target="decode"), exclude=1).seconds == pytest.approx(10.0)
+    # eager first calls, stopped compiles and other models here say nothing of this host's compile speed
+    cost.add(Past(2, 1, "epyc", "v", recipe(target="off"), 500.0))
+    cost.add(Past(3, 1, "epyc", "v", recipe(target="aoti"), 900.0, censored=True))
+    assert cost.host_factor() == pytest.approx(2.0)
+    cost.add(Past(4, 1, "epyc", "v", recipe(target="aoti"), 7000.0))  # 100 times: past the range, noise
+    assert cost.host_factor() == 4.0  # (the median of 2 and 100: their geometric mean, 14)
+
+
 def test_a_compile_stopped_at_the_cap_is_a_lower_bound():
     cost = CompileCost([Past(1, 1, "h", "v", recipe(), 60.0, censored=True)], "h", "v", 1)
     guess = cost.predict(recipe())
