@@ -56,6 +56,7 @@ class Measurer:
         self.compile_cache = compile_share.configured()  # the team's (a Redis URL), or None
         self.gate = None  # an autotune.isolate.Gate while a run's trials run
         self._best_feasible: Figures | None = None
+        self._best_here = False  # whether this run measured it: its compiled programs are on this host's disk
         self._measured_now: set[int] = set()  # measurement ids this run made
         self._walls: list[float] = []  # the wall time of each trial with figures this run measured
         self.ids = writes.ensure_rows(
@@ -122,8 +123,10 @@ class Measurer:
     def side_by_side_reserve(self) -> float:
         """Seconds a search with a timeout keeps for :meth:`side_by_side`: the baseline's trial without its
         quality calls and with the shorter rounds, and the best feasible so far's likewise, less its first
-        call's compilation (its programs are on disk by then; the baseline's own stands in until a
-        candidate beats it). Twice the baseline's kept 66 s where the pair took 43 (README job, Xeon)."""
+        call's compilation when this run measured it (its programs are on this host's disk by then; the
+        baseline's own stands in until a candidate beats it). Twice the baseline's kept 66 s where the pair
+        took 43 (README job, Xeon). A best another host or run measured compiles or loads here: a second
+        host's pair took 208 s against the 100 s kept, and its README job ended at 710 s of its 600 (EPYC)."""
         def side(f) -> float:
             outside = f.wall_s - (f.measure_s or 0.0) - (f.quality_s or 0.0)
             # a trial with no measured rounds (its pass was its round) gets the pair's two
@@ -134,7 +137,8 @@ class Measurer:
         if base is None or not base.wall_s:
             return 0.0
         best = self._best_feasible if self._best_feasible is not None and self._best_feasible.wall_s else base
-        compiled = max(0.0, (best.first_call_s or 0.0) - (best.warmup_s or 0.0)) if best is not base else 0.0
+        compiled = max(0.0, (best.first_call_s or 0.0) - (best.warmup_s or 0.0)) \
+            if best is not base and self._best_here else 0.0
         return side(base) + max(0.0, side(best) - compiled)
 
     def side_by_side(self, best: TrialRecord, on_status=lambda s: None) -> dict | None:
@@ -155,7 +159,10 @@ class Measurer:
             return {"error": f"the HF default failed ({base.status.value}): {base.error}"}
         on_status(f"recipe {best.measurement_id} again, beside the HF default")
         apart = time.monotonic() - started
-        mine = evaluate(*args, best.recipe, baseline=base, **rest)
+        # measured by another host of the team, its compiled programs load from the team cache: the second host
+        # of a README job compiled the winner's AOTInductor package again for its pair (104 s of its 600)
+        mine = evaluate(*args, best.recipe, baseline=base, compile_cache=self.compile_cache,
+                        compile_artifact=self.shared_artifact(best.recipe), **rest)
         if not mine.ok:
             return {"error": f"recipe {best.measurement_id} failed ({mine.status.value}): {mine.error}"}
         return {"measurement_id": best.measurement_id, "apart_s": apart,
@@ -269,6 +276,7 @@ class Measurer:
         if record.feasible and e2e is not None and record.figures.tpot_ms_p50 is not None:
             if self._best_feasible is None or e2e < self._best_feasible.e2e_ms_p50:
                 self._best_feasible = record.figures
+                self._best_here = record.measurement_id in self._measured_now
 
     def typical_trial_s(self) -> float:
         """The median wall time of the trials with figures this run measured, the baseline's among them

@@ -368,8 +368,11 @@ def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_comp
     alone = 2 * (46.0 - 26.0 - 2.2 + SIDE_BY_SIDE_MEASURE_S)
     assert m.side_by_side_reserve() == pytest.approx(alone)  # nothing beat the baseline yet: twice its own
     m._best_feasible = Figures(wall_s=99.0, measure_s=8.6, quality_s=0.6, first_call_s=82.7, warmup_s=0.5)
+    m._best_here = True
     best = (99.0 - 8.6 - 0.6 + 8.6) - (82.7 - 0.5)
     assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best)
+    m._best_here = False  # measured by another host or run: it compiles (or loads) here, as it did there
+    assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best + 82.7 - 0.5)
     # a baseline whose envelope pass was its one round (no measured rounds): the pair's two rounds of it
     m._best_feasible = None
     m.baseline_record.figures = Figures(wall_s=20.0, measure_s=0.0, quality_s=2.2, first_call_s=1.9, warmup_s=1.9,

@@ -108,6 +108,18 @@ def test_a_second_host_builds_no_aotinductor_package_the_first_built(tmp_path, t
     assert second["graphs_built"] == 0, "host b built a package host a had built"
     assert list((tmp_path / "b" / "cache" / "aoti").glob("*.pt2")), "the package was not written on host b"
     assert PASSWORD not in out_b
+    # a host c resumes host a's study, its plan spent: the pair at the end runs host a's best, loading its package
+    # (the second host of a README job built the winner's package again for it: 104 s of its 600)
+    env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(tmp_path / "c" / "cache"),
+           "AUTOTUNE_DATA_DIR": str(tmp_path / "c" / "data"), "AUTOTUNE_COMPILE_CACHE": REDIS}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "autotune", "search", "--study-file", write_study(tmp_path, tiny_model,
+                           ONE_AOTI, trials=1), "--study", "aoti-a", "--db", db, "--json", "--side-by-side"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pair = json.loads(proc.stdout)["side_by_side"]
+    assert pair and pair["measurement_id"] == first["measurement_id"], pair
+    assert pair["best"]["graphs_built"] == 0, "host c built the package again for the pair at the end"
 
 
 @needs_redis
