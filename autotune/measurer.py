@@ -176,7 +176,7 @@ class Measurer:
         # a compile finished after a search measured nothing: it stands for no measurement
         earlier = [r for r in self._earlier(recipe)
                    if (defer or not is_deferred(r.figures)) and not is_compiled_only(r.figures)]
-        row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap)
+        row = self._reusable(earlier, is_baseline=False, first_call_cap_s=cap, loads=artifact is not None)
         if row is not None:
             return self.record(number, row)
         if defer:
@@ -254,11 +254,11 @@ class Measurer:
         return queries.compile_artifact(self.store, self.ids.model_id, self.spec.target.hardware_key,
                                         self.spec.target.versions_key, writes.key_hash(recipe_key(recipe)))
 
-    def _reusable(self, earlier: list, is_baseline: bool, first_call_cap_s: float | None = None):
+    def _reusable(self, earlier: list, is_baseline: bool, first_call_cap_s: float | None = None, loads: bool = False):
         """Which earlier measurement stands for a new one (:func:`autotune.reuse.reusable`)."""
         today = Today(self.study_name, self.trial_limit_s, self.spec.lanes, self.spec.remeasure,
                       frozenset(self._measured_now))
-        return reusable(earlier, today, is_baseline, first_call_cap_s)
+        return reusable(earlier, today, is_baseline, first_call_cap_s, loads)
 
     def _incumbent(self) -> Figures | None:
         """The figures a candidate is abandoned against (``abandon_factor`` times slower): the best

@@ -1,11 +1,12 @@
-"""What a search measures next: the seed recipes first, then — when it is their turn — refinements
-of the leader, else whatever the sampler proposes. Samplers are Optuna's; seeds come from the
+"""What a search measures next: a candidate whose compile the team now holds, the seed recipes,
+then — when it is their turn — refinements of the leader, else whatever the sampler proposes. Samplers are Optuna's; seeds come from the
 plugins (``register_seeds``); refinements are autotune's own (:func:`refinement`)."""
 from __future__ import annotations
 
 import math
 import random
 import warnings
+from typing import Callable
 
 import optuna
 
@@ -21,6 +22,8 @@ MAX_GRID_POINTS = 100_000
 TPE_STARTUP = 4
 #: the samplers whose proposals alternate with refinements of the leader (see :func:`refinement`)
 REFINED = ("tpe",)
+#: the ``proposed_by`` of a candidate asked again once the team compile cache holds its compile
+TEAM_COMPILED = "team compile"
 
 
 def check_sampler(name: str, space) -> None:
@@ -49,16 +52,20 @@ def make_sampler(name: str, seed, space):
 
 
 def next_trial(study: optuna.Study, seeds: list[dict], space, sampler: str, refine: bool, optimizations, target,
-               seed: int | None, model=None) -> optuna.Trial:
-    """The next trial: a waiting one first (e.g. the retry of a trial whose worker died), else the
-    next seed recipe not yet tried, else a refinement of the leader when it is its turn (and
-    ``refine``), else whatever the sampler proposes. Seeds and refinements are enqueued one at a time,
-    just before they are asked, so they never starve a retry; each trial's ``proposed_by`` attribute
-    says which it was."""
+               seed: int | None, model=None, loads: Callable[[dict], bool] | None = None) -> optuna.Trial:
+    """The next trial: a waiting one first (e.g. the retry of a trial whose worker died), else a
+    candidate the study deferred or stopped at its compile cap whose compile the team compile cache
+    now holds (``loads``; see :func:`team_compiled`), else the next seed recipe not yet tried, else a
+    refinement of the leader when it is its turn (and ``refine``), else whatever the sampler proposes.
+    These are enqueued one at a time, just before they are asked, so they never starve a retry; each
+    trial's ``proposed_by`` attribute says which it was."""
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     if not waiting and sampler != "grid":  # a grid visits everything anyway
         done = study.user_attrs.get(Attr.SEEDS_ASKED, 0)
-        if done < len(seeds):
+        again = team_compiled(study, space, optimizations, loads) if loads else None
+        if again is not None:
+            study.enqueue_trial(again, user_attrs={Attr.PROPOSED_BY: TEAM_COMPILED})
+        elif done < len(seeds):
             study.set_user_attr(Attr.SEEDS_ASKED, done + 1)
             study.enqueue_trial(spaces.params_for(seeds[done], space), user_attrs={Attr.PROPOSED_BY: "seed"})
         elif refine and sampler in REFINED:
@@ -66,6 +73,29 @@ def next_trial(study: optuna.Study, seeds: list[dict], space, sampler: str, refi
             if params is not None:
                 study.enqueue_trial(params, user_attrs={Attr.PROPOSED_BY: "refinement"})
     return study.ask()
+
+
+def team_compiled(study: optuna.Study, space, optimizations, loads: Callable[[dict], bool]) -> dict | None:
+    """The params of a candidate the study deferred or stopped at its compile cap, whose compiled
+    artifact the team compile cache now holds (``loads(recipe)``: compiled after the search, or by
+    another host), that no other trial of the study measured or is measuring; each is asked again once
+    (a trial ``proposed_by`` :data:`TEAM_COMPILED`). Else None. A resumed study asks no seed twice and
+    its sampler seldom proposes a pruned point again: the second host of a README job loaded none of
+    the three compiles the first host finished after its search (the int8 AOTInductor seed among them)."""
+    trials = study.get_trials(deepcopy=False)
+    capped, others, again = {}, set(), set()
+    for t, params in zip(trials, asked_params(trials)):
+        key = recipe_key(spaces.recipe_for(params, space, optimizations))
+        if t.user_attrs.get(Attr.PROPOSED_BY) == TEAM_COMPILED:
+            again.add(key)
+        elif t.state == optuna.trial.TrialState.PRUNED and t.user_attrs.get(Attr.COMPILE_CAPPED):
+            capped.setdefault(key, params)
+        else:
+            others.add(key)
+    for key, params in capped.items():
+        if key not in others and key not in again and loads(spaces.recipe_for(params, space, optimizations)):
+            return params
+    return None
 
 
 def refinement(study: optuna.Study, space, optimizations, target, seed: int | None, model=None) -> dict | None:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping
 
+from . import compile_share
 from .figures import Figures
 from .states import Status
 from .spec import BASELINE_TIMEOUT_S
@@ -35,7 +36,8 @@ class Today:
     measured_now: frozenset = frozenset()
 
 
-def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_cap_s: float | None = None):
+def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_cap_s: float | None = None,
+             loads: bool = False):
     """Which earlier measurement, if any, stands for a new one (rows newest first, each with ``id``,
     ``status``, ``study``, ``figures``, ``trial_limit_s``):
 
@@ -48,7 +50,8 @@ def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_
     - one pruned because its first call (compilation) ran past a cap at least today's
       (``first_call_cap_s``) would run past today's — compile time is the recipe's, the target's and
       the versions', all in the key — so it does (or an earlier success of it); a larger cap, or
-      fewer trials side by side (it compiled sharing the CPU with more) measures it again;
+      fewer trials side by side (it compiled sharing the CPU with more) measures it again, and so does
+      the team compile cache holding its compiled artifact now (``loads``: its first call loads it);
     - other failures stand within the study that measured them; another study retries once (a
       config that failed in two studies stays failed); one pruned as hopeless was judged against its
       study's incumbent: another study measures it again."""
@@ -67,7 +70,8 @@ def reusable(earlier: list, today: Today, is_baseline: bool = False, first_call_
         return None
     pruned = Figures.from_dict(newest.figures) if status == Status.PRUNED else None
     if pruned is not None and pruned.first_call_cap_s is not None:  # stopped at the compile cap
-        if first_call_cap_s is None or pruned.first_call_cap_s < first_call_cap_s or (pruned.lanes or 1) > today.lanes:
+        if first_call_cap_s is None or pruned.first_call_cap_s < first_call_cap_s or (pruned.lanes or 1) > today.lanes \
+                or (loads and not compile_share.loaded(pruned.compile_shared)):
             return None
         return next((r for r in earlier if Status(r.status) == Status.OK), newest)  # it did compile once
     if newest.study == today.study:

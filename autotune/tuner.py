@@ -97,8 +97,10 @@ class Search:
 
     def ask(self, study: optuna.Study) -> optuna.Trial:
         """The next trial (see :func:`autotune.proposals.next_trial`)."""
+        m = self.measurer
+        loads = (lambda recipe: m.shared_artifact(recipe) is not None) if m.compile_cache else None
         return next_trial(study, self.seeds, self.space, self.spec.sampler, len(self.spec.objectives) == 1,
-                          self.optimizations, self.spec.target, self.spec.seed, self.model_info)
+                          self.optimizations, self.spec.target, self.spec.seed, self.model_info, loads)
 
     # -- measuring (autotune.measurer) ------------------------------------------------------
     @property

@@ -60,6 +60,11 @@ def test_a_compile_past_a_cap_at_least_todays_stands():
     assert reusable([capped], Today("s", lanes=1), first_call_cap_s=60.0) is None  # fewer lanes beside it
     ok = Row(1, "ok")
     assert reusable([capped, ok], TODAY, first_call_cap_s=60.0) is ok  # it did compile once
+    # the team compile cache holds its compile now: its first call loads it, so a compile stopped at the
+    # cap says nothing (unless that trial loaded an artifact too)
+    assert reusable([capped], TODAY, first_call_cap_s=60.0, loads=True) is None
+    loaded = Row(3, "pruned", figures={"first_call_cap_s": 60.0, "lanes": 2, "compile_shared": "loaded 0123abcd"})
+    assert reusable([loaded], TODAY, first_call_cap_s=60.0, loads=True) is loaded
 
 
 def test_failures_stand_in_their_study_and_after_two_studies():

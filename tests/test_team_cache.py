@@ -172,12 +172,23 @@ def test_a_deferred_compile_finishes_after_the_search_and_the_next_host_loads_it
     assert compiled.id not in {r.id for r in queries.list_measurements(store, None)}, "listed as a recipe"
     assert any(p.id == compiled.id for p in queries.compile_history(store)), "its compile's time is history"
 
-    measured, out_b = host_search(tmp_path, tiny_model, "b", "team-b", db, remeasure=False, space=space, trials=2,
-                                  status="ok", target="forward")
+    # host b resumes host a's study for one trial more: the deferred candidate is asked again (no seed is
+    # asked twice, and the sampler seldom proposes a pruned point again), loads the artifact, gets figures
+    import optuna
+
+    from autotune.proposals import TEAM_COMPILED
+    from autotune.study import Attr, counted_trials
+
+    done, _ = counted_trials(optuna.load_study(study_name="team", storage=store.optuna_storage()))
+    measured, out_b = host_search(tmp_path, tiny_model, "b", "team", db, remeasure=False, space=space,
+                                  trials=done + 1, status="ok", target="forward")
     assert measured["compile_shared"].startswith(f"loaded {compiled.figures['compile_artifact'][:12]}"), measured
     assert measured["graphs_built"] == 0, "host b compiled what the background compiled"
     assert "the search deferred or stopped at the cap" not in out_b, "nothing was left to compile"
     assert PASSWORD not in out_b
+    trials = optuna.load_study(study_name="team", storage=store.optuna_storage()).get_trials()
+    assert [t.user_attrs.get(Attr.PROPOSED_BY) for t in trials].count(TEAM_COMPILED) == 1, \
+        [(t.params, t.state, t.user_attrs) for t in trials]
 
 
 @needs_redis
