@@ -62,6 +62,9 @@ class Figures:
     decode_sampled: int | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
+    #: a trial killed at its time limit in its first call: how long that call had run (its compile takes
+    #: at least that: a bound in the compile-time history, like ``first_call_cap_s``)
+    first_call_past_s: float | None = None
     #: graphs inductor built (FX-graph cache misses): 0 when every compile came from a cache
     graphs_built: int | None = None
     #: the team compile cache: the artifact this trial saved (its SHA-256), and what became of the one

@@ -232,7 +232,8 @@ class Measurer:
         self._measured_now.add(record.measurement_id)
         # a first call that loaded the team's compiled artifact compiled nothing: no compile's time
         if not compile_share.loaded(ev.figures.compile_shared):
-            self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s, ev.figures.first_call_cap_s)
+            self.caps.learn(record.measurement_id, recipe, ev.figures.first_call_s,
+                            ev.figures.first_call_cap_s or ev.figures.first_call_past_s)
         return record
 
     def _store(self, number, recipe, status: Status, figures: Figures, limit, error, is_baseline=False):

@@ -195,6 +195,27 @@ def test_a_compile_finished_after_the_search_stands_for_no_measurement(tiny_sear
     assert record.measurement_id != row.id and record.status == Status.OK, (record.status, record.error)
 
 
+def test_a_compile_that_timed_out_after_the_search_is_a_bound_in_the_history(tiny_search):
+    """A compile after the search (:mod:`autotune.backfill`) killed at its time limit in its first call
+    (the README job's compiled generate: 239 s and no artifact) says its compile takes at least that
+    long: the history counts it as a bound, so the next search of the recipe defers it under a 60 s cap
+    rather than launching it blind."""
+    search = tiny_search
+    search.baseline()
+    candidate = resolve({"compile": {"target": "forward"}}, search.optimizations)
+    row = writes.record_measurement(
+        search.store, search.ids, recipe_key=recipe_key(candidate), recipe=candidate, study=search.study_name,
+        is_baseline=False, status=Status.TIMEOUT.value, error="no result within 239 s",
+        figures={"phase": "compiled only", "first_call_past_s": 239.0}, reuse_key=search.measurer.reuse_key,
+        trial_limit_s=239.0)
+    (past,) = [p for p in queries.compile_history(search.store) if p.id == row.id]
+    assert past.censored and past.seconds == 239.0
+    caps = search.measurer.caps
+    caps.cost.add(past)
+    cap, defer, predicted = caps.plan(candidate, recipe_key(candidate))
+    assert defer and predicted.at_least and predicted.seconds == 239.0
+
+
 def test_the_background_compiles_what_it_can_finish_first(tiny_search):
     """After a search, compiles predicted from finished ones go first, cheapest first, each within three
     times its prediction; a bound (">= 60 s": its top unknown) goes last with all that is left; a

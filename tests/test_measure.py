@@ -109,6 +109,19 @@ def test_hang_is_killed_at_the_wall_clock_limit_naming_the_phase(chaos, tiny_mod
     assert ev.figures.phase == "load" and ev.figures.wall_s >= 25
 
 
+def test_a_trial_out_of_time_in_its_first_call_says_how_long_that_call_ran(chaos, tiny_model, monkeypatch):
+    """Killed at its wall-clock limit while compiling, a trial records how long its first call had run:
+    its compile takes at least that (a bound in the compile history, autotune.store.queries)."""
+    monkeypatch.setenv("CHAOS_SLOW_S", "600")
+    ev = run(tiny_model, chaos, {"chaos": {"behaviour": "slow-compile"}}, timeout=40)
+    assert ev.status == Status.TIMEOUT and ev.figures.phase == "first call", ev.error
+    past = ev.figures.first_call_past_s
+    assert past is not None and 10 < past <= 40 and past < ev.figures.wall_s, past
+    assert f"its first call {past:.0f} s long" in ev.error
+    # killed in another phase: no first call to bound
+    assert run(tiny_model, chaos, {"chaos": {"behaviour": "hang"}}, timeout=15).figures.first_call_past_s is None
+
+
 def test_hopeless_candidate_is_abandoned_with_partial_figures(tiny_model):
     from autotune.figures import Figures
 

@@ -92,8 +92,10 @@ class Watch:
                 return Outcome(status, Figures(phase=self.phase), error)
             if not self.proc.is_alive() and not self.conn.poll(0):
                 return self._died()
-        return Outcome(Status.TIMEOUT, Figures(phase=self.phase),
-                       f"no result within {timeout:.0f} s (in the {self.phase} phase); child killed")
+        past = self.clock() - self.phase_since if self.phase == "first call" else None
+        return Outcome(Status.TIMEOUT, Figures(phase=self.phase, first_call_past_s=past),
+                       f"no result within {timeout:.0f} s (in the {self.phase} phase"
+                       + (f", its first call {past:.0f} s long" if past is not None else "") + "); child killed")
 
     def _enter(self, phase: str, at: float) -> None:
         self.phase, self.phase_since = phase, self.clock()

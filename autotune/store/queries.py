@@ -136,7 +136,8 @@ def study_budget(store, name: str | None) -> str | None:
 
 def compile_history(store, limit: int = 5000):
     """Every measured first call the database holds (newest ``limit``), as
-    :class:`autotune.compile_cost.Past` rows: a compile stopped at a cap counts as at least the cap;
+    :class:`autotune.compile_cost.Past` rows: a compile stopped at a cap counts as at least the cap, one
+    killed at its time limit in its first call as at least the time it had run;
     a deferred one (never launched), a rule-pruned one (never compiled) and one that loaded the team
     compile cache's artifact (compiled nothing) are left out."""
     from ..compile_cost import Past
@@ -159,10 +160,13 @@ def compile_history(store, limit: int = 5000):
         f = r.figures or {}
         if is_deferred(f) or loaded(f.get("compile_shared")):
             continue  # never launched; or its first call loaded the team's compiled artifact: no compile's time
-        censored = f.get("first_call_cap_s") is not None
+        # stopped at a cap, or killed at its time limit in its first call (a compile after the search
+        # that ran out of its time: the README job's compiled generate, 239 s): a bound, not a time
+        bound = f.get("first_call_cap_s") or f.get("first_call_past_s")
+        censored = bound is not None
         if censored and (f.get("lanes") or 1) > 1:
             continue  # stopped while sharing the CPU with other trials: no bound on a compile alone
-        seconds = f.get("first_call_cap_s") if censored else f.get("first_call_s")
+        seconds = bound if censored else f.get("first_call_s")
         if seconds is None:
             continue
         out.append(Past(r.id, r.model_id, r.hardware_key, r.versions_key, r.recipe, float(seconds), censored,
