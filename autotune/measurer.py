@@ -35,6 +35,9 @@ class TrialRecord:
     error: str | None
     reused: bool
     missed: list[str] = field(default_factory=list)  # budget limits an ok trial misses
+    #: measured for this study by an earlier run (another host of the team, or before a resume): this
+    #: run spent no time on it
+    earlier: bool = False
 
     @property
     def feasible(self) -> bool:
@@ -58,6 +61,7 @@ class Measurer:
         self._best_feasible: Figures | None = None
         self._best_here = False  # whether this run measured it: its compiled programs are on this host's disk
         self._measured_now: set[int] = set()  # measurement ids this run made
+        self._stored_now: set[int] = set()  # and every row this run stored (deferred, rule-pruned too)
         self._walls: list[float] = []  # the wall time of each trial with figures this run measured
         self.ids = writes.ensure_rows(
             store, model=spec.source.name, config_only=spec.source.config_only,
@@ -241,6 +245,7 @@ class Measurer:
             self.store, self.ids, recipe_key=recipe_key(recipe), recipe=recipe, study=self.study_name,
             is_baseline=is_baseline, status=status.value, error=error, figures=figures.to_dict(),
             reuse_key=self.reuse_key, trial_limit_s=limit)
+        self._stored_now.add(row.id)
         return self.record(number, row)
 
     def _earlier(self, recipe: dict) -> list:
@@ -289,11 +294,13 @@ class Measurer:
         return statistics.median(self._walls) if self._walls else 0.0
 
     def record(self, number: int, row) -> TrialRecord:
-        """A stored row as a trial of this study (reused when another study measured it)."""
+        """A stored row as a trial of this study (reused when another study measured it; earlier when
+        this study did, before this run)."""
         figures = Figures.from_dict(row.figures)
         status = Status(row.status)
-        record = TrialRecord(number, row.id, row.recipe.recipe, status, figures, row.error,
-                             reused=row.study != self.study_name)
+        reused = row.study != self.study_name
+        record = TrialRecord(number, row.id, row.recipe.recipe, status, figures, row.error, reused=reused,
+                             earlier=not reused and row.id not in self._stored_now)
         if status == Status.OK:
             record.missed = self.spec.budget.missed(figures)
         return record

@@ -319,10 +319,12 @@ def prediction_payload(search) -> dict | None:
 
 
 def time_split(records, search_wall_s: float | None = None) -> dict:
-    """Where the wall time of this run's measured trials went (reused and rule-pruned ones cost none).
-    Trials run side by side (``--jobs``) overlap, so the share in measured windows is of the
-    search's own wall time when it is given (``search_wall_s``), else of the trials' summed."""
-    measured = [r.figures for r in records if not r.reused and r.figures.wall_s]
+    """Where the wall time of this run's measured trials went (reused and rule-pruned ones cost none,
+    nor those of the study an earlier run measured: a second host resuming the first's study counted
+    them, 95% of its wall time "in measured windows"). Trials run side by side (``--jobs``) overlap, so
+    the share in measured windows is of the search's own wall time when it is given
+    (``search_wall_s``), else of the trials' summed."""
+    measured = [r.figures for r in records if this_run(r) and r.figures.wall_s]
     parts = {k: sum(f.get(k, 0.0) for f in measured)
              for k in ("load_s", "first_call_s", "envelope_pass_s", "warmup_s", "measure_s", "quality_s", "wall_s",
                        "paused_s")}
@@ -330,6 +332,11 @@ def time_split(records, search_wall_s: float | None = None) -> dict:
     timed = sum(timed_s(f) for f in measured)
     return {"trials_measured": len(measured), **parts, "search_wall_s": search_wall_s, "timed_s": timed,
             "measured_share": timed / wall if wall else None}
+
+
+def this_run(record) -> bool:
+    """Whether this run measured ``record`` (not reused from another study, nor an earlier run's)."""
+    return not getattr(record, "reused", False) and not getattr(record, "earlier", False)
 
 
 def timed_s(f) -> float:
@@ -348,10 +355,11 @@ def outcome_counts(records) -> dict:
     pruned by reason (stopped at the compile cap, deferred on a predicted compile, hopeless), the
     failed, and the rule-pruned (invalid, free)."""
     out = {"with_figures": 0, "within_budget": 0, "screened": 0, "sampled": 0, "pruned_at_cap": 0, "deferred": 0,
-           "hopeless": 0, "failed": 0, "ruled_out": 0}
+           "hopeless": 0, "failed": 0, "ruled_out": 0, "with_figures_this_run": 0}
     for r in records:
         if r.status == Status.OK:
             out["with_figures"] += 1
+            out["with_figures_this_run"] += this_run(r)
             out["within_budget"] += r.feasible
             out["screened"] += bool(r.figures.screened)
             out["sampled"] += bool(r.figures.decode_sampled)
@@ -382,7 +390,10 @@ def shared_lines(records, url: str | None) -> list[str]:
 
 def counts_text(c: dict, prediction: tuple | None = None, compiled: tuple | None = None) -> str:
     pruned = c["pruned_at_cap"] + c["deferred"] + c["hopeless"]
-    text = (f"recipes with figures: {c['with_figures']} ({c['within_budget']} within the budget, "
+    mine = c.get("with_figures_this_run", c["with_figures"])
+    text = (f"recipes with figures: {c['with_figures']} ("
+            + (f"{mine} measured by this run; " if mine != c["with_figures"] else "")
+            + f"{c['within_budget']} within the budget, "
             f"{c.get('screened', 0)} screened: measured no further once slower than the best so far"
             + (f", {c['sampled']} of them on sampled decode" if c.get("sampled") else "") + "); "
             f"pruned: {pruned} ({c['pruned_at_cap']} at the compile cap, {c['deferred']} deferred on a "
@@ -402,8 +413,10 @@ def search_text(result, search) -> str:
     for r in result.records:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1
     reused = sum(1 for r in result.records if r.reused)
+    earlier = sum(1 for r in result.records if r.earlier)
     lines = [f"study {result.study_name}: {len(result.records)} trials (" +
-             ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f"; {reused} reused" if reused else "") + ")"]
+             ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + (f"; {reused} reused" if reused else "")
+             + (f"; {earlier} from its earlier runs" if earlier else "") + ")"]
     split = time_split(result.records, result.wall_s)
     if split["trials_measured"]:
         side = (f" ({result.lanes} side by side: {split['wall_s']:.0f} s of trials, {split['paused_s']:.0f} s of it "

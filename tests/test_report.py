@@ -109,6 +109,10 @@ def test_the_measured_share_counts_the_calls_the_figures_came_from():
             Figures(phase="deferred")]
     split = time_split([SimpleNamespace(reused=False, figures=f) for f in rows], search_wall_s=100.0)
     assert split["timed_s"] == 17.0 and split["measured_share"] == 0.17 and split["trials_measured"] == 3
+    # a study resumed (by another host of the team): its earlier run's trials took none of this run's time
+    resumed = [SimpleNamespace(reused=False, earlier=i == 0, figures=f) for i, f in enumerate(rows)]
+    split = time_split(resumed, search_wall_s=100.0)
+    assert split["timed_s"] == 7.0 and split["trials_measured"] == 2
 
 
 def test_the_summary_counts_the_losers_measured_on_sampled_decode():
@@ -124,6 +128,10 @@ def test_the_summary_counts_the_losers_measured_on_sampled_decode():
     assert (counts["with_figures"], counts["screened"], counts["sampled"]) == (3, 2, 1)
     assert "2 screened: measured no further once slower than the best so far, 1 of them on sampled decode)" \
         in counts_text(counts)
+    assert counts_text(counts).startswith("recipes with figures: 3 (3 within")  # "this run": said only when fewer
+    counts = outcome_counts([SimpleNamespace(status=Status.OK, feasible=True, figures=f, reused=False, earlier=i > 0)
+                             for i, f in enumerate(rows)])
+    assert counts_text(counts).startswith("recipes with figures: 3 (1 measured by this run; 3 within the budget")
     from autotune.report_text import notes
 
     assert "its longer shapes decoded 16 of their new tokens" in notes(rows[0], Figures())[0]

@@ -83,6 +83,11 @@ def test_resume_by_study_name_and_no_remeasuring(searched, tmp_path, tiny_model,
     result, again = search(["--study-file", f, "--study", "s1", "--trials", "3"], db_url)
     assert result.exit_code == 0, result.output
     assert len(again["trials"]) == len(searched["trials"])  # already done: nothing new
+    # what the study's earlier run measured is the study's, not this run's time or figures
+    assert searched["counts"]["with_figures_this_run"] == searched["counts"]["with_figures"] > 0
+    assert searched["time"]["trials_measured"] > 0
+    assert again["counts"]["with_figures"] == searched["counts"]["with_figures"]
+    assert again["counts"]["with_figures_this_run"] == 0 and again["time"]["trials_measured"] == 0
     result, other = search(["--study-file", f, "--study", "s2", "--sampler", "grid", "--trials", "4"], db_url)
     assert result.exit_code == 0, result.output
     with store.session() as s:
