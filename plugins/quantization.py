@@ -109,6 +109,9 @@ class Quantization(Optimization):
             dtype = model.dtype
         if method in ("torchao-int4-weight", "torchao-int8-dynamic") and dtype != "bfloat16":
             return f"{method} computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"
+        if method == "torchao-int8-weight" and dtype == "float16" and not target.has_cuda:
+            return ("torchao's int8 weight-only matmul on the CPU overflows in float16 (SmolLM2: NaN next-token "
+                    "probabilities at every step, Xeon and EPYC; plain float16 is finite): use bfloat16")
         head = recipe.get(self.name, {}).get("head")
         if head in ("int4", "int8-dynamic") and dtype != "bfloat16":
             return f"an {head} LM head computes in bf16: needs dtype.dtype=bfloat16 (or a bf16 checkpoint)"

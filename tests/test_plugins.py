@@ -237,3 +237,21 @@ def test_an_ahead_of_time_program_is_not_autotuned_on_cpu():
     assert impossible(resolve({"cache": {"implementation": "static"}, "compile": {"target": "aoti"}}, opts),
                       opts, cpu, None) is None
     assert impossible(recipe, opts, replace(cpu, device="cuda", name="NVIDIA H100"), None) is None
+
+
+def test_int8_weight_only_in_float16_is_ruled_out_on_cpu():
+    """torchao's int8 weight-only matmul overflowed in float16 on both CPUs (NaN at every step: a
+    failed trial each time TPE proposed it). Ruled out on the CPU, where bfloat16 is the choice, not
+    on CUDA."""
+    from dataclasses import replace
+
+    from autotune.recipe import impossible, resolve
+
+    pytest.importorskip("torchao")
+    opts = get_optimizations()
+    cpu = current_target("cpu")
+    int8 = {"quantization": {"method": "torchao-int8-weight"}}
+    assert "overflows in float16" in impossible(resolve({**int8, "dtype": {"dtype": "float16"}}, opts), opts, cpu, None)
+    assert impossible(resolve({**int8, "dtype": {"dtype": "bfloat16"}}, opts), opts, cpu, None) is None
+    assert impossible(resolve({**int8, "dtype": {"dtype": "float16"}}, opts), opts,
+                      replace(cpu, device="cuda", name="NVIDIA H100"), None) is None
