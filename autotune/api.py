@@ -119,12 +119,12 @@ def search(model: str | None = None, *, budget: str | None = None, trials: int |
     why. Raises :class:`~autotune.errors.NoFeasibleRecipe` only when the HF default itself fails."""
     import time
 
+    started = time.monotonic()  # the timeout covers the whole call: its imports and a model's first conversion too
     from . import report_text
     from .registry import get_optimizations
     from .tuner import Search
     from .store import Store
 
-    started = time.monotonic()  # the timeout covers the whole call: a model's first conversion too
     spec = search_spec(model, study_file=study_file, workload=workload, budget=budget, objective=objective,
                        pareto=pareto, trials=trials, timeout=timeout, trial_timeout=trial_timeout, sampler=sampler,
                        study=study, device=device, config_only=config_only, remeasure=remeasure,
