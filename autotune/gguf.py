@@ -41,19 +41,12 @@ def _parsed_once():
     """While converting, each GGUF file is parsed once and each tensor-name map built once: transformers
     parses the file anew for the model's config, its tensors and the tokenizer, and builds gguf's name
     map anew for each of the model's ~400 modules (SmolLM2: 36 s of a fresh machine's first search,
-    counted in its --timeout; 12 s with this). Both are read-only once built."""
+    counted in its --timeout; 14 s with this). Both are read-only once built."""
     import gguf as gguf_py
 
     reader, name_map = gguf_py.GGUFReader, gguf_py.get_tensor_name_map
-    readers: dict = {}
-
-    def read(path, mode="r"):
-        key = (str(path), mode)
-        if key not in readers:
-            readers[key] = reader(path, mode)
-        return readers[key]
-
-    gguf_py.GGUFReader, gguf_py.get_tensor_name_map = read, functools.lru_cache(maxsize=None)(name_map)
+    once = functools.lru_cache(maxsize=None)
+    gguf_py.GGUFReader, gguf_py.get_tensor_name_map = once(reader), once(name_map)
     try:
         yield
     finally:
