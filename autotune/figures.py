@@ -60,6 +60,9 @@ class Figures:
     #: new tokens its envelope pass decoded of each long shape, the rest extrapolated from those steps
     #: (a loser on its typical first call: autotune.trial.SAMPLED_DECODE_TOKENS); None: every token
     decode_sampled: int | None = None
+    #: the first of its ``runs`` was its envelope pass and warm typical call (MeasurePolicy.pass_first):
+    #: ``measure_s`` is the rounds after it
+    pass_first: bool | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)
     first_call_cap_s: float | None = None  # the compile cap a trial pruned in its first call ran past
     #: a trial killed at its time limit in its first call: how long that call had run (its compile takes

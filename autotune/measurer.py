@@ -106,10 +106,16 @@ class Measurer:
         """The trials' rules; where a time-boxed search measures the HF default again beside the best at its
         end (that pair's ratio is the headline), its envelope pass and warm typical call are its one round
         (``pass_round``): its measured rounds were 28 s of a 600 s search (Xeon, 2026-12-02)."""
-        p = self.spec.policy
+        p = self.trial_policy()
         if self.spec.timeout and self.spec.side_by_side:
             return replace(p, pass_round=True)
         return p
+
+    def trial_policy(self):
+        """The trials' rules: in a time-boxed search their envelope pass and warm typical call are their
+        first round (``pass_first``; one measured round fewer), where nothing compiled in them."""
+        p = self.spec.policy
+        return replace(p, pass_first=True) if self.spec.timeout else p
 
     # -- side by side ------------------------------------------------------------------------
     def side_by_side_due(self) -> bool:
@@ -119,10 +125,12 @@ class Measurer:
 
     def side_by_side_policy(self):
         """The trials' measurement rules, less what does not drift (quality) and at most
-        :data:`SIDE_BY_SIDE_MEASURE_S` of rounds (two at least)."""
+        :data:`SIDE_BY_SIDE_MEASURE_S` of rounds (two at least, the envelope pass and warm typical call
+        the first of them where nothing compiled in them: the HF default's second measured round was ~25 s
+        of the README job's 600 on the EPYC)."""
         p = self.spec.policy
         return replace(p, quality=False, abandon_factor=0, screen_factor=0, min_runs=min(2, p.min_runs),
-                       max_measure_s=min(p.max_measure_s, SIDE_BY_SIDE_MEASURE_S))
+                       max_measure_s=min(p.max_measure_s, SIDE_BY_SIDE_MEASURE_S), pass_first=True)
 
     def side_by_side_reserve(self) -> float:
         """Seconds a search with a timeout keeps for :meth:`side_by_side`: the baseline's trial without its
@@ -130,12 +138,15 @@ class Measurer:
         call's compilation when this run measured it (its programs are on this host's disk by then; the
         baseline's own stands in until a candidate beats it). Twice the baseline's kept 66 s where the pair
         took 43 (README job, Xeon). A best another host or run measured compiles or loads here: a second
-        host's pair took 208 s against the 100 s kept, and its README job ended at 710 s of its 600 (EPYC)."""
+        host's pair took 208 s against the 100 s kept, and its README job ended at 710 s of its 600 (EPYC).
+        The HF default's rounds are its longest part (22 s each on the EPYC): the 15 s kept for its rounds
+        fell short where the pair measured two (88 s kept, 112 s taken, README job)."""
         def side(f) -> float:
-            outside = f.wall_s - (f.measure_s or 0.0) - (f.quality_s or 0.0)
-            # a trial with no measured rounds (its pass was its round) gets the pair's two
-            rounds = f.measure_s or 2 * sum(s[Key.e2e_ms_p50] for s in f.shapes or []) / 1e3
-            return max(0.0, outside) + min(rounds, SIDE_BY_SIDE_MEASURE_S)
+            outside = f.wall_s - (f.measure_s or 0.0) - (f.quality_s or 0.0)  # its envelope pass among it,
+            # the pair's first round: then one round at least, more while under the pair's cap on rounds
+            round_s = sum(s[Key.e2e_ms_p50] for s in f.shapes or []) / 1e3
+            after = max(round_s, min(f.measure_s or round_s, SIDE_BY_SIDE_MEASURE_S))
+            return max(0.0, outside) + after
 
         base = self.baseline_record.figures if self.baseline_record else None
         if base is None or not base.wall_s:
@@ -224,7 +235,7 @@ class Measurer:
         base = self.baseline_record if not is_baseline else None
         ev = evaluate(self.spec.source, recipe, self.spec.workload, self.spec.target, self.optimizations,
                       baseline=base and Evaluation(base.recipe, base.status, base.figures), timeout=limit,
-                      policy=policy or self.spec.policy, incumbent=None if is_baseline else self._incumbent(),
+                      policy=policy or self.trial_policy(), incumbent=None if is_baseline else self._incumbent(),
                       first_call_cap_s=first_call_cap_s, gate=self.gate, compile_cache=self.compile_cache,
                       compile_artifact=compile_artifact,
                       greedy_match=any(lim.key == "greedy_match" for lim in self.spec.budget.limits))

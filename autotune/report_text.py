@@ -342,7 +342,9 @@ def this_run(record) -> bool:
 def timed_s(f) -> float:
     """The seconds of a trial's calls its figures were taken from: its measured rounds, or — where its
     envelope pass and warm typical call were its one round (screened on the pass, or a time-boxed search's
-    HF default) — those."""
+    HF default) — those, and they and its rounds where they were its first round (``pass_first``)."""
+    if f.get("pass_first"):
+        return (f.get("measure_s") or 0.0) + (f.get("envelope_pass_s") or 0.0) + (f.get("warmup_s") or 0.0)
     if f.get("measure_s"):
         return f.measure_s
     if f.get("runs") == 1 and f.get("shapes"):

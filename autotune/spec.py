@@ -61,6 +61,11 @@ class MeasurePolicy:
     #: it again beside the best at its end, and that pair's ratio is the headline (its rounds were ~28 s
     #: of a 600 s search; Xeon)
     pass_round: bool = False
+    #: the envelope pass and the warm typical call are the first of the measured rounds, where nothing
+    #: compiled in them and the trial ran them alone: ``min_runs`` counts them, and one round fewer is
+    #: measured after them. A time-boxed search's candidates and the pair at its end get it: the HF
+    #: default's second round in that pair was ~25 s of the README job's 600 (EPYC)
+    pass_first: bool = False
 
     def __post_init__(self):
         for f in fields(self):
@@ -95,8 +100,9 @@ class MeasurePolicy:
         relevant = {k: v for k, v in self.to_dict().items()
                     if k not in ("abandon_factor", "screen_factor", "race_factor", "compile_allowance_s", "memory_cap_bytes",
                                  "max_first_call_s")}
-        if not relevant.get("pass_round"):  # the keys of measurements from before the option stay as they were
-            relevant.pop("pass_round", None)
+        for option in ("pass_round", "pass_first"):  # the keys of measurements from before them stay as they were
+            if not relevant.get(option):
+                relevant.pop(option, None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def trial_limit(self, baseline_wall_s: float, baseline_e2e_s: float) -> float:

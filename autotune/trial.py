@@ -135,7 +135,8 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
         on_phase("measure")
         if not ((screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s))
                 or (policy.pass_round and run.pass_as_round(figures, policy))):
-            run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent)
+            run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent,
+                        pass_first=policy.pass_first and not shared_cpu)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
@@ -299,32 +300,46 @@ class _Run:
         figures.warmup_s = second
         return beyond
 
-    def measure(self, figures: Figures, policy, screen_s: float | None = None, race_s: float | None = None) -> None:
+    def measure(self, figures: Figures, policy, screen_s: float | None = None, race_s: float | None = None,
+                pass_first: bool = False) -> None:
         """Rounds of one call per shape until the CV of a round's time is under target (after
         min_runs) or a cap is reached, or — screened — after the first when it took longer than
         ``screen_s``, or after a later one when the rounds' median is above ``race_s`` (both from the
         incumbent's round: a loser's figures need no more precision); the memory high-water mark covers
-        exactly these calls."""
-        self.memory.release_freed()
-        self.memory.reset()
+        exactly these calls. ``pass_first``: the envelope pass and the warm typical call are the first
+        round, where nothing compiled in them (:meth:`pass_is_a_round`; the trial ran them alone)."""
         compiles = measure.compile_count()
-        rounds: list[list] = []
+        first = pass_first and self.pass_is_a_round()
+        rounds: list[list] = [[self.warm_call, *self.first_pass]] if first else []
+        if not first:  # (the pass's own calls are in the high-water mark already)
+            self.memory.release_freed()
+            self.memory.reset()
         start = time.perf_counter()
-        while len(rounds) < policy.max_runs:
+        while not (rounds and self._enough(rounds, figures, policy, screen_s, race_s, start)) \
+                and len(rounds) < policy.max_runs:
             rounds.append([self.one_call(shape) for shape in range(len(self.shapes))])
-            totals = [sum(call[2] for call in r) for r in rounds]
-            if screen_s and len(rounds) == 1 and totals[0] > screen_s:
-                figures.screened = True
-                break
-            if race_s and len(rounds) >= 2 and statistics.median(totals) > race_s:
-                figures.screened = True
-                break
-            if len(rounds) >= policy.min_runs and (measure.cv(totals) <= policy.target_cv
-                                                    or time.perf_counter() - start > policy.max_measure_s):
-                break
         figures.measure_s = time.perf_counter() - start
         figures.steady_compiles = measure.compile_count() - compiles
-        self._figures(figures, rounds, policy)
+        figures.pass_first = first or None
+        # a pass that is the only round: its typical call was a quality call, its tokens forced
+        self._figures(figures, rounds, policy, forced=first and len(rounds) == 1 and self.quality is not None)
+
+    @staticmethod
+    def _enough(rounds: list[list], figures: Figures, policy, screen_s: float | None, race_s: float | None,
+                start: float) -> bool:
+        """Whether :meth:`measure` has its rounds (and whether the candidate was screened, in ``figures``)."""
+        totals = [sum(call[2] for call in r) for r in rounds]
+        if (screen_s and len(rounds) == 1 and totals[0] > screen_s) \
+                or (race_s and len(rounds) >= 2 and statistics.median(totals) > race_s):
+            figures.screened = True
+            return True
+        return len(rounds) >= policy.min_runs and (measure.cv(totals) <= policy.target_cv
+                                                   or time.perf_counter() - start > policy.max_measure_s)
+
+    def pass_is_a_round(self) -> bool:
+        """Whether the envelope pass and the warm typical call can stand as a round: nothing compiled in
+        them, and every token of them was decoded (a sampled pass stands only for a screened loser)."""
+        return not (self.first_pass_compiled or self.warm_compiled or self.extrapolated_s)
 
     def screen_on_first_pass(self, figures: Figures, policy, screen_s: float) -> bool:
         """Screen before any measured round: the envelope pass (every other shape once, after the engine's

@@ -198,6 +198,42 @@ def test_pass_round_makes_the_envelope_pass_the_one_round(tiny_model):
         MeasurePolicy(**{**FAST, "pass_round": True}).key
 
 
+@pytest.mark.parametrize("case", ["pass first", "off", "only round"])
+def test_pass_first_makes_the_envelope_pass_the_first_measured_round(chaos, tiny_model, tmp_path, monkeypatch,
+                                                                      case):
+    """``pass_first`` (a time-boxed search's trials, the pair at its end): the envelope pass and the warm
+    typical call are the first of the measured rounds, so one round of every shape fewer is called for the
+    same ``runs``; without it every round is called anew. A pass that is the only round had its typical call
+    forced (a quality call): the greedy reference is one call of its own."""
+    log = tmp_path / "calls"
+    monkeypatch.setenv("CHAOS_LOG", str(log))
+    envelope = Workload(prompt_tokens=8, new_tokens=6, max_context=64)
+    shapes = len(envelope.shapes())
+    runs = 1 if case == "only round" else 2  # max_runs: as many rounds whatever their timings
+    policy = MeasurePolicy(**{**FAST, "min_runs": runs, "max_runs": runs, "pass_first": case != "off"})
+    ev = run(tiny_model, chaos, {"chaos": {"behaviour": "log-calls"}}, workload=envelope, policy=policy)
+    assert ev.status == Status.OK, ev.error
+    f = ev.figures
+    calls = len(log.read_text().splitlines())
+    # the typical first call, the pass's other shapes, the warm typical call; the rounds; the third quality call
+    measured = shapes * (runs - (case != "off"))
+    greedy = 1 if case == "only round" else 0
+    assert shapes == 3 and calls == shapes + 1 + measured + 1 + greedy, (calls, measured)
+    assert f.runs == runs and len(f.shapes) == shapes and f.tokens_per_s > 0 and f.peak_memory_bytes > 0
+    assert f.pass_first is (True if case != "off" else None)
+    assert len(f.output_ids) == envelope.new_tokens and f.quality is not None
+
+
+def test_a_pass_that_compiled_is_no_measured_round(chaos, tiny_model, monkeypatch):
+    """Where the envelope pass compiled something, ``pass_first`` leaves it out: every round is measured."""
+    monkeypatch.setenv("CHAOS_CALL_S", "0")
+    ev = run(tiny_model, chaos, {"chaos": {"behaviour": "compiling-calls"}},
+             workload=Workload(prompt_tokens=8, new_tokens=6, max_context=64),
+             policy=MeasurePolicy(**{**FAST, "min_runs": 2, "max_runs": 2, "pass_first": True}))
+    assert ev.status == Status.OK, ev.error
+    assert ev.figures.runs == 2 and ev.figures.pass_first is None
+
+
 @pytest.mark.parametrize("compiles", [False, True])
 def test_the_wide_batch_is_a_two_token_check_where_the_first_call_compiled_nothing(chaos, tiny_model, tmp_path,
                                                                                   monkeypatch, compiles):

@@ -113,6 +113,9 @@ def test_the_measured_share_counts_the_calls_the_figures_came_from():
     resumed = [SimpleNamespace(reused=False, earlier=i == 0, figures=f) for i, f in enumerate(rows)]
     split = time_split(resumed, search_wall_s=100.0)
     assert split["timed_s"] == 7.0 and split["trials_measured"] == 2
+    # a trial whose pass was the first of its rounds (pass_first): that pass and the rounds after it
+    rows[0].pass_first = True
+    assert time_split([SimpleNamespace(reused=False, figures=f) for f in rows])["timed_s"] == 24.0
 
 
 def test_the_summary_counts_the_losers_measured_on_sampled_decode():

@@ -378,11 +378,16 @@ def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_comp
     assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best)
     m._best_here = False  # measured by another host or run: it compiles (or loads) here, as it did there
     assert m.side_by_side_reserve() == pytest.approx(alone / 2 + best + 82.7 - 0.5)
-    # a baseline whose envelope pass was its one round (no measured rounds): the pair's two rounds of it
+    # a baseline whose envelope pass was its one round (no measured rounds): in the pair that pass is the
+    # first of its two rounds, so one round more of it
     m._best_feasible = None
     m.baseline_record.figures = Figures(wall_s=20.0, measure_s=0.0, quality_s=2.2, first_call_s=1.9, warmup_s=1.9,
                                         shapes=[{"e2e_ms_p50": 2000.0}, {"e2e_ms_p50": 3000.0}])
-    assert m.side_by_side_reserve() == pytest.approx(2 * (20.0 - 2.2 + 10.0))
+    assert m.side_by_side_reserve() == pytest.approx(2 * (20.0 - 2.2 + 5.0))
+    # a round longer than the pair's cap on rounds is measured whole (the EPYC's HF default: 22 s a round,
+    # where 15 s were kept and the pair took 24 s more than it kept)
+    m.baseline_record.figures.shapes = [{"e2e_ms_p50": 5000.0}, {"e2e_ms_p50": 6000.0}, {"e2e_ms_p50": 11000.0}]
+    assert m.side_by_side_reserve() == pytest.approx(2 * (20.0 - 2.2 + 22.0))
     # such a baseline is a time-boxed search's that measures the pair at its end; any other's is measured
     from types import SimpleNamespace
 
@@ -391,6 +396,9 @@ def test_the_time_kept_for_the_pair_at_the_end_follows_the_best_without_its_comp
     for timeout, pair, one_round in ((600.0, True, True), (None, True, False), (600.0, False, False)):
         m.spec = SimpleNamespace(timeout=timeout, side_by_side=pair, policy=MeasurePolicy())
         assert m.baseline_policy().pass_round is one_round
+        # a time-boxed search's trials take their envelope pass as their first round; the pair always does
+        assert m.trial_policy().pass_first is m.baseline_policy().pass_first is (timeout is not None)
+        assert m.side_by_side_policy().pass_first and not m.side_by_side_policy().quality
 
 
 def test_a_time_boxed_search_starts_no_trial_that_would_end_past_its_deadline(tiny_model, db_url, monkeypatch):
