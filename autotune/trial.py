@@ -126,17 +126,17 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
         on_phase("warm-up")
         beyond = run.warm_up(figures, limits, keep=screen_first)
         figures.graphs_built = measure.graphs_built()
-        if request.compile_cache:  # every program of the envelope is compiled by now
-            from .compile_share import save_from_torch
-
-            figures.compile_artifact = save_from_torch(request.compile_cache)
         if request.compile_only:
+            _save_compiled(request, figures)
             return Outcome(Status.OK, figures)
         on_phase("measure")
         if not ((screen_first and run.screen_on_first_pass(figures, policy, 0.0 if beyond else screen_s))
                 or (policy.pass_round and run.pass_as_round(figures, policy))):
             run.measure(figures, policy, screen_s, incumbent and policy.race_factor and policy.race_factor * incumbent,
                         pass_first=policy.pass_first and not shared_cpu)
+        # after the timed calls: the memory high-water mark of a round that began with the envelope pass
+        # must not hold the artifact's bytes (the packages read into memory to be bundled)
+        _save_compiled(request, figures)
         if run.quality is not None:
             on_phase("quality")
             run.quality.finish(figures)
@@ -144,6 +144,15 @@ def run_trial(request: TrialRequest, on_phase: Callable[[str], None] = lambda ph
         figures.phase = "warm-up"
         return Outcome(Status.PRUNED, figures, str(exc))
     return Outcome(Status.OK, figures)
+
+
+def _save_compiled(request: TrialRequest, figures: Figures) -> None:
+    """The compiled programs to the team compile cache, where one is configured (every program of the
+    envelope is compiled by now)."""
+    if request.compile_cache:
+        from .compile_share import save_from_torch
+
+        figures.compile_artifact = save_from_torch(request.compile_cache)
 
 
 class _Run:
@@ -306,11 +315,14 @@ class _Run:
         min_runs) or a cap is reached, or — screened — after the first when it took longer than
         ``screen_s``, or after a later one when the rounds' median is above ``race_s`` (both from the
         incumbent's round: a loser's figures need no more precision); the memory high-water mark covers
-        exactly these calls. ``pass_first``: the envelope pass and the warm typical call are the first
-        round, where nothing compiled in them (:meth:`pass_is_a_round`; the trial ran them alone)."""
+        exactly these calls. ``pass_first``: the envelope pass is the first round's long shapes, where
+        nothing compiled in it or the warm typical call (:meth:`pass_is_a_round`; the trial ran them alone),
+        with that warm call — or, where it was a quality call (its tokens forced, a logits processor at
+        every step), a typical call of its own."""
         compiles = measure.compile_count()
         first = pass_first and self.pass_is_a_round()
-        rounds: list[list] = [[self.warm_call, *self.first_pass]] if first else []
+        typical = (self.warm_call if self.quality is None else self.one_call(0)) if first else None
+        rounds: list[list] = [[typical, *self.first_pass]] if first else []
         if not first:  # (the pass's own calls are in the high-water mark already)
             self.memory.release_freed()
             self.memory.reset()
@@ -321,8 +333,7 @@ class _Run:
         figures.measure_s = time.perf_counter() - start
         figures.steady_compiles = measure.compile_count() - compiles
         figures.pass_first = first or None
-        # a pass that is the only round: its typical call was a quality call, its tokens forced
-        self._figures(figures, rounds, policy, forced=first and len(rounds) == 1 and self.quality is not None)
+        self._figures(figures, rounds, policy)
 
     @staticmethod
     def _enough(rounds: list[list], figures: Figures, policy, screen_s: float | None, race_s: float | None,

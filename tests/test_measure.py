@@ -203,8 +203,8 @@ def test_pass_first_makes_the_envelope_pass_the_first_measured_round(chaos, tiny
                                                                       case):
     """``pass_first`` (a time-boxed search's trials, the pair at its end): the envelope pass and the warm
     typical call are the first of the measured rounds, so one round of every shape fewer is called for the
-    same ``runs``; without it every round is called anew. A pass that is the only round had its typical call
-    forced (a quality call): the greedy reference is one call of its own."""
+    same ``runs``; without it every round is called anew. The warm typical call was a quality call (its tokens
+    forced): the first round's typical call is one of its own, and the greedy reference the last round's."""
     log = tmp_path / "calls"
     monkeypatch.setenv("CHAOS_LOG", str(log))
     envelope = Workload(prompt_tokens=8, new_tokens=6, max_context=64)
@@ -215,10 +215,10 @@ def test_pass_first_makes_the_envelope_pass_the_first_measured_round(chaos, tiny
     assert ev.status == Status.OK, ev.error
     f = ev.figures
     calls = len(log.read_text().splitlines())
-    # the typical first call, the pass's other shapes, the warm typical call; the rounds; the third quality call
-    measured = shapes * (runs - (case != "off"))
-    greedy = 1 if case == "only round" else 0
-    assert shapes == 3 and calls == shapes + 1 + measured + 1 + greedy, (calls, measured)
+    # the typical first call, the pass's other shapes, the warm typical call; the rounds (the first of them,
+    # with the pass, only its typical call); the third quality call
+    measured = shapes * runs if case == "off" else 1 + shapes * (runs - 1)
+    assert shapes == 3 and calls == shapes + 1 + measured + 1, (calls, measured)
     assert f.runs == runs and len(f.shapes) == shapes and f.tokens_per_s > 0 and f.peak_memory_bytes > 0
     assert f.pass_first is (True if case != "off" else None)
     assert len(f.output_ids) == envelope.new_tokens and f.quality is not None
