@@ -165,7 +165,10 @@ def measure_model(model_name, source, target, optimizations, evaluate, workload,
     info = source.info()
     recipes = {"HF eager": resolve({}, optimizations)}
     for name, sets in (RECIPES if chosen is None else chosen).items():
-        recipe = resolve(parse_sets(sets.split(), optimizations), optimizations)
+        words = sets.split()
+        if info.dtype and f"dtype.dtype={info.dtype}" in words:  # stored so: auto is that dtype (a set
+            words.remove(f"dtype.dtype={info.dtype}")              # of it is refused as a duplicate)
+        recipe = resolve(parse_sets(words, optimizations), optimizations)
         why = impossible(recipe, optimizations, target, info)
         if why:
             print(f"{model_name}: {name}: left out: {why}", flush=True)

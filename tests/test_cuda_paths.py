@@ -180,3 +180,28 @@ def test_gpu_benchmark_keeps_going_past_a_missing_model_and_fails_on_a_failed_ba
     assert any("broken" in f and "baseline failed" in f for f in failed)
     assert not any(f.startswith("good") for f in failed)
     assert results["good"]["HF eager"]["tpot_ms"] == 2.0
+
+
+def test_gpu_benchmark_measures_its_bf16_recipes_on_a_bf16_checkpoint(tmp_path):
+    """On the first H200 run every bf16 recipe of both models was "left out": a checkpoint stored in
+    bfloat16 refuses dtype=bfloat16 as a duplicate of auto. gpu.py keeps auto there (the same weights)."""
+    from autotune.evaluate import Evaluation
+    from autotune.sources import resolve_model
+    from autotune.workload import Workload
+
+    gpu = _gpu_module()
+    small = dict(gpu.SMOLLM2_SHAPE, num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256)
+    source = resolve_model(gpu.shaped(tmp_path / "bf16", small), config_only=True)
+    assert source.info().dtype == "bfloat16"
+    measured = {}
+
+    def fake_evaluate(source, recipe, workload, target, optimizations, baseline=None, timeout=None):
+        measured[len(measured)] = recipe
+        return Evaluation(recipe, Status.OK, Figures(tpot_ms_p50=2.0, tokens_per_s=500.0))
+
+    chosen = gpu.choose("bf16 sdpa,guide")
+    rows = gpu.measure_model("small", source, H100, get_optimizations(), fake_evaluate, Workload(), 1, 60, chosen)
+    assert set(rows) == {"HF eager", *chosen}, set(rows)
+    guide = measured[list(rows).index("guide: bf16 static + compiled forward, CUDA graphs")]
+    assert guide["cache"]["implementation"] == "static" and guide["dtype"]["dtype"] == "auto"

@@ -98,3 +98,38 @@ def test_a_trial_in_a_bad_fork_says_so_in_one_line(monkeypatch):
     with pytest.raises(RuntimeError, match="forked after CUDA was initialised"):
         process.check_cuda_fork("cuda")
     process.check_cuda_fork("cpu")  # a CPU trial does not care
+
+
+def test_where_cuda_is_visible_the_fork_server_preloads_nothing_that_initialises_it(monkeypatch):
+    """On the first H200 run every trial failed: importing ``transformers.modeling_utils`` imports
+    torchao, whose modules ask the device's capability at import, so the fork server held a CUDA
+    context. Here a GPU is pretended (``is_available`` says yes) and any CUDA initialisation is
+    recorded, in a fresh interpreter that imports what the server would preload."""
+    import subprocess
+    import sys
+
+    from autotune.isolate import process
+
+    monkeypatch.setattr(process, "_cuda_visible", lambda: True)
+    with_cuda = process.preload()
+    monkeypatch.setattr(process, "_cuda_visible", lambda: False)
+    assert set(with_cuda) < set(process.preload())  # without CUDA the server preloads more
+    assert "transformers.modeling_utils" not in with_cuda
+    probe = """
+import sys, torch, torch.cuda
+inits = []
+def lazy_init():
+    inits.append(1)
+    raise RuntimeError("CUDA initialised")
+torch.cuda.is_available = lambda: True
+torch.version.cuda = "13.0"  # a CUDA build, as the modules that ask check
+torch.cuda._lazy_init = lazy_init
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except RuntimeError:
+        pass
+print(len(inits))
+"""
+    out = subprocess.run([sys.executable, "-c", probe, *with_cuda], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stderr[-2000:]

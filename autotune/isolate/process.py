@@ -18,15 +18,38 @@ import types
 from pathlib import Path
 
 #: imported once by the fork server, so a trial's process starts in milliseconds instead of paying
-#: torch's and transformers' import again (seconds, every trial)
-PRELOAD = ["torch", "transformers", "transformers.generation", "transformers.modeling_utils", "autotune.trial"]
+#: torch's and transformers' import again (seconds, every trial). None of these touches CUDA.
+PRELOAD = ["torch", "transformers", "transformers.generation", "autotune.trial"]
+#: preloaded too where no CUDA device is visible: importing it imports torchao when installed, whose
+#: modules ask ``torch.cuda.get_device_capability()`` at import (``torchao.utils.is_sm_at_least_100``
+#: from ``torchao/prototype/mx_formats/kernels.py``, torchao 0.18). That initialises CUDA in the
+#: server, and every trial forked from it fails its first CUDA call ("Cannot re-initialize CUDA in
+#: forked subprocess"): seen on the first H200 run. A trial imports it itself there (seconds).
+PRELOAD_WITHOUT_CUDA = ["transformers.modeling_utils"]
 
-#: the fork server's environment: importing ``transformers.modeling_utils`` reaches
-#: ``torch.cuda.is_available()`` (through torchao and flash-attn), which would initialise CUDA in the
-#: server — and every trial forked from it fails its first CUDA call ("Cannot re-initialize CUDA in
-#: forked subprocess"). The NVML-based check answers without initialising CUDA (torch's docs,
-#: ``torch.cuda.is_available``: it "will NOT poison fork").
+#: the fork server's environment: ``torch.cuda.is_available()``, asked on import by torchao and
+#: flash-attn, answers through NVML without initialising CUDA (torch's docs: it "will NOT poison fork")
 SERVER_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+
+
+def preload() -> list[str]:
+    """What the fork server imports: :data:`PRELOAD`, and :data:`PRELOAD_WITHOUT_CUDA` unless a CUDA
+    device is visible (asked through NVML: this process initialises nothing)."""
+    return PRELOAD + ([] if _cuda_visible() else PRELOAD_WITHOUT_CUDA)
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        return torch.cuda.is_available()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 _START_LOCK = threading.Lock()
 _server_log: Path | None = None
@@ -39,7 +62,7 @@ def context():
     from multiprocessing import forkserver
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(preload())
     with _START_LOCK:
         _ensure_server(forkserver)
     return ctx
