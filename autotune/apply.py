@@ -6,6 +6,7 @@ is measured is exactly what is deployed."""
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -71,11 +72,22 @@ class Applied:
                 warm(self.model)
 
 
+def hub_kernels() -> dict:
+    """``from_pretrained``'s hub-kernel switch. transformers 5.25 with the ``kernels`` package (one of
+    its requirements) swaps layers for kernels fetched from the Hub when it loads onto a GPU (Llama's
+    rotary embedding: ``kernels-community/rotary``). Offline that load fails ("not available in the
+    local cache": every trial of the first H200 run), online it downloads code at load time, and
+    either way the layers measured are not the ones a recipe chose. autotune loads without them
+    unless ``USE_HUB_KERNELS`` (transformers' own switch) says yes."""
+    wanted = os.environ.get("USE_HUB_KERNELS", "").strip().upper() in ("1", "YES", "ON", "TRUE")
+    return {} if wanted else {"use_kernels": False}
+
+
 def load_model(path: str, optimizations: Mapping[str, Optimization], recipe, ctx: ApplyContext):
     """Stage 1: ``from_pretrained`` with every plugin's load kwargs (quantization, dtype, attention)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {}
+    kwargs: dict = {**hub_kernels()}
     for name, opt in optimizations.items():
         kwargs.update(opt.load_kwargs(recipe[name], ctx))
     kwargs.setdefault("device_map", ctx.device)

@@ -119,13 +119,13 @@ def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizatio
     """A directory plain ``AutoModelForCausalLM.from_pretrained`` loads: weights as the recipe loads
     them (quantized where it quantizes), ``generation_config.json`` with what generate understands,
     and a README of the steps transformers cannot persist (compile, SDPA backend...)."""
-    from .apply import load_model, load_tokenizer
+    from .apply import hub_kernels, load_model, load_tokenizer
 
     recipe, workload = doc["recipe"], Workload.from_dict(doc["workload"])
     ctx = ApplyContext.of(target, workload, recipe)
     model = load_model(model_path, optimizations, recipe, ctx)
     tokenizer = load_tokenizer(model_path)
-    load_kwargs, steps = {}, []
+    load_kwargs, steps = hub_kernels(), []  # loaded as measured: without the Hub's kernels
     for name, opt in optimizations.items():
         exported = opt.transformers_export(recipe[name])
         for key, value in exported.get("generation_config", {}).items():

@@ -115,12 +115,14 @@ def load_draft(opts, model, ctx):
     transformers' AssistedCandidateGenerator reads them (the draft's generation_config)."""
     from transformers import AutoModelForCausalLM
 
+    from autotune.apply import hub_kernels
     from autotune.errors import ModelError
     from autotune.sources import resolve_model
 
     source = resolve_model(opts["draft"], tokenizer=False)
     try:
-        draft = AutoModelForCausalLM.from_pretrained(source.path, dtype=model.dtype, device_map=ctx.device)
+        draft = AutoModelForCausalLM.from_pretrained(source.path, dtype=model.dtype, device_map=ctx.device,
+                                                     **hub_kernels())
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the draft model {opts['draft']!r}: {str(exc).splitlines()[0]}") from None
     draft.eval()

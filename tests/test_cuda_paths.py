@@ -205,3 +205,18 @@ def test_gpu_benchmark_measures_its_bf16_recipes_on_a_bf16_checkpoint(tmp_path):
     assert set(rows) == {"HF eager", *chosen}, set(rows)
     guide = measured[list(rows).index("guide: bf16 static + compiled forward, CUDA graphs")]
     assert guide["cache"]["implementation"] == "static" and guide["dtype"]["dtype"] == "auto"
+
+
+def test_models_load_without_hub_kernels_unless_asked(tiny_model, monkeypatch):
+    """transformers 5.25 with ``kernels`` installed swaps Llama's rotary embedding for a kernel fetched
+    from the Hub when it loads onto a GPU: offline every trial of the first H200 run failed to load.
+    autotune loads the layers it measures, without them, unless USE_HUB_KERNELS says yes."""
+    from autotune.apply import load_model
+
+    opts = get_optimizations()
+    recipe = resolve({}, opts)
+    ctx = ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe)
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    assert load_model(tiny_model, opts, recipe, ctx).use_kernels is False
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    assert load_model(tiny_model, opts, recipe, ctx).use_kernels is True
