@@ -60,7 +60,8 @@ class Figures:
     #: new tokens its envelope pass decoded of each long shape, the rest extrapolated from those steps
     #: (a loser on its typical first call: autotune.trial.SAMPLED_DECODE_TOKENS); None: every token
     decode_sampled: int | None = None
-    #: the first of its ``runs`` was its envelope pass and warm typical call (MeasurePolicy.pass_first):
+    #: the first of its ``runs`` was its envelope pass and warm typical call — or, where quality was
+    #: scored (the warm call's tokens forced), a typical call of its own (MeasurePolicy.pass_first):
     #: ``measure_s`` is the rounds after it
     pass_first: bool | None = None
     phase: str | None = None  # the phase a trial ended in when it did not finish (timeout, pruned)

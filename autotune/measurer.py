@@ -112,8 +112,9 @@ class Measurer:
         return p
 
     def trial_policy(self):
-        """The trials' rules: in a time-boxed search their envelope pass and warm typical call are their
-        first round (``pass_first``; one measured round fewer), where nothing compiled in them."""
+        """The trials' rules: in a time-boxed search their envelope pass and a typical call (the warm one,
+        or one of its own where quality is scored) are their first round (``pass_first``; one measured
+        round fewer), where nothing compiled in them."""
         p = self.spec.policy
         return replace(p, pass_first=True) if self.spec.timeout else p
 

@@ -61,8 +61,9 @@ class MeasurePolicy:
     #: it again beside the best at its end, and that pair's ratio is the headline (its rounds were ~28 s
     #: of a 600 s search; Xeon)
     pass_round: bool = False
-    #: the envelope pass and the warm typical call are the first of the measured rounds, where nothing
-    #: compiled in them and the trial ran them alone: ``min_runs`` counts them, and one round fewer is
+    #: the envelope pass and the warm typical call (where quality is scored, a typical call of its own:
+    #: the warm call's tokens were forced) are the first of the measured rounds, where nothing compiled
+    #: in them and the trial ran them alone: ``min_runs`` counts them, and one round fewer is
     #: measured after them. A time-boxed search's candidates and the pair at its end get it: the HF
     #: default's second round in that pair was ~25 s of the README job's 600 (EPYC)
     pass_first: bool = False

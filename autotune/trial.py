@@ -321,9 +321,11 @@ class _Run:
         every step), a typical call of its own."""
         compiles = measure.compile_count()
         first = pass_first and self.pass_is_a_round()
-        typical = (self.warm_call if self.quality is None else self.one_call(0)) if first else None
-        rounds: list[list] = [[typical, *self.first_pass]] if first else []
-        if not first:  # (the pass's own calls are in the high-water mark already)
+        if first:  # (the pass's own calls are in the high-water mark already: no reset)
+            typical = self.warm_call if self.quality is None else self.one_call(0)
+            rounds: list[list] = [[typical, *self.first_pass]]
+        else:
+            rounds = []
             self.memory.release_freed()
             self.memory.reset()
         start = time.perf_counter()
