@@ -132,12 +132,18 @@ def cv(values: list[float]) -> float:
 
 
 def compile_count() -> int:
-    """Compilations in this process so far: graphs dynamo compiled and ahead-of-time programs autotune's
-    engines built (a recipe serving its envelope in steady state adds none)."""
+    """Compilations in this process so far: graphs dynamo compiled, CUDA graphs recorded (inductor counts
+    each recording's non-static inputs: a shape's first call runs, its second records, later ones
+    replay), and ahead-of-time programs autotune's engines built (a recipe serving its envelope in
+    steady state adds none)."""
     import sys
 
     dynamo = sys.modules.get("torch._dynamo.utils")
-    return (0 if dynamo is None else int(dynamo.counters["stats"]["unique_graphs"])) + _packages_built()
+    if dynamo is None:
+        return _packages_built()
+    counters = dynamo.counters
+    return (int(counters["stats"]["unique_graphs"]) + int(counters["inductor"]["cudagraph_recorded_non_static_inputs"])
+            + _packages_built())
 
 
 def graphs_built() -> int:

@@ -70,6 +70,11 @@ class Attention(Optimization):
             if recipe.get("cache", {}).get("implementation") in ("static", "offloaded_static"):
                 return (f"the {backend} SDPA kernel takes no explicit attention mask, and a static cache always "
                         "builds one (its unfilled positions are masked)")
+        if backend in ("efficient", "cudnn") and target.has_cuda and mine.get("gqa") == "native":
+            # torch's SDPA docs: grouped-query attention "currently works only for Flash_attention and math
+            # kernel on CUDA tensor" (sdp_utils.cpp: the mem-efficient checks take no grouped heads)
+            return (f"gqa=native hands SDPA grouped key/value heads, which the {backend} kernel does not take on "
+                    "CUDA (flash and math do): No available kernel")
         return None
 
     def load_kwargs(self, opts, ctx):

@@ -30,6 +30,13 @@ def _not_aoti(o):
     return _on(o) and o.get("target") != "aoti"
 
 
+def _cuda_home():
+    """The CUDA toolkit torch's C++ builds would use (None: none found)."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension.CUDA_HOME
+
+
 def compile_kwargs(opts) -> dict:
     """torch.compile arguments: ``mode`` and ``options`` are exclusive, so fold the mode into options."""
     import torch._inductor
@@ -72,9 +79,15 @@ class Compile(Optimization):
         if not target.has_cuda:
             out["mode=reduce-overhead"] = "CUDA graphs only: on CPU it compiles the same program as default"
             out["mode=max-autotune"] = "on CPU it is max-autotune-no-cudagraphs (CUDA graphs only on CUDA)"
-            if not (shutil.which("gcc") or shutil.which("cc") or shutil.which("g++")):
-                for t in ("forward", "decode", "aoti"):
-                    out[f"target={t}"] = "inductor on CPU needs a C++ compiler (gcc)"
+        if not (shutil.which("gcc") or shutil.which("cc") or shutil.which("g++")):
+            why = ("inductor needs a C compiler (gcc): " +
+                   ("Triton builds its kernel launcher with one" if target.has_cuda else "its CPU kernels are C++"))
+            for t in ("forward", "decode", "generate", "aoti"):
+                out[f"target={t}"] = why
+        elif target.has_cuda and _cuda_home() is None:
+            why = "builds its C++ against the CUDA toolkit, and none is installed (no CUDA_HOME, nvcc or /usr/local/cuda)"
+            out["target=aoti"] = f"AOTInductor on CUDA {why}"
+            out["cpp_wrapper=True"] = f"inductor's C++ wrapper on CUDA {why}"
         return out
 
     def conflicts(self, recipe, target):
@@ -92,10 +105,18 @@ class Compile(Optimization):
             if mine.get("target") == "generate":
                 return (f"compile.mode={mine['mode']} captures CUDA graphs, and a whole generate call (its Python "
                         "loop, stopping criteria, a cache growing per token) cannot be one")
-            if cache.get("implementation", "dynamic") not in ("static", "offloaded_static"):
+            if cache.get("implementation", "dynamic") != "static":
                 return (f"compile.mode={mine['mode']} captures CUDA graphs, which need fixed addresses: a "
-                        f"{cache.get('implementation', 'dynamic')} cache reallocates as it grows (needs "
-                        "cache.implementation=static)")
+                        f"{cache.get('implementation', 'dynamic')} cache " +
+                        ("moves each layer between the CPU and the GPU at every update"
+                         if cache.get("implementation") == "offloaded_static" else "reallocates as it grows") +
+                        " (needs cache.implementation=static)")
+            if mine.get("target") == "decode" and mine.get("scope") == "layers":
+                # not measured: one program that 30 layers enter in turn, each with its own weights as static
+                # inputs, would re-record its graph per layer (or fall back) rather than replay one
+                return (f"compile.mode={mine['mode']} with compile.scope=layers: one CUDA graph shared by every "
+                        "layer, each with its own weights at fixed addresses, is re-recorded per layer rather "
+                        "than replayed: use compile.scope=model")
         return None
 
     def generate_kwargs(self, opts, ctx):
@@ -106,6 +127,9 @@ class Compile(Optimization):
     def after_load(self, model, opts, ctx):
         import torch
 
+        # every generate call on the model, the engines' warm-up too, skips transformers' auto-compile (on a
+        # GPU with a static cache it would compile a forward in reduce-overhead that no timed call runs)
+        model.generation_config.disable_compile = True
         if opts["target"] == "forward":
             model.forward = torch.compile(model.forward, **compile_kwargs(opts))
         elif opts["target"] == "generate":

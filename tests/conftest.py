@@ -117,3 +117,12 @@ def cli_search(args, db_url):
 
     result = CliRunner().invoke(cli, ["search", *args, "--db", db_url, "--json"])
     return result, (json.loads(result.stdout) if result.exit_code == 0 else None)
+
+
+@pytest.fixture(autouse=True)
+def cuda_toolkit(monkeypatch):
+    """Tests' stand-in CUDA targets (an H100 on this CPU host) have a CUDA toolkit, as GPU hosts do:
+    AOTInductor and the C++ wrapper on CUDA are unavailable without one (test_cuda_paths checks that)."""
+    from autotune.plugins import compile as compile_plugin
+
+    monkeypatch.setattr(compile_plugin, "_cuda_home", lambda: "/usr/local/cuda")

@@ -220,3 +220,66 @@ def test_models_load_without_hub_kernels_unless_asked(tiny_model, monkeypatch):
     assert load_model(tiny_model, opts, recipe, ctx).use_kernels is False
     monkeypatch.setenv("USE_HUB_KERNELS", "YES")
     assert load_model(tiny_model, opts, recipe, ctx).use_kernels is True
+
+
+def test_rules_a_second_reading_of_the_cuda_path_added(monkeypatch):
+    """After the first H200 run: grouped heads reach only flash and math SDPA on CUDA; CUDA graphs need a
+    plain static cache (an offloaded one moves its layers at every update) and one program per model
+    (a layer-shared one would re-record per layer); inductor on CUDA needs a C compiler (Triton's
+    launcher), and AOTInductor / the C++ wrapper a CUDA toolkit."""
+    from autotune.plugins import compile as compile_plugin
+
+    bf16 = {"dtype": {"dtype": "bfloat16"}}
+    native = {**bf16, "attention": {"gqa": "native", "sdpa_backend": "efficient"}}
+    assert "does not take on CUDA" in why(native)
+    assert why({**bf16, "attention": {"gqa": "native", "sdpa_backend": "math"}}) is None
+    assert why({**bf16, "attention": {"gqa": "auto", "sdpa_backend": "efficient"}}) is None
+    assert "does not take" not in (why(native, target=current_target("cpu")) or "")  # (no such kernel there)
+    graphs = {"compile": {"target": "forward", "mode": "reduce-overhead"}}
+    assert "moves each layer" in why({**graphs, "cache": {"implementation": "offloaded_static"}})
+    assert why({**graphs, "cache": {"implementation": "static"}}) is None
+    assert "scope=layers" in why({"compile": {"target": "decode", "mode": "reduce-overhead", "scope": "layers"},
+                                  "cache": {"implementation": "static"}})
+    assert why({"compile": {"target": "decode", "scope": "layers"}, "cache": {"implementation": "static"}}) is None
+
+    aoti = {"compile": {"target": "aoti"}, "cache": {"implementation": "static"}}
+    monkeypatch.setattr(compile_plugin, "_cuda_home", lambda: None)
+    assert "CUDA toolkit" in why(aoti)
+    assert "CUDA toolkit" in why({"compile": {"target": "forward", "cpp_wrapper": True}})
+    assert why(aoti, target=current_target("cpu")) is None  # AOTInductor on CPU needs no toolkit
+    monkeypatch.setattr(compile_plugin, "_cuda_home", lambda: "/usr/local/cuda")
+    assert why(aoti) is None
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "Triton" in why({"compile": {"target": "forward"}})
+    assert "C++" in why({"compile": {"target": "decode"}, "cache": {"implementation": "static"}},
+                        target=current_target("cpu"))
+
+
+def test_generate_on_a_tuned_model_never_auto_compiles(tiny_model):
+    """transformers compiles the forward by itself on a GPU with a static cache unless generate is told
+    not to; the timed calls were, the engines' warm-up was not: on CUDA it would have compiled (and
+    recorded CUDA graphs for) a program no timed call runs. Now the model itself says so."""
+    from autotune.apply import apply_recipe
+
+    opts = get_optimizations()
+    recipe = resolve({"cache": {"implementation": "static"}}, opts)
+    applied = apply_recipe(tiny_model, opts, recipe, ApplyContext(current_target("cpu"), "cpu", 4, 8, 1, recipe))
+    assert applied.model.generation_config.disable_compile is True
+
+
+def test_cuda_graph_recordings_count_as_compilations_and_cuda_warms_past_them():
+    import torch._dynamo.utils as dynamo_utils
+
+    from autotune.engines.ladder import warm_tokens
+    from autotune.measure import compile_count
+
+    before = compile_count()
+    dynamo_utils.counters["inductor"]["cudagraph_recorded_non_static_inputs"] += 2
+    try:
+        assert compile_count() == before + 2
+    finally:
+        dynamo_utils.counters["inductor"]["cudagraph_recorded_non_static_inputs"] -= 2
+    # a shape's first call runs, its second records: the warm-up decodes three steps per rung on CUDA
+    assert warm_tokens(torch.device("cuda")) >= 4 and warm_tokens(torch.device("cpu")) == 2

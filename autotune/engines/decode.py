@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecipeError
-from .ladder import CacheLadder, cache_kwarg
+from .ladder import CacheLadder, cache_kwarg, warm_tokens
 from .plan import GenerationPlan
 from .regions import CompiledLayers
 
@@ -181,15 +181,16 @@ class DecodeLoop:
 
     def warm_up(self, model) -> None:
         """Run every rung once, so that serving any call of the envelope compiles nothing: a short
-        prompt and two steps in each rung's cache."""
+        prompt and two steps in each rung's cache (four on CUDA: :func:`warm_tokens`)."""
         import torch
 
         ids = torch.ones(1, 4, dtype=torch.long, device=model.device)
+        steps = warm_tokens(model.device)
         regions = self.regions
         before = regions.calls if regions is not None else 0
         for capacity in self.ladder.capacities:
-            plan = GenerationPlan(model, ids, 2, {"min_new_tokens": 2}, self.name)
-            self._generate(model, ids, None, 2, None, plan, capacity)
+            plan = GenerationPlan(model, ids, steps, {"min_new_tokens": steps}, self.name)
+            self._generate(model, ids, None, steps, None, plan, capacity)
         if regions is not None and regions.calls == before:  # a compiled recipe measured eager would lie
             raise RecipeError(f"{self.name} with compile.scope=layers: {type(model).__name__}'s decoder layers never "
                               "ran the compiled region (its cache layers cannot be windowed, or its layers take "

@@ -221,6 +221,13 @@ def kv_shape(config) -> tuple[int, int]:
     return kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
+def warm_tokens(device) -> int:
+    """New tokens a warm-up call decodes in each rung: 2 (one decode step) compiles every program; on CUDA
+    4, since a CUDA-graph tree runs a shape's first call, records its second and replays from the third
+    (torch/_inductor/cudagraph_trees.py), and a recording in a timed call would be timed."""
+    return 4 if getattr(device, "type", str(device)) == "cuda" else 2
+
+
 def cache_kwarg(model) -> str:
     """The name a model's forward takes its cache by (transformers 5.24 renamed ``past_key_values`` to
     ``cache``)."""
@@ -246,10 +253,11 @@ def serve_from(ladder: CacheLadder, generate, who: str = "cache.implementation=s
     def warm_up(model) -> None:
         import torch
 
+        steps = warm_tokens(model.device)
         for batch in sorted({1, ladder.envelope.max_batch}):
             ids = torch.ones(batch, 4, dtype=torch.long, device=model.device)
             for capacity in ladder.capacities:
-                generate(model, ids, torch.ones_like(ids), 2, None, min_new_tokens=2,
+                generate(model, ids, torch.ones_like(ids), steps, None, min_new_tokens=steps,
                          **{cache_kwarg(model): ladder.cache(batch, capacity)})
 
     static_generate.warm_up = warm_up
