@@ -174,6 +174,7 @@ class _Run:
         self.first_pass: list = []  # the envelope pass's calls (every shape but the typical), and whether
         self.first_pass_compiled = True  # anything compiled in them; the warm typical call, likewise
         self.warm_call, self.warm_compiled = None, True
+        self.plain_typical = None  # a typical call of its own where the warm one scored quality (plain_call)
         self.extrapolated_s = 0.0  # decode time the envelope pass's sampled calls extrapolated (sampled_call)
         self.calls = 0  # timed calls so far: each sampled call draws from its own seed
         self.greedy_match = True  # a screened candidate's greedy reference is wanted (TrialRequest.greedy_match)
@@ -322,8 +323,7 @@ class _Run:
         compiles = measure.compile_count()
         first = pass_first and self.pass_is_a_round()
         if first:  # (the pass's own calls are in the high-water mark already: no reset)
-            typical = self.warm_call if self.quality is None else self.one_call(0)
-            rounds: list[list] = [[typical, *self.first_pass]]
+            rounds: list[list] = [[self.plain_call(), *self.first_pass]]
         else:
             rounds = []
             self.memory.release_freed()
@@ -361,9 +361,25 @@ class _Run:
         1, ``screened``, ``measure_s`` 0), instead of one more round confirming it (a slow eager candidate's
         round took ~14 s of a 35 s trial in the README job). Only for a trial that ran that pass alone
         (one lane). Returns whether it screened."""
-        if self.warm_call[2] + sum(call[2] for call in self.first_pass) <= screen_s:
+        if self.round_typical()[2] + sum(call[2] for call in self.first_pass) <= screen_s:
             return False
         return self.pass_as_round(figures, policy, screened=True)
+
+    def plain_call(self):
+        """The warm typical call, or — where it scored quality (its tokens forced, a logits processor at
+        every step) — a typical call of its own, timed once."""
+        if self.quality is None:
+            return self.warm_call
+        if self.plain_typical is None:
+            self.plain_typical = self.one_call(0)
+        return self.plain_typical
+
+    def round_typical(self):
+        """The typical call a round made of the envelope pass times without a round of its own: the warm
+        call on CPU, where its quality scoring costs little; on CUDA :meth:`plain_call`, since the scoring
+        copies each step's logits to the host (a sync per token the served path never makes) — a fast
+        candidate would be screened as a loser, its TPOT read slow."""
+        return self.plain_call() if self.device == "cuda" else self.warm_call
 
     def pass_as_round(self, figures: Figures, policy, screened: bool = False) -> bool:
         """The envelope pass and the warm typical call as the trial's one round (``runs`` 1, ``measure_s``
@@ -372,7 +388,9 @@ class _Run:
             return False  # (a sampled pass stands only for a screened loser: one that is not measures rounds)
         figures.screened, figures.measure_s, figures.steady_compiles = screened or None, 0.0, 0
         figures.decode_sampled = SAMPLED_DECODE_TOKENS if self.extrapolated_s else None
-        self._figures(figures, [[self.warm_call, *self.first_pass]], policy, forced=self.quality is not None)
+        typical = self.round_typical()
+        self._figures(figures, [[typical, *self.first_pass]], policy,
+                      forced=self.quality is not None and typical is self.warm_call)
         return True
 
     def _figures(self, figures: Figures, rounds: list[list], policy, forced: bool = False) -> None:

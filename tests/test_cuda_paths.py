@@ -283,3 +283,21 @@ def test_cuda_graph_recordings_count_as_compilations_and_cuda_warms_past_them():
         dynamo_utils.counters["inductor"]["cudagraph_recorded_non_static_inputs"] -= 2
     # a shape's first call runs, its second records: the warm-up decodes three steps per rung on CUDA
     assert warm_tokens(torch.device("cuda")) >= 4 and warm_tokens(torch.device("cpu")) == 2
+
+
+def test_on_cuda_a_round_made_of_the_pass_times_a_plain_typical_call():
+    """Scoring quality copies each step's logits to the host: on CUDA a sync per token the served path
+    never makes. A round made of the envelope pass (a screened loser's, or pass_as_round's) times a
+    typical call of its own there, once; on the CPU the warm (scoring) call, where it costs little."""
+    from autotune.trial import _Run
+
+    made = []
+    run = _Run.__new__(_Run)
+    run.quality, run.warm_call, run.plain_typical = object(), ("warm", None, 9.0), None
+    run.one_call = lambda shape=0, *a, **k: made.append(shape) or ("plain", None, 1.0)
+    run.device = "cpu"
+    assert run.round_typical()[0] == "warm" and not made
+    run.device = "cuda"
+    assert run.round_typical()[0] == "plain" and run.round_typical()[0] == "plain" and made == [0]
+    run.quality, run.plain_typical = None, None  # no scoring: the warm call is a plain one
+    assert run.round_typical()[0] == "warm"
