@@ -79,7 +79,7 @@ def hub_kernels() -> dict:
     local cache": every trial of the first H200 run), online it downloads code at load time, and
     either way the layers measured are not the ones a recipe chose. autotune loads without them
     unless ``USE_HUB_KERNELS`` (transformers' own switch) says yes."""
-    wanted = os.environ.get("USE_HUB_KERNELS", "").strip().upper() in ("1", "YES", "ON", "TRUE")
+    wanted = os.environ.get("USE_HUB_KERNELS", "").strip().upper() in ("1", "Y", "YES", "ON", "T", "TRUE")
     return {} if wanted else {"use_kernels": False}
 
 

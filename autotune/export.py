@@ -130,10 +130,10 @@ def write_transformers_dir(doc: dict, model_path: str, out_dir: str, optimizatio
         exported = opt.transformers_export(recipe[name])
         for key, value in exported.get("generation_config", {}).items():
             setattr(model.generation_config, key, value)
-    if str(model.generation_config.cache_implementation).endswith("static"):  # one cache for the envelope
-        model.generation_config.max_cache_len = ctx.max_context
         load_kwargs.update(exported.get("load_kwargs", {}))
         steps += exported.get("steps", [])
+    if str(model.generation_config.cache_implementation).endswith("static"):  # one cache for the envelope
+        model.generation_config.max_cache_len = ctx.max_context
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:

@@ -174,7 +174,8 @@ class _Run:
         self.first_pass: list = []  # the envelope pass's calls (every shape but the typical), and whether
         self.first_pass_compiled = True  # anything compiled in them; the warm typical call, likewise
         self.warm_call, self.warm_compiled = None, True
-        self.plain_typical = None  # a typical call of its own where the warm one scored quality (plain_call)
+        self.plain_typical = None  # a typical call of its own where the warm one scored quality (plain_call),
+        self.plain_compiled = False  # and whether something compiled in it
         self.extrapolated_s = 0.0  # decode time the envelope pass's sampled calls extrapolated (sampled_call)
         self.calls = 0  # timed calls so far: each sampled call draws from its own seed
         self.greedy_match = True  # a screened candidate's greedy reference is wanted (TrialRequest.greedy_match)
@@ -322,8 +323,10 @@ class _Run:
         every step), a typical call of its own."""
         compiles = measure.compile_count()
         first = pass_first and self.pass_is_a_round()
+        typical = self.plain_call() if first else None
+        first = first and not self.plain_compiled
         if first:  # (the pass's own calls are in the high-water mark already: no reset)
-            rounds: list[list] = [[self.plain_call(), *self.first_pass]]
+            rounds: list[list] = [[typical, *self.first_pass]]
         else:
             rounds = []
             self.memory.release_freed()
@@ -361,7 +364,12 @@ class _Run:
         1, ``screened``, ``measure_s`` 0), instead of one more round confirming it (a slow eager candidate's
         round took ~14 s of a 35 s trial in the README job). Only for a trial that ran that pass alone
         (one lane). Returns whether it screened."""
-        if self.round_typical()[2] + sum(call[2] for call in self.first_pass) <= screen_s:
+        if self.first_pass_compiled or self.warm_compiled:
+            return False
+        # the warm call is the slower where it differs (its quality scoring): under the line with it, the
+        # candidate is under it with a plain one too, and no call is spent on finding out
+        rest = sum(call[2] for call in self.first_pass)
+        if self.warm_call[2] + rest <= screen_s or (screen_s and self.round_typical()[2] + rest <= screen_s):
             return False
         return self.pass_as_round(figures, policy, screened=True)
 
@@ -371,7 +379,9 @@ class _Run:
         if self.quality is None:
             return self.warm_call
         if self.plain_typical is None:
+            compiles = measure.compile_count()
             self.plain_typical = self.one_call(0)
+            self.plain_compiled = measure.compile_count() != compiles  # (a path without the scoring's processor)
         return self.plain_typical
 
     def round_typical(self):
@@ -386,9 +396,11 @@ class _Run:
         0; ``screened`` as the caller judged it), when nothing compiled in them. Returns whether they were."""
         if self.first_pass_compiled or self.warm_compiled or (self.extrapolated_s and not screened):
             return False  # (a sampled pass stands only for a screened loser: one that is not measures rounds)
+        typical = self.round_typical()
+        if self.plain_compiled and typical is self.plain_typical:
+            return False
         figures.screened, figures.measure_s, figures.steady_compiles = screened or None, 0.0, 0
         figures.decode_sampled = SAMPLED_DECODE_TOKENS if self.extrapolated_s else None
-        typical = self.round_typical()
         self._figures(figures, [[typical, *self.first_pass]], policy,
                       forced=self.quality is not None and typical is self.warm_call)
         return True

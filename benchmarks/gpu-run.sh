@@ -20,17 +20,21 @@ if PYTHONPATH=/tmp/site-hf:/tmp/site python3 -c "import transformers; from trans
 else
   export PYTHONPATH=/tmp/site; echo "transformers 5.25 bundle failed; the image's transformers" >> $OUT/env.txt
 fi
+R=$PWD; cd /tmp  # not the checkout: the trials' fork server must import the installed autotune (its plugins)
 python3 -c "
 import torch, transformers, optuna, sqlalchemy, torchao, autotune
 from autotune.registry import get_optimizations
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'optuna', optuna.__version__, 'torchao', torchao.__version__, 'autotune', autotune.__file__)
 import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)
-" >> $OUT/env.txt 2>&1
-(cd /tmp && python3 -m autotune plugins) > $OUT/plugins.txt 2>&1
-echo "setup $(( $(date +%s)-T0 )) s" >> $OUT/env.txt
-cat $OUT/env.txt
-R=$PWD; cd /tmp  # not the checkout: the trials' fork server must import the installed autotune (its plugins)
-cleanup() { pkill -9 -f multiprocessing 2>/dev/null; sleep 2; nvidia-smi --query-gpu=memory.used --format=csv,noheader; }
+" >> "$OUT"/env.txt 2>&1
+(cd /tmp && python3 -m autotune plugins) > "$OUT"/plugins.txt 2>&1
+echo "setup $(( $(date +%s)-T0 )) s" >> "$OUT"/env.txt
+cat "$OUT"/env.txt
+# a phase's trials are forked from its fork server: end both, and nothing else, before the next phase
+cleanup() { pkill -9 -f "multiprocessing.forkserver" 2>/dev/null; sleep 2; nvidia-smi --query-gpu=memory.used --format=csv,noheader; }
+for v in ${SMOL_S:-170} ${SMOL_T:-80} ${TOTAL_S:-460} ${LLAMA_T:-150}; do  # timeout 0 would mean no limit
+  [ "$v" -gt 0 ] 2>/dev/null || { echo "limits must be whole seconds above 0, got $v"; exit 2; }
+done
 TORCH_LOGS=perf_hints timeout -k 5 ${SMOL_S:-170} python3 $R/benchmarks/gpu.py --only smollm2 --timeout ${SMOL_T:-80} \
   --recipes "${SMOL_R:-guide,compiled decode loop,AOTInductor,int4,bnb 4-bit,bf16 sdpa}" --out $OUT/smollm2.json > $OUT/smollm2.log 2>&1
 echo "smollm2 rc=$? at $(( $(date +%s)-T0 )) s"; cleanup

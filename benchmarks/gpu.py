@@ -170,8 +170,10 @@ def measure_model(model_name, source, target, optimizations, evaluate, workload,
             words.remove(f"dtype.dtype={info.dtype}")              # of it is refused as a duplicate)
         recipe = resolve(parse_sets(words, optimizations), optimizations)
         why = impossible(recipe, optimizations, target, info)
-        if why:
-            print(f"{model_name}: {name}: left out: {why}", flush=True)
+        same = next((other for other, r in recipes.items() if r == recipe), None)
+        if why or same:
+            print(f"{model_name}: {name}: left out: {why or f'the same recipe as {same} on this checkpoint'}",
+                  flush=True)
             continue
         recipes[name] = recipe
     rows = {name: [] for name in recipes}

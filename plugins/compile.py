@@ -37,6 +37,12 @@ def _cuda_home():
     return cpp_extension.CUDA_HOME
 
 
+def _rocm() -> bool:
+    import torch
+
+    return torch.version.hip is not None
+
+
 def compile_kwargs(opts) -> dict:
     """torch.compile arguments: ``mode`` and ``options`` are exclusive, so fold the mode into options."""
     import torch._inductor
@@ -84,7 +90,7 @@ class Compile(Optimization):
                    ("Triton builds its kernel launcher with one" if target.has_cuda else "its CPU kernels are C++"))
             for t in ("forward", "decode", "generate", "aoti"):
                 out[f"target={t}"] = why
-        elif target.has_cuda and _cuda_home() is None:
+        elif target.has_cuda and _cuda_home() is None and not _rocm():
             why = "builds its C++ against the CUDA toolkit, and none is installed (no CUDA_HOME, nvcc or /usr/local/cuda)"
             out["target=aoti"] = f"AOTInductor on CUDA {why}"
             out["cpp_wrapper=True"] = f"inductor's C++ wrapper on CUDA {why}"

@@ -182,3 +182,23 @@ def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
         assert s.get(m.Measurement, best_id).stale == verdict.startswith("stale")
 
 
+
+
+def test_the_transformers_readme_names_every_plugins_load_arguments_and_steps(tiny_model, tmp_path):
+    """The README of an exported directory said only the last plugin's load arguments and steps, and
+    only with a static cache (they were gathered after the loop, under its ``if``): a bf16 recipe on
+    a dynamic cache read as a plain load."""
+    from autotune.export import write_transformers_dir
+    from autotune.recipe import resolve
+    from autotune.registry import get_optimizations
+    from autotune.target import current_target
+    from autotune.workload import Workload
+
+    opts = get_optimizations()
+    recipe = resolve({"dtype": {"dtype": "bfloat16"}, "runtime": {"threads": 1}}, opts)
+    target = current_target("cpu")
+    doc = {"model": tiny_model, "recipe": recipe, "workload": Workload().to_dict()}
+    write_transformers_dir(doc, tiny_model, str(tmp_path / "hf"), opts, target)
+    readme = (tmp_path / "hf" / "README.md").read_text()
+    assert "dtype='bfloat16'" in readme and "attn_implementation='sdpa'" in readme, readme
+    assert "torch.set_num_threads(1)" in readme, readme

@@ -133,3 +133,10 @@ print(len(inits))
 """
     out = subprocess.run([sys.executable, "-c", probe, *with_cuda], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "0", out.stderr[-2000:]
+    try:  # the probe sees what it is for: torchao 0.18, imported by modeling_utils, asks the device
+        import torchao  # noqa: F401
+    except ImportError:
+        return
+    out = subprocess.run([sys.executable, "-c", probe, *with_cuda, *process.PRELOAD_WITHOUT_CUDA],
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] != "0", out.stderr[-2000:]
