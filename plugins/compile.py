@@ -125,16 +125,12 @@ class Compile(Optimization):
                         "than replayed: use compile.scope=model")
         return None
 
-    def generate_kwargs(self, opts, ctx):
-        # we compile what we are told to; transformers' own auto-compile (static cache on GPU) would
-        # otherwise compile a second time behind our back
-        return {"disable_compile": True}
-
     def after_load(self, model, opts, ctx):
         import torch
 
-        # every generate call on the model, the engines' warm-up too, skips transformers' auto-compile (on a
-        # GPU with a static cache it would compile a forward in reduce-overhead that no timed call runs)
+        # we compile what we are told to: every generate call on the model, the engines' warm-up too, skips
+        # transformers' auto-compile (on a GPU with a static cache it would compile a forward in
+        # reduce-overhead behind our back, which no timed call runs)
         model.generation_config.disable_compile = True
         if opts["target"] == "forward":
             model.forward = torch.compile(model.forward, **compile_kwargs(opts))
@@ -154,8 +150,10 @@ class Compile(Optimization):
         return generate
 
     def transformers_export(self, opts):
+        # measured without transformers' auto-compile: a plain load of the export serves the same way
+        config = {"generation_config": {"disable_compile": True}}
         if opts["target"] == "off":
-            return {}
+            return config
         kw = f"mode={opts['mode']!r}"
         step = {
             "forward": f"model.forward = torch.compile(model.forward, {kw})",
@@ -169,7 +167,7 @@ class Compile(Optimization):
         }[opts["target"]]
         extra = [k for k in ("freezing", "cpp_wrapper") if opts.get(k)]
         steps = [step] + [f"set torch._inductor.config.{k} = True before compiling" for k in extra]
-        return {"steps": steps}
+        return {**config, "steps": steps}
 
 
 @autotune.hookimpl

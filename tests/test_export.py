@@ -68,6 +68,7 @@ def test_export_best_and_transformers_format(searched, tmp_path, tiny_model, db_
     gen = GenerationConfig.from_pretrained(out)
     if recipe["cache"]["implementation"] != "dynamic":
         assert gen.cache_implementation == recipe["cache"]["implementation"]
+    assert gen.disable_compile is True  # measured without transformers' auto-compile, served the same way
     if recipe["quantization"]["method"] != "none":
         assert getattr(model.config, "quantization_config", None) is not None
     assert "autotune.load" in (out / "README.md").read_text()

@@ -41,15 +41,24 @@ def preload() -> list[str]:
 def _cuda_visible() -> bool:
     import torch
 
-    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    try:
+    with _environ(SERVER_ENV):
         return torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """``values`` in this process's environment while the block runs; what was there before, after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
-        if saved is None:
-            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-        else:
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 _START_LOCK = threading.Lock()
 _server_log: Path | None = None
@@ -80,18 +89,12 @@ def _ensure_server(forkserver) -> None:
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     log = os.open(_server_log, os.O_WRONLY | os.O_APPEND)
-    env = {k: os.environ.get(k) for k in SERVER_ENV}
     try:
-        os.environ.update(SERVER_ENV)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        forkserver.ensure_running()
+        with _environ(SERVER_ENV):  # the asking process keeps its own environment
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            forkserver.ensure_running()
     finally:
-        for k, v in env.items():  # the asking process keeps its own environment
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, log):
