@@ -157,7 +157,8 @@ def _readme(doc: dict, load_kwargs: dict, steps: list[str]) -> str:
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
              f"model = AutoModelForCausalLM.from_pretrained(\"<this directory>\"{kwargs})",
              "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")", "```", "",
-             "`generation_config.json` already carries the cache settings; quantized weights carry their "
+             "`generation_config.json` already carries the cache settings and `disable_compile` (measured "
+             "without transformers' auto-compile); quantized weights carry their "
              "`quantization_config` in `config.json`.", ""]
     if steps:
         lines += ["Steps transformers cannot persist:", ""] + [f"- {s}" for s in steps] + [""]
