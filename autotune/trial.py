@@ -355,7 +355,13 @@ class _Run:
     def pass_is_a_round(self) -> bool:
         """Whether the envelope pass and the warm typical call can stand as a round: nothing compiled in
         them, and every token of them was decoded (a sampled pass stands only for a screened loser)."""
-        return not (self.first_pass_compiled or self.warm_compiled or self.extrapolated_s)
+        return not (self.pass_compiled or self.extrapolated_s)
+
+    @property
+    def pass_compiled(self) -> bool:
+        """Whether anything compiled in the envelope pass or the warm typical call: their times then say
+        nothing of the recipe's steady state, and they stand as no round."""
+        return self.first_pass_compiled or self.warm_compiled
 
     def screen_on_first_pass(self, figures: Figures, policy, screen_s: float) -> bool:
         """Screen before any measured round: the envelope pass (every other shape once, after the engine's
@@ -364,7 +370,7 @@ class _Run:
         1, ``screened``, ``measure_s`` 0), instead of one more round confirming it (a slow eager candidate's
         round took ~14 s of a 35 s trial in the README job). Only for a trial that ran that pass alone
         (one lane). Returns whether it screened."""
-        if self.first_pass_compiled or self.warm_compiled:
+        if self.pass_compiled:  # (:meth:`pass_as_round` would refuse it: no plain call is spent on it)
             return False
         # the warm call is the slower where it differs (its quality scoring): under the line with it, the
         # candidate is under it with a plain one too, and no call is spent on finding out
@@ -394,7 +400,7 @@ class _Run:
     def pass_as_round(self, figures: Figures, policy, screened: bool = False) -> bool:
         """The envelope pass and the warm typical call as the trial's one round (``runs`` 1, ``measure_s``
         0; ``screened`` as the caller judged it), when nothing compiled in them. Returns whether they were."""
-        if self.first_pass_compiled or self.warm_compiled or (self.extrapolated_s and not screened):
+        if self.pass_compiled or (self.extrapolated_s and not screened):
             return False  # (a sampled pass stands only for a screened loser: one that is not measures rounds)
         typical = self.round_typical()
         if self.plain_compiled and typical is self.plain_typical:

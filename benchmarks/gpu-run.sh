@@ -27,7 +27,7 @@ from autotune.registry import get_optimizations
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'optuna', optuna.__version__, 'torchao', torchao.__version__, 'autotune', autotune.__file__)
 import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)
 " >> "$OUT"/env.txt 2>&1
-(cd /tmp && python3 -m autotune plugins) > "$OUT"/plugins.txt 2>&1
+python3 -m autotune plugins > "$OUT"/plugins.txt 2>&1
 echo "setup $(( $(date +%s)-T0 )) s" >> "$OUT"/env.txt
 cat "$OUT"/env.txt
 # a phase's trials are forked from its fork server: end both, and nothing else, before the next phase

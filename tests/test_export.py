@@ -183,8 +183,6 @@ def test_daemon_reverifies_recipes_from_other_versions(searched, db_url):
         assert s.get(m.Measurement, best_id).stale == verdict.startswith("stale")
 
 
-
-
 def test_the_transformers_readme_names_every_plugins_load_arguments_and_steps(tiny_model, tmp_path):
     """The README of an exported directory said only the last plugin's load arguments and steps, and
     only with a static cache (they were gathered after the loop, under its ``if``): a bf16 recipe on
